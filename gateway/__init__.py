@@ -1,0 +1,1 @@
+"""HTTP intake, settings, configuration, store and command line."""

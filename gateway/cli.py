@@ -1,0 +1,295 @@
+"""The ``hookgate`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from .config import Config, load_config
+from .errors import ConfigError, HookgateError
+from .settings import Settings
+
+
+def _when(timestamp: float | None) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "-"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with ``--config`` exported so child processes see it."""
+    if getattr(args, "config", None):
+        os.environ["HOOKGATE_CONFIG"] = args.config
+    return Settings.from_env()
+
+
+def _config(settings: Settings) -> Config:
+    try:
+        return load_config(settings.config_path)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def _redis_url(settings: Settings) -> Iterator[str]:
+    """The broker URL; without HOOKGATE_REDIS_URL, the embedded server (started if needed)."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    from .embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(settings.data_dir)
+    url = server.start()
+    os.environ["HOOKGATE_REDIS_URL"] = url
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def _serve(config: Config, settings: Settings, redis_url: str, host: str, port: int) -> None:
+    import uvicorn
+
+    from .database import create_store_engine
+    from .intake import create_app
+    from .queue import EventQueue, create_broker
+
+    app = create_app(config, create_store_engine(settings.database_url), EventQueue(create_broker(redis_url)))
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+def _worker_command(processes: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes), "--threads", str(threads)]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    config = _config(settings)
+    with _redis_url(settings) as url:
+        worker = subprocess.Popen(_worker_command(1, args.threads), env=os.environ.copy())
+        try:
+            _serve(config, settings, url, args.host, args.port)
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    config = _config(settings)
+    with _redis_url(settings) as url:
+        _serve(config, settings, url, args.host, args.port)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _config(settings)
+    with _redis_url(settings):
+        return subprocess.call(_worker_command(args.processes, args.threads), env=os.environ.copy())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    problems: list[str] = []
+    try:
+        config = load_config(settings.config_path)
+    except ConfigError as exc:
+        problems += exc.problems
+        config = None
+    if config is not None:
+        from workers.registry import load_handler_modules
+
+        for module in config.handlers:
+            try:
+                load_handler_modules([module])
+            except Exception as exc:
+                problems.append(
+                    f"{settings.config_path}: handlers: cannot import {module}: {type(exc).__name__}: {exc}"
+                )
+    from .database import create_store_engine, ping
+
+    try:
+        ping(create_store_engine(settings.database_url))
+    except Exception as exc:
+        problems.append(f"HOOKGATE_DATABASE_URL: the store does not answer: {type(exc).__name__}")
+    if settings.redis_url:
+        from .queue import EventQueue, create_broker
+
+        try:
+            EventQueue(create_broker(settings.redis_url)).ping()
+        except Exception as exc:
+            problems.append(f"HOOKGATE_REDIS_URL: the broker does not answer: {type(exc).__name__}")
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    assert config is not None
+    print(f"{settings.config_path}: {len(config.providers)} providers, {len(config.handlers)} handler modules: OK")
+    return 0
+
+
+def _engine(args: argparse.Namespace):
+    from .database import create_store_engine
+
+    return create_store_engine(_settings(args).database_url)
+
+
+def cmd_events_list(args: argparse.Namespace) -> int:
+    from .eventlog import list_events
+
+    rows = list_events(
+        _engine(args), provider=args.provider, status=args.status, event_type=args.type, limit=args.limit
+    )
+    print(f"{'ID':>7}  {'RECEIVED':19}  {'PROVIDER':10}  {'STATUS':10}  {'TRIES':>5}  {'TYPE':28}  EVENT ID")
+    for r in rows:
+        when = _when(r.received_at)
+        print(f"{r.id:>7}  {when:19}  {r.provider:10}  {r.status:10}  {r.attempts:>5}  {r.event_type:28}  {r.event_id}")
+    return 0
+
+
+def cmd_events_show(args: argparse.Namespace) -> int:
+    from .eventlog import find_event
+
+    found = find_event(_engine(args), args.id, args.provider)
+    if found is None:
+        print(f"no event {args.id}", file=sys.stderr)
+        return 1
+    row, runs = found
+    for label, value in (
+        ("id", row.id),
+        ("provider", row.provider),
+        ("event id", row.event_id),
+        ("type", row.event_type),
+        ("resource", row.resource_id or "-"),
+        ("sequence", row.sequence if row.sequence is not None else "-"),
+        ("status", row.status),
+        ("attempts", row.attempts),
+        ("received", _when(row.received_at)),
+        ("processed", _when(row.processed_at)),
+    ):
+        print(f"{label + ':':11}{value}")
+    if row.last_error:
+        print("last error:\n  " + row.last_error.replace("\n", "\n  "))
+    print("handler runs:" + ("" if runs else " none"))
+    for run in runs:
+        print(f"  {_when(run.finished_at)}  {run.handler}")
+    print("headers:")
+    for name, value in orjson.loads(row.headers).items():
+        print(f"  {name}: {value}")
+    print("body:")
+    print(row.body.decode("utf-8", "replace"))
+    return 0
+
+
+def cmd_events_replay(args: argparse.Namespace) -> int:
+    from .eventlog import replay
+
+    if not args.ids and not args.status:
+        print("name event ids, or --status failed", file=sys.stderr)
+        return 2
+    count = replay(_engine(args), ids=[int(i) for i in args.ids], status=args.status, provider=args.provider)
+    print(f"queued {count} events again")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = _settings(args)
+    config = _config(settings)
+    entry = config.providers.get(args.provider)
+    if entry is None:
+        print(
+            f"no provider {args.provider!r} in {settings.config_path} (have: {', '.join(config.providers)})",
+            file=sys.stderr,
+        )
+        return 2
+    data = orjson.loads(Path(args.data).read_bytes()) if args.data else None
+    event_id = args.id or f"evt_{uuid.uuid4().hex[:24]}"
+    body, headers = entry.provider.signed_request(args.type, data, event_id=event_id, timestamp=int(time.time()))
+    url = args.url or f"http://127.0.0.1:8000/webhooks/{args.provider}"
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"POST {url} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"POST {url} -> {response.status_code} {response.text}")
+    return 0 if response.is_success else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hookgate", description="Webhook ingestion gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(
+        name: str, func: object, help_text: str, parent: argparse._SubParsersAction = sub
+    ) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--config", help="providers.yaml (default: $HOOKGATE_CONFIG or ./providers.yaml)")
+        return p
+
+    for name, func, text in (
+        ("run", cmd_run, "intake and workers in one process tree, on the embedded defaults"),
+        ("serve", cmd_serve, "the HTTP intake only"),
+    ):
+        p = command(name, func, text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        if name == "run":
+            p.add_argument("--threads", type=int, default=4, help="worker threads")
+    p = command("worker", cmd_worker, "the Dramatiq workers only")
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--threads", type=int, default=8)
+    command("check", cmd_check, "validate the configuration and the environment")
+
+    events = sub.add_parser("events", help="the event log").add_subparsers(dest="events_command", required=True)
+    p = command("list", cmd_events_list, "list events, newest first", events)
+    p.add_argument("--provider")
+    p.add_argument("--status")
+    p.add_argument("--type")
+    p.add_argument("--limit", type=int, default=50)
+    p = command("show", cmd_events_show, "one event: headers, body, status, attempts, errors, handler runs", events)
+    p.add_argument("id", help="store id, or the provider's event id")
+    p.add_argument("--provider")
+    p = command("replay", cmd_events_replay, "queue stored events again", events)
+    p.add_argument("ids", nargs="*")
+    p.add_argument("--status")
+    p.add_argument("--provider")
+
+    p = command("send", cmd_send, "sign a sample event as the provider would and POST it")
+    p.add_argument("provider")
+    p.add_argument("--type", required=True, help="event type, e.g. invoice.paid or issues.opened")
+    p.add_argument("--data", help="JSON file with the event's data object")
+    p.add_argument("--id", help="event id (default: a new random one)")
+    p.add_argument("--url", help="default: http://127.0.0.1:8000/webhooks/PROVIDER")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HookgateError as exc:
+        print(f"hookgate: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

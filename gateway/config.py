@@ -1,0 +1,249 @@
+"""providers.yaml: load, substitute ``${ENV}``, validate everything once, before serving.
+
+Every problem is reported together, each as ``file:line: field: message`` so that
+``hookgate check`` can list them all and a start-up failure points at the exact line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from providers import PROVIDER_TYPES, BaseProvider, ProviderConfigError, ProviderSettings
+from providers.base import Clock
+
+from .errors import ConfigError
+
+#: ``${NAME}``, or ``${NAME:-default}`` for an explicit fallback (used by the quick start).
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+COMMON_KEYS = {"type", "secrets", "tolerance_seconds", "max_body_bytes", "api"}
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """The ``workers:`` section: leases, recovery and retries."""
+
+    #: How long a claimed event stays leased without renewal (a live worker renews it).
+    lease_seconds: float = 60.0
+    #: How often each worker process looks for unfinished work the broker has lost.
+    sweep_interval_seconds: float = 1.0
+    #: How long a stored event may wait before the sweep checks that the broker still has it.
+    requeue_after_seconds: float = 15.0
+    #: Tries of an event's handlers before it is marked ``failed``.
+    max_attempts: int = 8
+    min_backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 600.0
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before try ``attempts + 1``: doubling from the minimum, capped."""
+        return min(self.max_backoff_seconds, self.min_backoff_seconds * 2 ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEntry:
+    """A configured route ``/webhooks/{name}``."""
+
+    provider: BaseProvider
+    max_body_bytes: int
+    api: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    providers: dict[str, ProviderEntry]
+    handlers: tuple[str, ...] = ()
+    workers: WorkerSettings = WorkerSettings()
+
+
+class _Lines:
+    """Maps a path inside the YAML document to its line number, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[Path_, int] = {}
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: Path_) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                self._walk(value, (*path, key.value))
+                self.lines[(*path, key.value)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, (*path, index))
+
+    def line(self, path: Path_) -> int:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+
+def _dotted(path: Path_) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _field_path(field_name: str) -> Path_:
+    """``secrets[0]`` or ``signature.header`` from a provider's problem, as a path."""
+    path: list[str | int] = []
+    for part in field_name.split("."):
+        name, *indexes = part.replace("]", "").split("[")
+        path.append(name)
+        path += [int(i) for i in indexes]
+    return tuple(path)
+
+
+class _Loader:
+    def __init__(self, path: Path, environ: Mapping[str, str], clock: Clock | None) -> None:
+        self.path, self.environ, self.clock = path, environ, clock
+        self.problems: list[str] = []
+        self.lines: _Lines | None = None
+
+    def problem(self, path: Path_, message: str) -> None:
+        line = self.lines.line(path) if self.lines else 1
+        where = f"{_dotted(path)}: " if path else ""
+        self.problems.append(f"{self.path}:{line}: {where}{message}")
+
+    def substitute(self, value: Any, path: Path_) -> Any:
+        """Replace ``${NAME}`` in every string; a missing variable is a problem, never ''."""
+        if isinstance(value, str):
+
+            def replace(match: re.Match[str]) -> str:
+                name, fallback = match.group(1), match.group(2)
+                if name not in self.environ and fallback is not None:
+                    return fallback
+                if name not in self.environ:
+                    owner = f" (provider {path[1]})" if len(path) > 1 and path[0] == "providers" else ""
+                    self.problem(path, f"environment variable {name} is not set{owner}")
+                    return ""
+                return self.environ[name]
+
+            return ENV_REFERENCE.sub(replace, value)
+        if isinstance(value, dict):
+            return {k: self.substitute(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.substitute(v, (*path, i)) for i, v in enumerate(value)]
+        return value
+
+    def positive_int(self, section: Mapping[str, Any], key: str, path: Path_, default: int) -> int:
+        value = section.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            self.problem((*path, key), "must be a whole number >= 0")
+            return default
+        return value
+
+    def load(self) -> Config:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{self.path}: cannot read the configuration: {exc.strerror}"]) from None
+        try:
+            data = yaml.safe_load(text) or {}
+            self.lines = _Lines(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark else 1
+            raise ConfigError([f"{self.path}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        if not isinstance(data, dict):
+            raise ConfigError([f"{self.path}:1: the file must be a mapping with a providers: section"])
+        for key in data:
+            if key not in ("defaults", "providers", "handlers", "workers"):
+                self.problem((key,), "unknown section (expected defaults, providers, handlers, workers)")
+        data = self.substitute(data, ())
+        defaults = data.get("defaults") or {}
+        tolerance = self.positive_int(defaults, "tolerance_seconds", ("defaults",), 300)
+        max_body = self.positive_int(defaults, "max_body_bytes", ("defaults",), 1_048_576)
+        providers = {}
+        raw_providers = data.get("providers")
+        if not isinstance(raw_providers, dict) or not raw_providers:
+            self.problem(("providers",), "at least one provider is required")
+            raw_providers = {}
+        for name, raw in raw_providers.items():
+            entry = self.provider(str(name), raw, tolerance, max_body)
+            if entry is not None:
+                providers[str(name)] = entry
+        handlers = data.get("handlers") or []
+        if not isinstance(handlers, list) or not all(isinstance(h, str) and h for h in handlers):
+            self.problem(("handlers",), "must be a list of importable module names")
+            handlers = []
+        workers = self.workers(data.get("workers") or {})
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(self.path, providers, tuple(handlers), workers)
+
+    def provider(self, name: str, raw: Any, tolerance: int, max_body: int) -> ProviderEntry | None:
+        path: Path_ = ("providers", name)
+        if not PROVIDER_NAME.match(name):
+            self.problem(path, "provider names are lower-case letters, digits, '-' and '_' (they become the URL)")
+        if not isinstance(raw, dict):
+            self.problem(path, "must be a mapping with at least a type:")
+            return None
+        type_name = raw.get("type")
+        cls = PROVIDER_TYPES.get(type_name) if isinstance(type_name, str) else None
+        if cls is None:
+            known = ", ".join(sorted(PROVIDER_TYPES))
+            self.problem((*path, "type"), f"unknown type {type_name!r} (built in: {known})")
+            return None
+        secrets = raw.get("secrets", [])
+        if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
+            self.problem((*path, "secrets"), "must be a list of strings")
+            secrets = []
+        api = raw.get("api") or {}
+        if not isinstance(api, dict):
+            self.problem((*path, "api"), "must be a mapping")
+            api = {}
+        settings = ProviderSettings(
+            name=name,
+            type=type_name,
+            secrets=tuple(secrets),
+            tolerance_seconds=self.positive_int(raw, "tolerance_seconds", path, tolerance),
+            options={k: v for k, v in raw.items() if k not in COMMON_KEYS},
+        )
+        try:
+            provider = cls(settings, clock=self.clock) if self.clock else cls(settings)
+        except ProviderConfigError as exc:
+            for field_name, message in exc.problems:
+                self.problem((*path, *_field_path(field_name)), message)
+            return None
+        return ProviderEntry(provider, self.positive_int(raw, "max_body_bytes", path, max_body), api)
+
+    def workers(self, raw: Any) -> WorkerSettings:
+        if not isinstance(raw, dict):
+            self.problem(("workers",), "must be a mapping")
+            return WorkerSettings()
+        known = {f.name: f for f in fields(WorkerSettings)}
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in known:
+                self.problem(("workers", key), f"unknown key (known: {', '.join(known)})")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                self.problem(("workers", key), "must be a number > 0")
+            else:
+                values[key] = int(value) if key == "max_attempts" else float(value)
+        return WorkerSettings(**values)
+
+
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *, clock: Clock | None = None
+) -> Config:
+    """Load and validate providers.yaml.
+
+    Raises:
+        ConfigError: listing every problem found, each with file and line.
+    """
+    return _Loader(Path(path), os.environ if environ is None else environ, clock).load()

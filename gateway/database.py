@@ -1,0 +1,54 @@
+"""Engines for the store: SQLite by default (WAL, fully synced commits), PostgreSQL in production.
+
+A 2xx promises the event is committed, so SQLite runs ``synchronous=FULL``: with group commit
+the fsync is paid once per batch, not per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
+
+from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+#: How long SQLite waits for another process's write lock before the store counts as unavailable.
+SQLITE_BUSY_SECONDS = 5.0
+
+
+def create_store_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``; SQLite files get WAL mode and a busy timeout (``?timeout=`` wins)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        kwargs.setdefault("pool_size", 10)
+        if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, **kwargs)
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("timeout", float(parsed.query.get("timeout", SQLITE_BUSY_SECONDS)))
+    connect_args.setdefault("check_same_thread", False)
+    engine = create_engine(parsed.set(query={}), connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables that do not exist yet (idempotent; safe from several processes)."""
+    SQLModel.metadata.create_all(engine)
+
+
+def ping(engine: Engine) -> None:
+    """Raise unless the store answers a query."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))

@@ -1,0 +1,27 @@
+"""Errors of the gateway layer, under the shared root ``providers.errors.HookgateError``.
+
+HookgateError
+├── ConfigError           providers.yaml or the environment is unusable (lists every problem)
+├── StoreUnavailable      the database did not take a write: answer 503, never 2xx
+└── BrokerUnavailable     the broker did not take a message: answer 503
+"""
+
+from __future__ import annotations
+
+from providers.errors import HookgateError
+
+
+class ConfigError(HookgateError):
+    """Raised when the configuration has problems; ``problems`` are ``file:line: field: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class StoreUnavailable(HookgateError):
+    """Raised when the store cannot commit; the sender should retry later."""
+
+
+class BrokerUnavailable(HookgateError):
+    """Raised when the broker does not answer; the sender should retry later."""

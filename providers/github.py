@@ -1,0 +1,103 @@
+"""GitHub: ``X-Hub-Signature-256: sha256=<hex>`` over the raw body; no timestamp is signed.
+
+The delivery GUID (``X-GitHub-Delivery``) is the dedupe key: redeliveries reuse it. The event
+type is ``X-GitHub-Event`` refined by the body's ``action`` (``issues.opened``). ``ping``, sent
+when a hook is created, is answered as a handshake and never stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from .base import BaseProvider, Delivery, Handshake, any_match, hmac_digest, required_header
+from .errors import PayloadRejected, SignatureRejected
+from .payload import as_sequence, parse_json_object
+
+HEADER = "x-hub-signature-256"
+PREFIX = "sha256="
+PONG = Handshake(200, b'{"status":"handshake","event":"ping"}')
+
+#: Payload keys naming the object an event is about, most specific first.
+RESOURCE_KEYS = (
+    "issue",
+    "pull_request",
+    "check_run",
+    "check_suite",
+    "workflow_run",
+    "workflow_job",
+    "release",
+    "deployment",
+    "discussion",
+    "milestone",
+    "label",
+    "repository",
+)
+
+
+class GitHubProvider(BaseProvider):
+    type_name = "github"
+    kept_headers = frozenset(
+        {
+            HEADER,
+            "x-github-event",
+            "x-github-delivery",
+            "x-github-hook-id",
+            "x-github-hook-installation-target-type",
+            "x-github-hook-installation-target-id",
+        }
+    )
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
+        offered = required_header(headers, HEADER)
+        if not offered.startswith(PREFIX) or len(offered) != len(PREFIX) + 64:
+            raise SignatureRejected(f"malformed {HEADER} header")
+        expected = ((PREFIX + hmac_digest(s.encode(), body).hex()).encode() for s in self.settings.secrets)
+        if not any_match(expected, [offered.encode()]):
+            raise SignatureRejected("signature does not match")
+        event, delivery_id = headers.get("x-github-event"), headers.get("x-github-delivery")
+        if not event or not delivery_id:
+            raise PayloadRejected("missing X-GitHub-Event or X-GitHub-Delivery header")
+        payload = parse_json_object(body)
+        if event == "ping":
+            return Delivery(event_id=delivery_id, event_type="ping", payload=payload, handshake=PONG)
+        action = payload.get("action")
+        event_type = f"{event}.{action}" if isinstance(action, str) and action else event
+        resource_id, sequence = None, None
+        for key in RESOURCE_KEYS:
+            obj = payload.get(key)
+            if isinstance(obj, dict) and obj.get("id") is not None:
+                resource_id = f"{key}:{obj['id']}"
+                sequence = as_sequence(obj.get("updated_at"))
+                break
+        return Delivery(delivery_id, event_type, resource_id, sequence, payload)
+
+    def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
+        return {"X-Hub-Signature-256": PREFIX + hmac_digest(secret.encode(), body).hex()}
+
+    def sample(
+        self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int
+    ) -> tuple[bytes, dict[str, str]]:
+        event, _, action = event_type.partition(".")
+        payload: dict[str, Any] = (
+            dict(data)
+            if data
+            else {
+                "repository": {"id": 1296269, "full_name": "octocat/Hello-World"},
+                "sender": {"login": "octocat", "id": 1},
+            }
+        )
+        if action:
+            payload.setdefault("action", action)
+        if event == "issues" and "issue" not in payload:
+            payload["issue"] = {"id": 1, "number": 1347, "title": "Found a bug", "state": "open"}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "GitHub-Hookshot/hookgate-send",
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": event_id,
+            "X-GitHub-Hook-ID": "1",
+        }
+        return orjson.dumps(payload), headers

@@ -1,0 +1,17 @@
+"""The module Dramatiq's CLI loads: ``dramatiq workers.main`` (what ``hookgate worker`` runs).
+
+Settings come from the environment (``HOOKGATE_CONFIG``, ``HOOKGATE_DATABASE_URL``,
+``HOOKGATE_REDIS_URL``); ``hookgate worker`` fills in the embedded Redis when none is set.
+"""
+
+from __future__ import annotations
+
+from gateway.config import load_config
+from gateway.settings import Settings
+
+from .app import build_worker_broker
+
+_settings = Settings.from_env()
+if not _settings.redis_url:
+    raise SystemExit("HOOKGATE_REDIS_URL is not set: start workers with `hookgate worker`, or set it")
+broker = build_worker_broker(load_config(_settings.config_path), _settings.database_url, _settings.redis_url)

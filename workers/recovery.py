@@ -1,0 +1,127 @@
+"""The recovery sweep: the store, not the broker, is the record of unfinished work.
+
+Redis can lose messages (a restart without persistence, ``FLUSHALL``), and Dramatiq gives a dead
+worker's messages back only after its heartbeat timeout, on a random maintenance pass. Each
+worker process therefore runs this sweep every ``sweep_interval_seconds``. It (re)sends:
+
+* events whose retry is due (``message_id`` cleared by a failed try);
+* ``received``/``queued`` events older than ``requeue_after_seconds`` whose message the broker
+  no longer holds (those it still holds are looked at again later);
+* ``processing`` events whose lease expired: their worker died or stalled.
+
+Every re-send first swaps the event's token in one compare-and-set UPDATE, so when several
+sweeps race only one sends, and the old message, if it ever runs, claims nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import Engine, select, update
+
+from gateway.config import WorkerSettings
+from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
+from gateway.queue import EventQueue, new_token
+from providers.base import Clock
+
+log = logging.getLogger("hookgate.recovery")
+
+BATCH = 500
+
+
+class RecoverySweep:
+    """Finds unfinished events the broker has lost and sends them again."""
+
+    def __init__(
+        self, engine: Engine, event_queue: EventQueue, settings: WorkerSettings, *, clock: Clock = time.time
+    ) -> None:
+        self.engine = engine
+        self.event_queue = event_queue
+        self.settings = settings
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hookgate-recovery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval_seconds):
+            try:
+                self.run_once()
+            except Exception:
+                log.warning("recovery sweep failed; trying again", exc_info=True)
+
+    def run_once(self) -> int:
+        """One pass; returns how many events were sent again."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            waiting = conn.execute(
+                select(events.c.id, events.c.status, events.c.message_id)
+                .where(events.c.status.in_((RECEIVED, QUEUED)), events.c.sweep_after <= now)
+                .order_by(events.c.sweep_after)
+                .limit(BATCH)
+            ).all()
+            expired = conn.execute(
+                select(events.c.id, events.c.status, events.c.message_id, events.c.attempts)
+                .where(events.c.status == PROCESSING, events.c.lease_expires_at <= now)
+                .limit(BATCH)
+            ).all()
+        missing = self.event_queue.missing([row.message_id for row in waiting if row.message_id])
+        present = [row.id for row in waiting if row.message_id and row.message_id not in missing]
+        resend = [row for row in waiting if row.message_id is None or row.message_id in missing]
+        sent: list[tuple[int, str]] = []
+        later = now + self.settings.requeue_after_seconds
+        with self.engine.begin() as conn:
+            if present:
+                conn.execute(
+                    update(events)
+                    .where(events.c.id.in_(present), events.c.status.in_((RECEIVED, QUEUED)))
+                    .values(sweep_after=later)
+                )
+            for row in [*resend, *expired]:
+                guard = [events.c.id == row.id, events.c.status == row.status]
+                guard.append(
+                    events.c.message_id.is_(None) if row.message_id is None else events.c.message_id == row.message_id
+                )
+                if row.status == PROCESSING:
+                    guard.append(events.c.lease_expires_at <= now)
+                    if row.attempts >= self.settings.max_attempts:
+                        conn.execute(
+                            update(events)
+                            .where(*guard)
+                            .values(
+                                status=FAILED,
+                                sweep_after=None,
+                                lease_expires_at=None,
+                                updated_at=now,
+                                last_error=f"the worker stopped while processing it, {row.attempts} times",
+                            )
+                        )
+                        continue
+                token = new_token()
+                changed = conn.execute(
+                    update(events)
+                    .where(*guard)
+                    .values(
+                        status=QUEUED,
+                        message_id=token,
+                        sweep_after=later,
+                        lease_expires_at=None,
+                        updated_at=now,
+                    )
+                ).rowcount
+                if changed:
+                    sent.append((row.id, token))
+        if sent:
+            self.event_queue.send(sent)
+            log.info("recovery sweep sent %d events again", len(sent))
+        return len(sent)
