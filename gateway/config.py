@@ -113,6 +113,8 @@ class _Loader:
         self.path, self.environ, self.clock = path, environ, clock
         self.problems: list[str] = []
         self.lines: _Lines | None = None
+        #: Paths whose ``${NAME}`` could not be resolved (their follow-on problems are not repeated).
+        self.unresolved: set[Path_] = set()
 
     def problem(self, path: Path_, message: str) -> None:
         line = self.lines.line(path) if self.lines else 1
@@ -130,6 +132,7 @@ class _Loader:
                 if name not in self.environ:
                     owner = f" (provider {path[1]})" if len(path) > 1 and path[0] == "providers" else ""
                     self.problem(path, f"environment variable {name} is not set{owner}")
+                    self.unresolved.add(path[:2])
                     return ""
                 return self.environ[name]
 
@@ -207,6 +210,8 @@ class _Loader:
         if not isinstance(api, dict):
             self.problem((*path, "api"), "must be a mapping")
             api = {}
+        if path in self.unresolved:
+            return None
         settings = ProviderSettings(
             name=name,
             type=type_name,

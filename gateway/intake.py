@@ -68,12 +68,12 @@ class Intake:
         self.engine = engine
         self.event_queue = event_queue
         self.ingestor = Ingestor(engine, event_queue)
-        self.metrics = CollectorRegistry()
+        self.metric_registry = CollectorRegistry()
         self.deliveries = Counter(
             "hookgate_deliveries",
             "Webhook requests by provider and outcome.",
             ["provider", "outcome"],
-            registry=self.metrics,
+            registry=self.metric_registry,
         )
         self.requeue_after = config.workers.requeue_after_seconds
 
@@ -153,7 +153,7 @@ class Intake:
         return answer(200, {"status": "ready"})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.metric_registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(config: Config, engine: Engine, event_queue: EventQueue, *, create_tables: bool = True) -> Starlette:

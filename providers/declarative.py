@@ -47,9 +47,10 @@ class DeclarativeHmacProvider(BaseProvider):
     def check_options(self, options: Mapping[str, Any]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         signature = options.get("signature")
-        if not isinstance(signature, Mapping) or not signature.get("header"):
-            problems.append(("signature.header", "required: the header that carries the signature"))
+        if not isinstance(signature, Mapping):
             signature = {}
+        if not signature.get("header"):
+            problems.append(("signature.header", "required: the header that carries the signature"))
         if signature.get("algorithm", "sha256") not in ALGORITHMS:
             problems.append(("signature.algorithm", f"must be one of {', '.join(ALGORITHMS)}"))
         if signature.get("encoding", "hex") not in ENCODINGS:

@@ -1,0 +1,128 @@
+"""providers.yaml: substitution, validation, and problems reported with file and line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "providers.yaml"
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ or {})
+    return info.value.problems
+
+
+def test_env_substitution_and_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        defaults: {tolerance_seconds: 60}
+        providers:
+          stripe: {type: stripe, secrets: ["${STRIPE_SECRET}", "${OLD:-whsec_fallback_value}"], tolerance_seconds: 10}
+          github: {type: github, secrets: ["${GH}"]}
+        handlers: [examples.handlers]
+    """,
+    )
+    config = load_config(path, {"STRIPE_SECRET": "whsec_from_env", "GH": "github-secret"})
+    stripe = config.providers["stripe"].provider.settings
+    assert stripe.secrets == ("whsec_from_env", "whsec_fallback_value")
+    assert stripe.tolerance_seconds == 10
+    assert config.providers["github"].provider.settings.tolerance_seconds == 60
+    assert config.providers["github"].max_body_bytes == 1_048_576
+    assert config.handlers == ("examples.handlers",)
+
+
+def test_missing_variable_names_it_the_provider_and_the_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        providers:
+          github:
+            type: github
+            secrets: ["${GITHUB_WEBHOOK_SECRET}"]
+    """,
+    )
+    assert problems(path) == [
+        f"{path}:4: providers.github.secrets[0]: environment variable GITHUB_WEBHOOK_SECRET is not set (provider github)",
+    ]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        defaults: {tolerance_seconds: -1}
+        providers:
+          stripe: {type: stripe, secrets: []}
+          acme:
+            type: hmac
+            secrets: ["long-enough-secret"]
+            signature: {algorithm: md5}
+            event: {id: "header:X-Id"}
+          Bad Name: {type: nope}
+        workers: {lease_seconds: 0, speed: 3}
+    """,
+    )
+    found = problems(path)
+    expected = [
+        ":1: defaults.tolerance_seconds: must be a whole number >= 0",
+        ":3: providers.stripe.secrets: at least one secret is required",
+        ":7: providers.acme.signature.header: required",
+        ":7: providers.acme.signature.algorithm: must be one of",
+        ":8: providers.acme.event.type: required",
+        ":9: providers.Bad Name: provider names are lower-case",
+        ":9: providers.Bad Name.type: unknown type 'nope'",
+        ":10: workers.lease_seconds: must be a number > 0",
+        ":10: workers.speed: unknown key",
+    ]
+    for fragment in expected:
+        assert any(fragment in p for p in found), (fragment, found)
+    assert all(p.startswith(str(path)) for p in found)
+
+
+def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "providers:\n  stripe: {type: stripe\n  github: [\n")
+    (problem,) = problems(path)
+    assert problem.startswith(f"{path}:") and "not valid YAML" in problem
+
+
+def test_hookgate_check_exits_1_and_lists_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp_path}/db.sqlite")
+    monkeypatch.delenv("HOOKGATE_REDIS_URL", raising=False)
+    path = write(
+        tmp_path,
+        """
+        providers:
+          stripe: {type: stripe, secrets: ["${NOT_SET_ANYWHERE}"]}
+        handlers: [no_such_module_here]
+    """,
+    )
+    assert main(["check", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "NOT_SET_ANYWHERE is not set (provider stripe)" in err
+    monkeypatch.setenv("NOT_SET_ANYWHERE", "whsec_now_it_is_set")
+    assert main(["check", "--config", str(path)]) == 1
+    assert "cannot import no_such_module_here" in capsys.readouterr().err
+
+
+def test_hookgate_check_passes_on_the_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp_path}/db.sqlite")
+    monkeypatch.delenv("HOOKGATE_REDIS_URL", raising=False)
+    assert main(["check", "--config", str(Path(__file__).parents[2] / "providers.yaml")]) == 0
+    assert "4 providers" in capsys.readouterr().out
