@@ -43,16 +43,16 @@ defaults:
   tolerance_seconds: 300
   max_body_bytes: 65536
 providers:
-  stripe: {type: stripe, secrets: ["%(stripe)s"]}
-  github: {type: github, secrets: ["%(github)s"]}
-  standard: {type: standard, secrets: ["%(standard)s"]}
+  stripe: {{type: stripe, secrets: ["{stripe}"]}}
+  github: {{type: github, secrets: ["{github}"]}}
+  standard: {{type: standard, secrets: ["{standard}"]}}
   acme:
     type: hmac
-    secrets: ["%(acme)s", "%(acme_new)s"]
-    signature: {header: X-Acme-Signature, algorithm: sha256, encoding: hex, prefix: "sha256="}
-    timestamp: {header: X-Acme-Timestamp}
-    signed_payload: "{timestamp}.{body}"
-    event: {id: "header:X-Acme-Event-Id", type: "body:type", resource: "body:data.id", sequence: "body:data.version"}
+    secrets: ["{acme}", "{acme_new}"]
+    signature: {{header: X-Acme-Signature, algorithm: sha256, encoding: hex, prefix: "sha256="}}
+    timestamp: {{header: X-Acme-Timestamp}}
+    signed_payload: "{{timestamp}}.{{body}}"
+    event: {{id: "header:X-Acme-Event-Id", type: "body:type", resource: "body:data.id", sequence: "body:data.version"}}
 handlers: [tests.support.handlers]
 workers:
   lease_seconds: 2
@@ -61,13 +61,13 @@ workers:
   max_attempts: 3
   min_backoff_seconds: 0.1
   max_backoff_seconds: 0.5
-""" % {
-    "stripe": STRIPE_SECRET,
-    "github": GITHUB_SECRET.replace("'", "''"),
-    "standard": STANDARD_SECRET,
-    "acme": ACME_SECRET,
-    "acme_new": ACME_SECRET_NEW,
-}
+""".format(
+    stripe=STRIPE_SECRET,
+    github=GITHUB_SECRET.replace("'", "''"),
+    standard=STANDARD_SECRET,
+    acme=ACME_SECRET,
+    acme_new=ACME_SECRET_NEW,
+)
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,8 @@ def test_missing_variable_names_it_the_provider_and_the_line(tmp_path: Path) -> 
     """,
     )
     assert problems(path) == [
-        f"{path}:4: providers.github.secrets[0]: environment variable GITHUB_WEBHOOK_SECRET is not set (provider github)",
+        f"{path}:4: providers.github.secrets[0]: "
+        "environment variable GITHUB_WEBHOOK_SECRET is not set (provider github)",
     ]
 
 
@@ -95,7 +96,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "providers:\n  stripe: {type: stripe\n  github: [\n")
     (problem,) = problems(path)
-    assert problem.startswith(f"{path}:") and "not valid YAML" in problem
+    assert problem.startswith(f"{path}:")
+    assert "not valid YAML" in problem
 
 
 def test_hookgate_check_exits_1_and_lists_problems(

@@ -17,10 +17,13 @@ SECRET = "It's a Secret to Everybody"
 NODE_DIR = Path(os.environ.get("HOOKGATE_TEST_NODE_DIR", Path.home() / ".cache" / "hookgate-tests" / "node"))
 OCTOKIT_SCRIPT = """
 import { sign, verify } from "@octokit/webhooks-methods";
-const input = JSON.parse(await new Promise((ok) => { let d = ""; process.stdin.on("data", (c) => d += c); process.stdin.on("end", () => ok(d)); }));
+let text = "";
+for await (const chunk of process.stdin) text += chunk;
+const input = JSON.parse(text);
 const out = [];
 for (const item of input) {
-  out.push(item.signature ? await verify(item.secret, item.payload, item.signature) : await sign(item.secret, item.payload));
+  const { secret, payload, signature } = item;
+  out.push(signature ? await verify(secret, payload, signature) : await sign(secret, payload));
 }
 console.log(JSON.stringify(out));
 """
