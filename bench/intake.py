@@ -1,0 +1,172 @@
+"""Benchmark: the full Hookgate intake against a bare Starlette endpoint, in one run.
+
+Both run under uvicorn with one worker process, take the same load from wrk (64 connections,
+2 KB GitHub-style bodies, a fresh X-GitHub-Delivery per request), and are reported as
+requests/s, p50 and p99 latency, and Hookgate's throughput as a ratio of the bare endpoint's.
+Hookgate does everything it does in production: size limit, HMAC verification, JSON parse,
+dedupe, a durable commit (SQLite WAL, synchronous=FULL, or $HOOKGATE_DATABASE_URL) and the
+enqueue to Redis (embedded, or $HOOKGATE_REDIS_URL). No workers run, so the queue only grows.
+
+    python bench/intake.py [--seconds 15] [--connections 64]
+
+Needs wrk (Debian: apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+SECRET = b"bench-secret-0123456789"
+
+LUA = """
+local counter = 0
+local thread_id = 0
+local threads = {}
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+function init(args)
+  thread_id = id
+end
+request = function()
+  counter = counter + 1
+  wrk.headers["X-GitHub-Delivery"] = "bench-" .. thread_id .. "-" .. counter .. "-" .. RUN
+  return wrk.format("POST", nil, nil, nil)
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def body_of_2kb() -> bytes:
+    issue = {"id": 1, "number": 1347, "title": "Found a bug", "body": "x" * 1908, "state": "open"}
+    return json.dumps({"action": "opened", "issue": issue, "repository": {"id": 1296269}}).encode()
+
+
+def run_wrk(url: str, body: bytes, seconds: int, connections: int, run_tag: str) -> dict[str, float]:
+    signature = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        body_lua = body.decode().replace("\\", "\\\\").replace('"', '\\"')
+        script.write_text(
+            f'RUN = "{run_tag}"\nwrk.method = "POST"\nwrk.body = "{body_lua}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            'wrk.headers["X-GitHub-Event"] = "issues"\n'
+            f'wrk.headers["X-Hub-Signature-256"] = "{signature}"\n' + LUA
+        )
+        out = subprocess.run(
+            ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": ms(latency["50"]),
+        "p99": ms(latency["99"]),
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
+        "socket_errors": errors.group(1) if errors else "",  # type: ignore[dict-item]
+    }
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    body = body_of_2kb()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="hgbench-") as tmp:
+        env = {
+            **os.environ,
+            "HOOKGATE_CONFIG": str(HERE / "providers.yaml"),
+            "HOOKGATE_DATABASE_URL": os.environ.get("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp}/bench.db"),
+            "HOOKGATE_DATA_DIR": f"{tmp}/data",
+        }
+        targets = {
+            "bare starlette": [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.bare_app:app",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            "hookgate intake": [sys.executable, "-m", "gateway.cli", "serve"],
+        }
+        for name, command in targets.items():
+            port = free_port()
+            proc = start([*command, "--port", str(port)], env, Path(tmp) / f"{name.split()[0]}.log")
+            try:
+                url = f"http://127.0.0.1:{port}/webhooks/github"
+                wait_ready(f"http://127.0.0.1:{port}/healthz")
+                run_wrk(url, body, 2, args.connections, f"warm{port}")
+                results[name] = run_wrk(url, body, args.seconds, args.connections, f"run{port}")
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    print(f"\n{'target':18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for name, r in results.items():
+        print(f"{name:18} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non_2xx']:>8.0f} {r['socket_errors']}")
+    ratio = results["hookgate intake"]["rps"] / results["bare starlette"]["rps"]
+    print(
+        f"\nratio (hookgate / bare): {ratio:.2f}   bodies {len(body)} B, {args.connections} connections, "
+        f"{args.seconds} s each, database {env['HOOKGATE_DATABASE_URL'].split(':')[0]}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
