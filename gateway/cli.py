@@ -6,10 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,6 +17,7 @@ import orjson
 
 from .config import Config, load_config
 from .errors import ConfigError, HookgateError
+from .processes import Supervised, exit_on_sigterm, run_forwarding_signals
 from .settings import Settings
 
 
@@ -74,72 +72,12 @@ def _worker_command(processes: int, threads: int) -> list[str]:
     return [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes), "--threads", str(threads)]
 
 
-def _exit_on_sigterm() -> None:
-    """Turn SIGTERM into a normal exit so that ``finally`` blocks (stopping Redis) run."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _run_forwarding_signals(command: list[str]) -> int:
-    """Run ``command`` until it exits, passing SIGTERM and SIGINT on to it (a graceful stop)."""
-    child = subprocess.Popen(command, env=os.environ.copy())
-
-    def forward(signum: int, frame: object) -> None:
-        child.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    return child.wait()
-
-
-class _SupervisedWorker:
-    """The worker process tree of ``hookgate run``, started again if it dies.
-
-    Dramatiq's CLI stops all its worker processes when one of them dies; in production a
-    process manager restarts ``hookgate worker``, here this does.
-    """
-
-    def __init__(self, command: list[str]) -> None:
-        self.command = command
-        self.stopping = threading.Event()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.thread = threading.Thread(target=self._supervise, name="hookgate-worker-supervisor", daemon=True)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.command, env=os.environ.copy())
-        self.thread.start()
-
-    def _supervise(self) -> None:
-        while not self.stopping.is_set():
-            assert self.process is not None
-            code = self.process.wait()
-            if self.stopping.is_set():
-                return
-            logging.getLogger("hookgate").warning("the worker exited (code %s); starting it again", code)
-            self.stopping.wait(1.0)
-            if not self.stopping.is_set():
-                self.process = subprocess.Popen(self.command, env=os.environ.copy())
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = _config(settings)
-    _exit_on_sigterm()
+    exit_on_sigterm()
     with _redis_url(settings) as url:
-        worker = _SupervisedWorker(_worker_command(1, args.threads))
+        worker = Supervised(_worker_command(1, args.threads))
         worker.start()
         try:
             _serve(config, settings, url, args.host, args.port)
@@ -151,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = _config(settings)
-    _exit_on_sigterm()
+    exit_on_sigterm()
     with _redis_url(settings) as url:
         _serve(config, settings, url, args.host, args.port)
     return 0
@@ -161,7 +99,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _config(settings)
     with _redis_url(settings):
-        return _run_forwarding_signals(_worker_command(args.processes, args.threads))
+        return run_forwarding_signals(_worker_command(args.processes, args.threads))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from .errors import BrokerUnavailable
+from .processes import terminate
 
 #: Unix socket paths longer than this do not fit in ``sockaddr_un``.
 MAX_SOCKET_PATH = 100
@@ -105,12 +106,6 @@ class EmbeddedRedis:
         return self.url
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
+        if self._process is not None:
+            terminate(self._process, timeout=10)
+            self._process = None

@@ -128,29 +128,41 @@ class Ingestor:
     # -- committer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        self._consume(self._inbox, self._write, self._idle, limit=self.max_batch)
+        self._idle()
+
+    @staticmethod
+    def _consume(
+        source: queue.SimpleQueue[Any],
+        handle: Callable[[list[Any]], None],
+        idle: Callable[[], None],
+        limit: int = 1 << 30,
+    ) -> None:
+        """Hand everything waiting on ``source`` (up to ``limit`` items) to ``handle`` at once.
+
+        Runs until a ``None`` arrives; calls ``idle`` whenever nothing came for half a second.
+        """
         stopping = False
         while not stopping:
             try:
-                first = self._inbox.get(timeout=0.5)
+                item = source.get(timeout=0.5)
             except queue.Empty:
-                self._idle()
+                idle()
                 continue
-            batch: list[_Pending] = []
-            item: _Pending | None = first
+            taken: list[Any] = []
             while True:
                 if item is None:
                     stopping = True
-                else:
-                    batch.append(item)
-                if len(batch) >= self.max_batch:
+                    break
+                taken.append(item)
+                if len(taken) >= limit:
                     break
                 try:
-                    item = self._inbox.get_nowait()
+                    item = source.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._write(batch)
-        self._idle()
+            if taken:
+                handle(taken)
 
     def _idle(self) -> None:
         """Between batches: record what the relay has enqueued."""
@@ -217,26 +229,7 @@ class Ingestor:
     # -- relay thread ---------------------------------------------------------------------
 
     def _relay(self) -> None:
-        stopping = False
-        while not stopping:
-            try:
-                first = self._outbox.get(timeout=0.5)
-            except queue.Empty:
-                self._probe_broker()
-                continue
-            items: list[tuple[int, str]] = []
-            batch: list[tuple[int, str]] | None = first
-            while True:
-                if batch is None:
-                    stopping = True
-                else:
-                    items += batch
-                try:
-                    batch = self._outbox.get_nowait()
-                except queue.Empty:
-                    break
-            if items:
-                self._enqueue(items)
+        self._consume(self._outbox, lambda batches: self._enqueue([i for b in batches for i in b]), self._probe_broker)
 
     def _enqueue(self, items: list[tuple[int, str]]) -> None:
         try:

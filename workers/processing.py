@@ -23,21 +23,22 @@ from providers.base import Clock
 
 from .event import Event
 from .lifecycle import EventLifecycle
+from .periodic import Periodic
 from .registry import HandlerRegistry
 
 log = logging.getLogger("hookgate.worker")
 
 
-class LeaseKeeper:
+class LeaseKeeper(Periodic):
     """Renews the leases of the events this process is running, every third of a lease."""
 
+    name = "hookgate-leases"
+
     def __init__(self, lifecycle: EventLifecycle, settings: WorkerSettings) -> None:
+        super().__init__(settings.lease_seconds / 3)
         self.lifecycle = lifecycle
-        self.interval = settings.lease_seconds / 3
         self._held: dict[int, str] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @contextmanager
     def hold(self, pk: int, token: str) -> Iterator[None]:
@@ -49,24 +50,11 @@ class LeaseKeeper:
             with self._lock:
                 self._held.pop(pk, None)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hookgate-leases", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                held = list(self._held.items())
-            if held:
-                try:
-                    self.lifecycle.renew(held)
-                except Exception:
-                    log.warning("could not renew %d leases", len(held), exc_info=True)
+    def tick(self) -> None:
+        with self._lock:
+            held = list(self._held.items())
+        if held:
+            self.lifecycle.renew(held)
 
 
 def to_event(row: Any) -> Event:

@@ -16,7 +16,6 @@ sweeps race only one sends, and the old message, if it ever runs, claims nothing
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from sqlalchemy import Engine, select, update
@@ -26,39 +25,29 @@ from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
 
+from .periodic import Periodic
+
 log = logging.getLogger("hookgate.recovery")
 
 BATCH = 500
 
 
-class RecoverySweep:
+class RecoverySweep(Periodic):
     """Finds unfinished events the broker has lost and sends them again."""
+
+    name = "hookgate-recovery"
 
     def __init__(
         self, engine: Engine, event_queue: EventQueue, settings: WorkerSettings, *, clock: Clock = time.time
     ) -> None:
+        super().__init__(settings.sweep_interval_seconds)
         self.engine = engine
         self.event_queue = event_queue
         self.settings = settings
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hookgate-recovery", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.sweep_interval_seconds):
-            try:
-                self.run_once()
-            except Exception:
-                log.warning("recovery sweep failed; trying again", exc_info=True)
+    def tick(self) -> None:
+        self.run_once()
 
     def run_once(self) -> int:
         """One pass; returns how many events were sent again."""
@@ -92,34 +81,21 @@ class RecoverySweep:
                 guard.append(
                     events.c.message_id.is_(None) if row.message_id is None else events.c.message_id == row.message_id
                 )
+                values: dict[str, object] = {"lease_expires_at": None, "updated_at": now}
+                token = None
                 if row.status == PROCESSING:
                     guard.append(events.c.lease_expires_at <= now)
-                    if row.attempts >= self.settings.max_attempts:
-                        conn.execute(
-                            update(events)
-                            .where(*guard)
-                            .values(
-                                status=FAILED,
-                                sweep_after=None,
-                                lease_expires_at=None,
-                                updated_at=now,
-                                last_error=f"the worker stopped while processing it, {row.attempts} times",
-                            )
-                        )
-                        continue
-                token = new_token()
-                changed = conn.execute(
-                    update(events)
-                    .where(*guard)
-                    .values(
-                        status=QUEUED,
-                        message_id=token,
-                        sweep_after=later,
-                        lease_expires_at=None,
-                        updated_at=now,
+                if row.status == PROCESSING and row.attempts >= self.settings.max_attempts:
+                    values.update(
+                        status=FAILED,
+                        sweep_after=None,
+                        last_error=f"the worker stopped while processing it, {row.attempts} times",
                     )
-                ).rowcount
-                if changed:
+                else:
+                    token = new_token()
+                    values.update(status=QUEUED, message_id=token, sweep_after=later)
+                changed = conn.execute(update(events).where(*guard).values(**values)).rowcount
+                if changed and token:
                     sent.append((row.id, token))
         if sent:
             self.event_queue.send(sent)
