@@ -6,10 +6,12 @@ the fsync is paid once per batch, not per request.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError
 from sqlmodel import SQLModel
 
 from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -43,9 +45,27 @@ def create_store_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the tables that do not exist yet (idempotent; safe from several processes)."""
-    SQLModel.metadata.create_all(engine)
+#: Advisory lock key that serialises schema creation across processes on PostgreSQL.
+SCHEMA_LOCK = 0x686F6F6B67617465  # "hookgate"
+
+
+def create_schema(engine: Engine, attempts: int = 3) -> None:
+    """Create the tables that do not exist yet; safe when several processes start at once.
+
+    PostgreSQL: an advisory lock makes the check-then-create atomic across processes.
+    Elsewhere a process that loses the race sees "already exists" and checks again.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+                SQLModel.metadata.create_all(conn)
+            return
+        except DatabaseError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def ping(engine: Engine) -> None:

@@ -137,18 +137,18 @@ class Hookgate:
         self.server = ServerThread(create_app(self.config, engine, EventQueue(broker))).start()
         return self
 
-    def env(self) -> dict[str, str]:
+    def env(self, redis_url: str | None = None) -> dict[str, str]:
         return {
             **os.environ,
             "HOOKGATE_CONFIG": str(self.config_path),
             "HOOKGATE_DATABASE_URL": self.database_url,
-            "HOOKGATE_REDIS_URL": self.redis_url,
+            "HOOKGATE_REDIS_URL": redis_url or self.redis_url,
             "HOOKGATE_TEST_EFFECTS": str(self.dir),
             "PYTHONPATH": str(ROOT),
         }
 
-    def start_worker(self, **kwargs: Any) -> WorkerProcess:
-        worker = WorkerProcess(self.env(), **kwargs)
+    def start_worker(self, redis_url: str | None = None, **kwargs: Any) -> WorkerProcess:
+        worker = WorkerProcess(self.env(redis_url), **kwargs)
         self.workers.append(worker)
         return worker
 
