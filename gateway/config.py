@@ -41,6 +41,8 @@ class WorkerSettings:
     max_attempts: int = 8
     min_backoff_seconds: float = 1.0
     max_backoff_seconds: float = 600.0
+    #: A handler still running after this long is interrupted and counts as failed.
+    handler_time_limit_seconds: float = 600.0
 
     def backoff(self, attempts: int) -> float:
         """Delay before try ``attempts + 1``: doubling from the minimum, capped."""

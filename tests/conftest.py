@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import yaml
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
@@ -146,6 +147,12 @@ class Hookgate:
             "HOOKGATE_TEST_EFFECTS": str(self.dir),
             "PYTHONPATH": str(ROOT),
         }
+
+    def configure_workers(self, **settings: float) -> None:
+        """Change the ``workers:`` section that worker processes started from now on read."""
+        data = yaml.safe_load(self.config_path.read_text())
+        data["workers"].update(settings)
+        self.config_path.write_text(yaml.safe_dump(data))
 
     def start_worker(self, redis_url: str | None = None, **kwargs: Any) -> WorkerProcess:
         worker = WorkerProcess(self.env(redis_url), **kwargs)

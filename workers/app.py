@@ -49,5 +49,13 @@ def build_worker_broker(
     broker.add_middleware(WorkerRuntime(sweep, leases))
     dramatiq.set_broker(broker)
     processor = Processor(lifecycle, handlers, leases)
-    dramatiq.actor(processor.process, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, max_retries=0, broker=broker)
+    time_limit_ms = int(config.workers.handler_time_limit_seconds * 1000)
+    dramatiq.actor(
+        processor.process,
+        actor_name=ACTOR_NAME,
+        queue_name=QUEUE_NAME,
+        max_retries=0,
+        time_limit=time_limit_ms,
+        broker=broker,
+    )
     return broker

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from gateway.config import WorkerSettings
 from providers.base import Clock
@@ -76,6 +77,9 @@ def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
     for name, exc in failures:
         last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+        if isinstance(exc, TimeLimitExceeded):
+            parts.append(f"{name} exceeded the handler time limit{where}")
+            continue
         parts.append(f"{name} raised {type(exc).__name__}: {exc}{where}")
     return "\n".join(parts)
 
@@ -109,7 +113,9 @@ class Processor:
                 continue
             try:
                 handler(event)
-            except Exception as exc:
+            except (Exception, TimeLimitExceeded) as exc:
+                # A handler's failure is recorded, not raised. Dramatiq's time limit is a
+                # BaseException: caught here too, so an overrunning handler fails like any other.
                 failures.append((handler.name, exc))
                 continue
             if not self.lifecycle.record_handler(pk, token, handler.name):

@@ -97,6 +97,18 @@ def test_failing_handler_retries_then_fails_and_siblings_are_not_rerun(hookgate:
     assert [e[2] for e in hookgate.effects()] == ["once"]
 
 
+def test_a_handler_over_the_time_limit_fails_like_any_other(hookgate: Hookgate) -> None:
+    hookgate.configure_workers(handler_time_limit_seconds=1, max_attempts=2)
+    hookgate.start_intake()
+    hookgate.start_worker()
+    assert hookgate.post("acme", *hookgate.signed("acme", "slow.forever", "hang")).status_code == 200
+    row = hookgate.wait_status("acme", "hang", "failed", timeout=60)
+    assert row.attempts == 2
+    assert "tests.support.handlers.acme_handler exceeded the handler time limit" in row.last_error
+    assert len(hookgate.effects("started")) == 2
+    assert hookgate.effects() == []
+
+
 def test_worker_killed_mid_handler_the_event_still_ends_processed_once(hookgate: Hookgate) -> None:
     hookgate.start_intake()
     first = hookgate.start_worker()
