@@ -80,10 +80,14 @@ class Ingestor:
         engine: the store.
         event_queue: the broker hand-off.
         max_batch: the most rows in one transaction.
+        commit_timeout: how long a request waits for its commit before answering 503.
     """
 
-    def __init__(self, engine: Engine, event_queue: EventQueue, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, engine: Engine, event_queue: EventQueue, *, max_batch: int = 512, commit_timeout: float = 8.0
+    ) -> None:
         self.engine = engine
+        self.commit_timeout = commit_timeout
         self.event_queue = event_queue
         self.max_batch = max_batch
         #: False after an enqueue failed, until the broker answers again; the intake then says 503.
@@ -118,12 +122,17 @@ class Ingestor:
         """Store ``row`` (unless its event id is known); returns ``accepted`` or ``duplicate``.
 
         Raises:
-            StoreUnavailable: the batch holding this row was not committed.
+            StoreUnavailable: the batch holding this row was not committed, or not within
+                ``commit_timeout`` seconds (senders give up after 5 to 30 s).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         self._inbox.put(_Pending(row, future, loop))
-        return await future
+        try:
+            return await asyncio.wait_for(future, self.commit_timeout)
+        except TimeoutError:
+            # The commit may still land; then the sender's retry is answered "duplicate".
+            raise StoreUnavailable("the store did not commit in time") from None
 
     # -- committer thread -----------------------------------------------------------------
 
@@ -162,13 +171,16 @@ class Ingestor:
                 except queue.Empty:
                     break
             if taken:
-                handle(taken)
+                try:
+                    handle(taken)
+                except Exception:
+                    log.exception("unexpected error in the intake's writer; it carries on")
 
     def _idle(self) -> None:
         """Between batches: record what the relay has enqueued."""
         try:
             self._commit([])
-        except SQLAlchemyError:
+        except Exception:
             log.warning("store unavailable while marking events queued", exc_info=True)
 
     def _take_sent(self) -> list[int]:
@@ -188,8 +200,10 @@ class Ingestor:
         inserted: dict[tuple[str, str], int] = {}
         try:
             inserted = self._commit([p.row for p in first_of.values()])
-        except SQLAlchemyError as exc:
-            log.warning("store unavailable: %s", type(exc).__name__)
+        except Exception as exc:
+            # SQLAlchemy's errors are the expected ones; anything else must not leave requests waiting.
+            logger = log.warning if isinstance(exc, SQLAlchemyError) else log.exception
+            logger("store unavailable: %s", type(exc).__name__)
             error = StoreUnavailable("the store did not commit")
             for pending in batch:
                 answer(pending, error)
@@ -209,7 +223,7 @@ class Ingestor:
             return {}
         try:
             return self._insert_rows(rows, sent)
-        except SQLAlchemyError:
+        except Exception:
             with self._sent_lock:  # mark them on a later commit
                 self._sent[:0] = sent
             raise
