@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(
         name: str, func: object, help_text: str, parent: argparse._SubParsersAction = sub
-    ) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         p.add_argument("--config", help="providers.yaml (default: $HOOKGATE_CONFIG or ./providers.yaml)")

@@ -216,7 +216,7 @@ class _Loader:
             return None
         settings = ProviderSettings(
             name=name,
-            type=type_name,
+            type=str(type_name),
             secrets=tuple(secrets),
             tolerance_seconds=self.positive_int(raw, "tolerance_seconds", path, tolerance),
             options={k: v for k, v in raw.items() if k not in COMMON_KEYS},

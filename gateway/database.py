@@ -30,7 +30,8 @@ def create_store_engine(url: str, **kwargs: Any) -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         return create_engine(parsed, **kwargs)
     connect_args = kwargs.pop("connect_args", {})
-    connect_args.setdefault("timeout", float(parsed.query.get("timeout", SQLITE_BUSY_SECONDS)))
+    timeout = parsed.query.get("timeout", SQLITE_BUSY_SECONDS)
+    connect_args.setdefault("timeout", float(timeout[-1] if isinstance(timeout, tuple) else timeout))
     connect_args.setdefault("check_same_thread", False)
     engine = create_engine(parsed.set(query={}), connect_args=connect_args, **kwargs)
 

@@ -60,5 +60,6 @@ class HandlerRun(SQLModel, table=True):
     finished_at: float
 
 
-events = EventRecord.__table__
-handler_runs = HandlerRun.__table__
+#: The tables, for SQLAlchemy Core queries on the hot paths.
+events = SQLModel.metadata.tables[EventRecord.__tablename__]
+handler_runs = SQLModel.metadata.tables[HandlerRun.__tablename__]

@@ -51,11 +51,6 @@ def build_worker_broker(
     processor = Processor(lifecycle, handlers, leases)
     time_limit_ms = int(config.workers.handler_time_limit_seconds * 1000)
     dramatiq.actor(
-        processor.process,
-        actor_name=ACTOR_NAME,
-        queue_name=QUEUE_NAME,
-        max_retries=0,
-        time_limit=time_limit_ms,
-        broker=broker,
-    )
+        actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, max_retries=0, time_limit=time_limit_ms, broker=broker
+    )(processor.process)
     return broker
