@@ -96,7 +96,7 @@ class Intake:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry for ``/webhooks/...``."""
-        name = scope["path"][len(PREFIX) :]
+        name = scope["path"][len(PREFIX) :].removesuffix("/")
         try:
             status, content = await self.handle(name, scope, receive)
         except Reply as reply:

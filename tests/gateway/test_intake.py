@@ -40,6 +40,13 @@ def intake(hookgate: Hookgate) -> Hookgate:
     return hookgate.start_intake()
 
 
+def test_a_trailing_slash_reaches_the_same_provider(intake: Hookgate) -> None:
+    body, headers = stripe_event("evt_slash")
+    response = httpx.post(f"{intake.url}/webhooks/stripe/", content=body, headers=headers)
+    assert response.json() == {"status": "accepted", "id": "evt_slash"}
+    assert httpx.post(f"{intake.url}/webhooks/", content=body).status_code == 404
+
+
 def test_valid_event_is_stored_before_200(intake: Hookgate) -> None:
     body, headers = stripe_event()
     response = intake.post("stripe", body, headers)
