@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from providers import Delivery, DeliveryRejected
 
-from .config import Config, ProviderEntry
+from .config import Config
 from .database import create_schema, ping
 from .errors import StoreUnavailable
 from .ingest import Ingestor
@@ -86,6 +86,7 @@ class Intake:
             registry=self.metric_registry,
         )
         self._counters: dict[tuple[str, str], Any] = {}
+        self._kept_headers = {name: entry.provider.stored_headers() for name, entry in config.providers.items()}
         self.requeue_after = config.workers.requeue_after_seconds
 
     def count(self, provider: str, outcome: str) -> None:
@@ -137,7 +138,7 @@ class Intake:
         if not self.ingestor.broker_healthy:
             raise Reply(503, {"error": "broker unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable")
         try:
-            outcome = await self.ingestor.submit(self.row(name, entry, delivery, body, headers))
+            outcome = await self.ingestor.submit(self.row(name, delivery, body, headers))
         except StoreUnavailable:
             raise Reply(
                 503, {"error": "store unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable"
@@ -165,8 +166,8 @@ class Intake:
             more = message.get("more_body", False)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def row(self, name: str, entry: ProviderEntry, delivery: Delivery, body: bytes, headers: Headers) -> dict[str, Any]:
-        kept = entry.provider.stored_headers()
+    def row(self, name: str, delivery: Delivery, body: bytes, headers: Headers) -> dict[str, Any]:
+        kept = self._kept_headers[name]
         now = time.time()
         return {
             "provider": name,
