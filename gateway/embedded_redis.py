@@ -7,13 +7,9 @@ The store stays the record of work either way; this only spares a fresh machine 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,18 +17,10 @@ from pathlib import Path
 import redis
 
 from .errors import BrokerUnavailable
-from .processes import terminate
+from .processes import die_with_parent, terminate
 
 #: Unix socket paths longer than this do not fit in ``sockaddr_un``.
 MAX_SOCKET_PATH = 100
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: have the kernel stop this Redis when the Hookgate process that started it dies,
-    even by SIGKILL, so no orphaned server keeps the socket."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def redis_server_binary() -> str:
@@ -95,7 +83,7 @@ class EmbeddedRedis:
                 str(self.data_dir / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while not self._answers():

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 
 log = logging.getLogger("hookgate")
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
+    """``preexec_fn``: on Linux, the kernel sends this child SIGTERM when its parent dies, even by
+    SIGKILL, so no embedded Redis or worker outlives the command that started it."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def terminate(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -59,8 +72,11 @@ class Supervised:
         self.thread = threading.Thread(target=self._supervise, name="hookgate-supervisor", daemon=True)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, env=os.environ.copy())
+        self.process = self._spawn()
         self.thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, env=os.environ.copy(), preexec_fn=die_with_parent)
 
     def _supervise(self) -> None:
         while not self.stopping.is_set():
@@ -69,7 +85,7 @@ class Supervised:
             if self.stopping.wait(self.restart_delay):
                 return
             log.warning("%s exited (code %s); starting it again", self.command[-5:], code)
-            self.process = subprocess.Popen(self.command, env=os.environ.copy())
+            self.process = self._spawn()
 
     def stop(self) -> None:
         self.stopping.set()

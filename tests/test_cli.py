@@ -77,7 +77,11 @@ class QuickStart:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self.log.close()
 
 
@@ -91,8 +95,6 @@ def quick_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[obj
 
     yield start
     for qs in started:
-        if qs.process.poll() is None:
-            qs.process.kill()
         qs.stop()
 
 
@@ -144,6 +146,15 @@ def test_hookgate_run_restarts_a_worker_that_died(quick_start, capsys) -> None: 
         60,
         interval=0.2,
         what="the event processed by the new worker",
+    )
+    # Killed outright, hookgate run takes its worker down with it: nothing is left running.
+    (new_worker,) = children(qs.process.pid, "dramatiq")
+    tree = [new_worker, *children(new_worker)]
+    qs.process.kill()
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in tree),
+        30,
+        what="the worker processes to exit with hookgate run",
     )
 
 
