@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -112,7 +113,7 @@ def _field_path(field_name: str) -> Path_:
 
 class _Loader:
     def __init__(self, path: Path, environ: Mapping[str, str], clock: Clock | None) -> None:
-        self.path, self.environ, self.clock = path, environ, clock
+        self.path, self.environ, self.clock = path, environ, clock or time.time
         self.problems: list[str] = []
         self.lines: _Lines | None = None
         #: Paths whose ``${NAME}`` could not be resolved (their follow-on problems are not repeated).
@@ -222,7 +223,7 @@ class _Loader:
             options={k: v for k, v in raw.items() if k not in COMMON_KEYS},
         )
         try:
-            provider = cls(settings, clock=self.clock) if self.clock else cls(settings)
+            provider = cls(settings, clock=self.clock)
         except ProviderConfigError as exc:
             for field_name, message in exc.problems:
                 self.problem((*path, *_field_path(field_name)), message)

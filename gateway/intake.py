@@ -57,8 +57,11 @@ class Reply(Exception):
         self.status, self.content, self.headers, self.outcome = status, content, headers or {}, outcome
 
 
+JSON = b"application/json"
+
+
 async def send_response(
-    send: Send, status: int, body: bytes, headers: dict[str, str], media_type: bytes = b"application/json"
+    send: Send, status: int, body: bytes, headers: dict[str, str], media_type: bytes = JSON
 ) -> None:
     raw = [(b"content-type", media_type), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -99,20 +102,16 @@ class Intake:
         """ASGI entry for ``/webhooks/...``."""
         name = scope["path"][len(PREFIX) :].removesuffix("/")
         try:
-            status, content = await self.handle(name, scope, receive)
+            status, body, media_type = await self.handle(name, scope, receive)
         except Reply as reply:
             if reply.outcome:
                 self.count(name, reply.outcome)
             await send_response(send, reply.status, orjson.dumps(reply.content), reply.headers)
             return
-        if isinstance(content, Delivery):  # a handshake, answered as the provider expects
-            shake = content.handshake
-            assert shake is not None
-            await send_response(send, shake.status_code, shake.body, {}, shake.media_type.encode())
-            return
-        await send_response(send, status, orjson.dumps(content), {})
+        await send_response(send, status, body, {}, media_type)
 
-    async def handle(self, name: str, scope: Scope, receive: Receive) -> tuple[int, Any]:
+    async def handle(self, name: str, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        """The answer to a webhook request: status, body and media type (refusals raise Reply)."""
         entry = self.config.providers.get(name)
         if entry is None:
             raise Reply(404, {"error": "unknown provider"})
@@ -128,9 +127,10 @@ class Intake:
             log.info("rejected provider=%s status=%d reason=%s", name, exc.status_code, exc.reason)
             outcome = "rejected_signature" if exc.status_code == 401 else "rejected_payload"
             raise Reply(exc.status_code, {"error": exc.reason}, outcome=outcome) from None
-        if delivery.handshake is not None:
+        if delivery.handshake is not None:  # answered as the provider expects, never stored
             self.count(name, "handshake")
-            return 200, delivery
+            shake = delivery.handshake
+            return shake.status_code, shake.body, shake.media_type.encode()
         if max(len(delivery.event_id), len(delivery.event_type), len(delivery.resource_id or "")) > MAX_ID_LENGTH:
             raise Reply(
                 400, {"error": f"event id, type or resource id longer than {MAX_ID_LENGTH}"}, outcome="rejected_payload"
@@ -144,7 +144,7 @@ class Intake:
                 503, {"error": "store unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable"
             ) from None
         self.count(name, outcome)
-        return 200, {"status": outcome, "id": delivery.event_id}
+        return 200, orjson.dumps({"status": outcome, "id": delivery.event_id}), JSON
 
     @staticmethod
     async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,6 @@ import orjson
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from gateway.config import WorkerSettings
-from providers.base import Clock
 
 from .event import Event
 from .lifecycle import EventLifecycle
@@ -87,13 +85,10 @@ def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
 class Processor:
     """The body of the ``hookgate.process_event`` actor."""
 
-    def __init__(
-        self, lifecycle: EventLifecycle, registry: HandlerRegistry, leases: LeaseKeeper, *, clock: Clock = time.time
-    ) -> None:
+    def __init__(self, lifecycle: EventLifecycle, registry: HandlerRegistry, leases: LeaseKeeper) -> None:
         self.lifecycle = lifecycle
         self.registry = registry
         self.leases = leases
-        self.clock = clock
 
     def process(self, pk: int, token: str) -> None:
         row = self.lifecycle.claim(pk, token)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -81,12 +81,6 @@ class HandlerRegistry:
 
     def for_event(self, provider: str, event_type: str) -> list[Handler]:
         return [h for h in self._handlers.values() if h.matches(provider, event_type)]
-
-    def __iter__(self) -> Iterator[Handler]:
-        return iter(self._handlers.values())
-
-    def clear(self) -> None:
-        self._handlers.clear()
 
 
 #: The registry ``@on`` fills; the workers read it.
