@@ -10,13 +10,14 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from providers import PROVIDER_TYPES, BaseProvider, ProviderConfigError, ProviderSettings
+from providers.api import ApiSettings
 from providers.base import Clock
 
 from .errors import ConfigError
@@ -24,7 +25,9 @@ from .errors import ConfigError
 #: ``${NAME}``, or ``${NAME:-default}`` for an explicit fallback (used by the quick start).
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-COMMON_KEYS = {"type", "secrets", "tolerance_seconds", "max_body_bytes", "api"}
+COMMON_KEYS = {"type", "secrets", "tolerance_seconds", "max_body_bytes", "api", "ordering"}
+#: How long fresh events of a resource are held so that stragglers are applied in order.
+DEFAULT_WINDOW_MS = 2000
 Path_ = tuple[str | int, ...]
 
 
@@ -52,11 +55,14 @@ class WorkerSettings:
 
 @dataclass(frozen=True, slots=True)
 class ProviderEntry:
-    """A configured route ``/webhooks/{name}``."""
+    """A configured route ``/webhooks/{name}``, with its reconciliation and ordering settings."""
 
     provider: BaseProvider
     max_body_bytes: int
-    api: Mapping[str, Any] = field(default_factory=dict)
+    #: The provider's API for reconciliation; ``None`` when ``api:`` is not configured.
+    api: ApiSettings | None = None
+    #: ``ordering.window_ms`` in seconds: a resource's events are held this long after arrival.
+    window_seconds: float = DEFAULT_WINDOW_MS / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +180,14 @@ class _Loader:
         defaults = data.get("defaults") or {}
         tolerance = self.positive_int(defaults, "tolerance_seconds", ("defaults",), 300)
         max_body = self.positive_int(defaults, "max_body_bytes", ("defaults",), 1_048_576)
+        window_ms = self.window_ms(defaults, ("defaults",), DEFAULT_WINDOW_MS)
         providers = {}
         raw_providers = data.get("providers")
         if not isinstance(raw_providers, dict) or not raw_providers:
             self.problem(("providers",), "at least one provider is required")
             raw_providers = {}
         for name, raw in raw_providers.items():
-            entry = self.provider(str(name), raw, tolerance, max_body)
+            entry = self.provider(str(name), raw, tolerance, max_body, window_ms)
             if entry is not None:
                 providers[str(name)] = entry
         handlers = data.get("handlers") or []
@@ -192,7 +199,17 @@ class _Loader:
             raise ConfigError(self.problems)
         return Config(self.path, providers, tuple(handlers), workers)
 
-    def provider(self, name: str, raw: Any, tolerance: int, max_body: int) -> ProviderEntry | None:
+    def window_ms(self, section: Mapping[str, Any], path: Path_, default: int) -> int:
+        ordering = section.get("ordering") or {}
+        if not isinstance(ordering, dict):
+            self.problem((*path, "ordering"), "must be a mapping, e.g. {window_ms: 2000}")
+            return default
+        for key in ordering:
+            if key != "window_ms":
+                self.problem((*path, "ordering", key), "unknown key (known: window_ms)")
+        return self.positive_int(ordering, "window_ms", (*path, "ordering"), default)
+
+    def provider(self, name: str, raw: Any, tolerance: int, max_body: int, window_ms: int) -> ProviderEntry | None:
         path: Path_ = ("providers", name)
         if not PROVIDER_NAME.match(name):
             self.problem(path, "provider names are lower-case letters, digits, '-' and '_' (they become the URL)")
@@ -209,10 +226,11 @@ class _Loader:
         if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
             self.problem((*path, "secrets"), "must be a list of strings")
             secrets = []
-        api = raw.get("api") or {}
-        if not isinstance(api, dict):
+        raw_api = raw.get("api")
+        if raw_api is not None and not isinstance(raw_api, dict):
             self.problem((*path, "api"), "must be a mapping")
-            api = {}
+            raw_api = None
+        window = self.window_ms(raw, path, window_ms)
         if path in self.unresolved:
             return None
         settings = ProviderSettings(
@@ -228,7 +246,12 @@ class _Loader:
             for field_name, message in exc.problems:
                 self.problem((*path, *_field_path(field_name)), message)
             return None
-        return ProviderEntry(provider, self.positive_int(raw, "max_body_bytes", path, max_body), api)
+        api = None
+        if raw_api is not None:
+            api, problems = ApiSettings.parse(raw_api, cls.api_base_url)
+            for field_name, message in problems:
+                self.problem((*path, *_field_path(field_name)), message)
+        return ProviderEntry(provider, self.positive_int(raw, "max_body_bytes", path, max_body), api, window / 1000)
 
     def workers(self, raw: Any) -> WorkerSettings:
         if not isinstance(raw, dict):

@@ -214,8 +214,10 @@ class Ingestor:
                 answer(pending, ACCEPTED if new else DUPLICATE)
         for loop, result in outcomes.items():
             _call_soon(loop, result.deliver)
-        if inserted:
-            self._outbox.put([(pk, first_of[key].row["message_id"]) for key, pk in inserted.items()])
+        ready = [(pk, first_of[key].row["message_id"]) for key, pk in inserted.items()]
+        ready = [(pk, token) for pk, token in ready if token is not None]  # held ones go later
+        if ready:
+            self._outbox.put(ready)
 
     def _commit(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
         sent = self._take_sent()

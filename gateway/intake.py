@@ -169,6 +169,11 @@ class Intake:
     def row(self, name: str, delivery: Delivery, body: bytes, headers: Headers) -> dict[str, Any]:
         kept = self._kept_headers[name]
         now = time.time()
+        # An event of a resource waits out its provider's ordering window before it is sent, so
+        # that a straggler with a lower sequence is applied first: no message yet, and the
+        # recovery sweep sends it when ``sweep_after`` comes (see workers/ordering.py).
+        window = self.config.providers[name].window_seconds if delivery.resource_id else 0.0
+        held = window > 0
         return {
             "provider": name,
             "event_id": delivery.event_id,
@@ -180,8 +185,8 @@ class Intake:
             "received_at": now,
             "status": RECEIVED,
             "attempts": 0,
-            "message_id": new_token(),
-            "sweep_after": now + self.requeue_after,
+            "message_id": None if held else new_token(),
+            "sweep_after": now + (window if held else self.requeue_after),
             "updated_at": now,
         }
 

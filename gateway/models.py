@@ -8,7 +8,7 @@ an unfinished event (or when a retry is due).
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 #: Statuses, in the order an event moves through them.
@@ -29,6 +29,7 @@ class EventRecord(SQLModel, table=True):
         UniqueConstraint("provider", "event_id", name="uq_hookgate_events_provider_event"),
         Index("ix_hookgate_events_sweep", "status", "sweep_after"),
         Index("ix_hookgate_events_received", "received_at"),
+        Index("ix_hookgate_events_resource", "provider", "resource_id", "status"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(_Id, primary_key=True, autoincrement=True))
@@ -60,6 +61,31 @@ class HandlerRun(SQLModel, table=True):
     finished_at: float
 
 
+class ResourceRecord(SQLModel, table=True):
+    """The source of truth for one provider resource: its reconciled state and applied sequence.
+
+    ``applied_sequence`` only moves forward: an event older than it is ``superseded``. While a
+    worker applies the resource's events it holds the row's lease (``lease_token`` until
+    ``lease_expires_at``), taken by compare-and-set so that one resource's events are applied by
+    one worker at a time on any number of hosts.
+    """
+
+    __tablename__ = "hookgate_resources"
+
+    provider: str = Field(primary_key=True, max_length=64)
+    resource_id: str = Field(primary_key=True, max_length=255)
+    resource_type: str | None = Field(default=None, max_length=64)
+    applied_sequence: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    applied_event_id: str | None = Field(default=None, max_length=255)
+    state: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    fetched_at: float | None = None
+    deleted: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
+    lease_token: str | None = Field(default=None, max_length=64)
+    lease_expires_at: float | None = None
+    updated_at: float
+
+
 #: The tables, for SQLAlchemy Core queries on the hot paths.
 events = SQLModel.metadata.tables[EventRecord.__tablename__]
 handler_runs = SQLModel.metadata.tables[HandlerRun.__tablename__]
+resources = SQLModel.metadata.tables[ResourceRecord.__tablename__]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .api import ResourceRef
 from .errors import ProviderConfigError, SignatureRejected
 
 #: The longest signature or timestamp header we look at; anything longer is malformed.
@@ -88,6 +89,10 @@ class BaseProvider:
     #: Request headers worth storing with an event (lower case): ids, types, times, signatures.
     #: Everything else is dropped, since some senders have put secrets in headers.
     kept_headers: ClassVar[frozenset[str]] = frozenset()
+    #: The provider's public API, used when ``api:`` gives credentials but no ``base_url``.
+    api_base_url: ClassVar[str | None] = None
+    #: Headers every request to the provider's API carries (versions, media types).
+    api_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, settings: ProviderSettings, *, clock: Clock = time.time) -> None:
         self.settings = settings
@@ -122,6 +127,19 @@ class BaseProvider:
     ) -> tuple[bytes, dict[str, str]]:
         """Build an unsigned sample delivery of ``event_type``: its body and its plain headers."""
         raise NotImplementedError
+
+    def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
+        """Where the current state of the event's resource is fetched; ``None`` if unknown.
+
+        Only called for events with a resource id, and only when ``api:`` is configured.
+        """
+        return None
+
+    @staticmethod
+    def is_deleted(state: Any) -> bool:
+        """Whether a fetched state says the resource is gone (Stripe answers deleted customers
+        with ``"deleted": true`` instead of a 404)."""
+        return isinstance(state, Mapping) and state.get("deleted") is True
 
     def check_secret(self, secret: str) -> str | None:
         """Return why ``secret`` is unusable for this type, or ``None``."""

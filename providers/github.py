@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from .api import ResourceRef
 from .base import BaseProvider, Delivery, Handshake, any_match, hmac_digest, required_header
 from .errors import PayloadRejected, SignatureRejected
 from .payload import as_sequence, parse_json_object
@@ -37,6 +38,15 @@ RESOURCE_KEYS = (
 )
 
 
+def _named_object(payload: Any) -> tuple[str, Mapping[str, Any]] | None:
+    """The most specific object the payload is about, with its key."""
+    for key in RESOURCE_KEYS:
+        obj = payload.get(key) if isinstance(payload, Mapping) else None
+        if isinstance(obj, Mapping) and obj.get("id") is not None:
+            return key, obj
+    return None
+
+
 class GitHubProvider(BaseProvider):
     type_name = "github"
     kept_headers = frozenset(
@@ -49,6 +59,8 @@ class GitHubProvider(BaseProvider):
             "x-github-hook-installation-target-id",
         }
     )
+    api_base_url = "https://api.github.com"
+    api_headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
         offered = required_header(headers, HEADER)
@@ -66,13 +78,20 @@ class GitHubProvider(BaseProvider):
         action = payload.get("action")
         event_type = f"{event}.{action}" if isinstance(action, str) and action else event
         resource_id, sequence = None, None
-        for key in RESOURCE_KEYS:
-            obj = payload.get(key)
-            if isinstance(obj, dict) and obj.get("id") is not None:
-                resource_id = f"{key}:{obj['id']}"
-                sequence = as_sequence(obj.get("updated_at"))
-                break
+        found = _named_object(payload)
+        if found is not None:
+            key, obj = found
+            resource_id = f"{key}:{obj['id']}"
+            sequence = as_sequence(obj.get("updated_at"))
         return Delivery(delivery_id, event_type, resource_id, sequence, payload)
+
+    def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
+        """The object's own API URL from the payload (``issue.url`` and so on), which must be
+        on the configured API host: GitHub Enterprise payloads name their own host."""
+        found = _named_object(payload)
+        if found is None or not isinstance(found[1].get("url"), str):
+            return None
+        return ResourceRef(found[0], url=found[1]["url"])
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
         return {"X-Hub-Signature-256": PREFIX + hmac_digest(secret.encode(), body).hex()}

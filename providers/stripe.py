@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from .api import ResourceRef, fill_path
 from .base import (
     BaseProvider,
     Delivery,
@@ -30,6 +31,7 @@ HEADER = "stripe-signature"
 class StripeProvider(BaseProvider):
     type_name = "stripe"
     kept_headers = frozenset({HEADER})
+    api_base_url = "https://api.stripe.com"
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
         timestamp, offered = self._parse_header(required_header(headers, HEADER))
@@ -45,10 +47,23 @@ class StripeProvider(BaseProvider):
         return Delivery(
             event_id=event_id,
             event_type=event_type,
-            resource_id=as_text(dig(payload, "data.object.id")),
+            resource_id=as_text(dig(payload, "data.object.id")) or as_text(dig(payload, "related_object.id")),
             sequence=as_sequence(payload.get("created")),
             payload=payload,
         )
+
+    def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
+        """The object the event names: ``/v1/<object>s/<id>`` from a snapshot event's
+        ``data.object`` (``checkout.session`` → ``/v1/checkout/sessions/<id>``), or a thin
+        event's ``related_object.url`` (checked against the API host like any payload URL)."""
+        obj = dig(payload, "data.object")
+        if isinstance(obj, Mapping) and isinstance(obj.get("object"), str) and obj.get("id") == resource_id:
+            kind = obj["object"]
+            return ResourceRef(kind, fill_path("/v1/" + kind.replace(".", "/") + "s/{id}", id=resource_id))
+        related = payload.get("related_object") if isinstance(payload, Mapping) else None
+        if isinstance(related, Mapping) and isinstance(related.get("url"), str):
+            return ResourceRef(as_text(related.get("type")), url=related["url"])
+        return None
 
     @staticmethod
     def _parse_header(value: str) -> tuple[int, list[bytes]]:

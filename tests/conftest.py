@@ -43,6 +43,7 @@ CONFIG = """
 defaults:
   tolerance_seconds: 300
   max_body_bytes: 65536
+  ordering: {{window_ms: 0}}
 providers:
   stripe: {{type: stripe, secrets: ["{stripe}"]}}
   github: {{type: github, secrets: ["{github}"]}}

@@ -12,8 +12,11 @@ from gateway.config import Config
 from gateway.database import create_schema, create_store_engine
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
 
+from .leases import LeaseKeeper
 from .lifecycle import EventLifecycle
-from .processing import LeaseKeeper, Processor
+from .ordering import ResourceStore
+from .processing import Processor
+from .reconcile import Reconciler
 from .recovery import RecoverySweep
 from .registry import HandlerRegistry, load_handler_modules, registry
 
@@ -21,9 +24,10 @@ from .registry import HandlerRegistry, load_handler_modules, registry
 class WorkerRuntime(dramatiq.Middleware):
     """Runs the recovery sweep and the lease keeper alongside each worker process."""
 
-    def __init__(self, sweep: RecoverySweep, leases: LeaseKeeper) -> None:
+    def __init__(self, sweep: RecoverySweep, leases: LeaseKeeper, reconciler: Reconciler) -> None:
         self.sweep = sweep
         self.leases = leases
+        self.reconciler = reconciler
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.leases.start()
@@ -32,6 +36,7 @@ class WorkerRuntime(dramatiq.Middleware):
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.sweep.stop()
         self.leases.stop()
+        self.reconciler.close()
 
 
 def build_worker_broker(
@@ -42,13 +47,16 @@ def build_worker_broker(
     create_schema(engine)
     load_handler_modules(config.handlers)
     lifecycle = EventLifecycle(engine, config.workers)
-    leases = LeaseKeeper(lifecycle, config.workers)
+    store = ResourceStore(engine, config.workers)
+    leases = LeaseKeeper(lifecycle, store, config.workers)
+    reconciler = Reconciler(config.providers)
     # Handler retries are scheduled in the store (see lifecycle.fail); Dramatiq retries nothing.
     broker = create_broker(redis_url, middleware=[TimeLimit(), ShutdownNotifications(), Retries(max_retries=0)])
     sweep = RecoverySweep(engine, EventQueue(broker), config.workers)
-    broker.add_middleware(WorkerRuntime(sweep, leases))
+    broker.add_middleware(WorkerRuntime(sweep, leases, reconciler))
     dramatiq.set_broker(broker)
-    processor = Processor(lifecycle, handlers, leases)
+    windows = {name: entry.window_seconds for name, entry in config.providers.items()}
+    processor = Processor(lifecycle, store, handlers, leases, reconciler, windows)
     time_limit_ms = int(config.workers.handler_time_limit_seconds * 1000)
     dramatiq.actor(
         actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, max_retries=0, time_limit=time_limit_ms, broker=broker

@@ -12,7 +12,10 @@ class Event:
     """One verified, stored delivery, as handed to handler plugins.
 
     ``resource`` is the provider's current state of the resource when reconciliation is
-    configured (else ``None``); ``previous`` is the state stored before this event.
+    configured (else ``None``); ``previous`` is the state stored before this event;
+    ``resource_deleted`` says the API answered that the resource is gone. ``superseded`` is set
+    on an event older than the state already applied: only handlers registered with
+    ``include_superseded=True`` see those.
     """
 
     provider: str
@@ -25,4 +28,7 @@ class Event:
     headers: dict[str, str] = field(default_factory=dict)
     resource: Any = None
     previous: Any = None
+    resource_type: str | None = None
+    resource_deleted: bool = False
+    superseded: bool = False
     attempt: int = 1

@@ -25,6 +25,10 @@ class Periodic:
     def tick(self) -> None:
         raise NotImplementedError
 
+    def next_wait(self) -> float:
+        """Seconds until the next tick; a subclass may wake up earlier than ``interval``."""
+        return self.interval
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
@@ -35,7 +39,7 @@ class Periodic:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self.next_wait()):
             try:
                 self.tick()
             except Exception:

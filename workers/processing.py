@@ -1,62 +1,51 @@
-"""Running one event's handlers: claim, run what has not succeeded yet, finish or retry.
+"""Processing events: claim, order, reconcile, run the handlers, and commit it all at once.
 
-At-least-once delivery to handlers, at most one recorded success per (event, handler): a handler
-that succeeded is skipped on every later try. A handler that raises does not stop the others;
-the event is retried with backoff, then ``failed`` with every handler's error.
+An event without a resource is claimed by its broker message and handled alone. An event of a
+resource is handled by a *resource pass* (see :mod:`workers.ordering`): the worker that holds the
+resource's lease applies its pending events in sequence order, with one reconciliation fetch
+shared by the pass.
+
+Each event's outcome commits in one transaction: the handlers' session writes, the record of
+each handler that succeeded, the event's status and the resource store. At-least-once delivery
+to handlers, at most one recorded success per (event, handler): a handler that succeeded is
+skipped on every later try. A handler that raises does not stop the others; its session writes
+are rolled back to a savepoint, and the event is retried with backoff, then ``failed`` with
+every handler's error.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from dramatiq.middleware.time_limit import TimeLimitExceeded
+from sqlalchemy import Connection, Engine
+from sqlmodel import Session
 
-from gateway.config import WorkerSettings
+from gateway.models import FAILED, PROCESSED, PROCESSING, SUPERSEDED
+from gateway.queue import new_token
+from providers.base import Clock
 
 from .event import Event
+from .leases import LeaseKeeper
 from .lifecycle import EventLifecycle
-from .periodic import Periodic
-from .registry import HandlerRegistry
+from .ordering import ResourceKey, ResourceStore, StoredResource, due_at, due_prefix, is_superseded
+from .reconcile import Fetched, ReconcileError, Reconciler
+from .registry import Handler, HandlerRegistry
 
 log = logging.getLogger("hookgate.worker")
 
-
-class LeaseKeeper(Periodic):
-    """Renews the leases of the events this process is running, every third of a lease."""
-
-    name = "hookgate-leases"
-
-    def __init__(self, lifecycle: EventLifecycle, settings: WorkerSettings) -> None:
-        super().__init__(settings.lease_seconds / 3)
-        self.lifecycle = lifecycle
-        self._held: dict[int, str] = {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def hold(self, pk: int, token: str) -> Iterator[None]:
-        with self._lock:
-            self._held[pk] = token
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(pk, None)
-
-    def tick(self) -> None:
-        with self._lock:
-            held = list(self._held.items())
-        if held:
-            self.lifecycle.renew(held)
+#: When another worker holds an event's resource, the sweep looks at the event again this much later.
+BUSY_RETRY_SECONDS = 1.0
 
 
-def to_event(row: Any) -> Event:
+def to_event(row: Any, stored: StoredResource, fetched: Fetched, superseded: bool) -> Event:
+    current = stored if superseded or not fetched.reconciled else fetched
     return Event(
         provider=row.provider,
         id=row.event_id,
@@ -66,8 +55,26 @@ def to_event(row: Any) -> Event:
         received_at=datetime.fromtimestamp(row.received_at, UTC),
         payload=orjson.loads(row.body),
         headers=orjson.loads(row.headers),
+        resource=current.state,
+        previous=stored.state,
+        resource_type=fetched.resource_type,
+        resource_deleted=current.deleted,
+        superseded=superseded,
         attempt=row.attempts,
     )
+
+
+class SharedFetch:
+    """One reconciliation per resource pass: the first event that needs the state fetches it."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self._fetched: Fetched | None = None
+
+    def get(self, row: Any, payload: Any) -> Fetched:
+        if self._fetched is None:
+            self._fetched = self.reconciler.fetch(row.provider, row.event_type, row.resource_id, payload)
+        return self._fetched
 
 
 def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
@@ -85,42 +92,160 @@ def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
 class Processor:
     """The body of the ``hookgate.process_event`` actor."""
 
-    def __init__(self, lifecycle: EventLifecycle, registry: HandlerRegistry, leases: LeaseKeeper) -> None:
+    def __init__(
+        self,
+        lifecycle: EventLifecycle,
+        store: ResourceStore,
+        registry: HandlerRegistry,
+        leases: LeaseKeeper,
+        reconciler: Reconciler,
+        windows: Mapping[str, float],
+        *,
+        clock: Clock = time.time,
+    ) -> None:
         self.lifecycle = lifecycle
+        self.engine: Engine = lifecycle.engine
+        self.store = store
         self.registry = registry
         self.leases = leases
+        self.reconciler = reconciler
+        self.windows = windows
+        self.clock = clock
 
     def process(self, pk: int, token: str) -> None:
-        row = self.lifecycle.claim(pk, token)
+        row = self.lifecycle.current(pk, token)
         if row is None:
             log.debug("event %s: message %s is stale or the event is done; dropped", pk, token)
             return
-        with self.leases.hold(pk, token):
-            self._run_handlers(row, token)
-
-    def _run_handlers(self, row: Any, token: str) -> None:
-        pk = row.id
-        event = to_event(row)
-        done = self.lifecycle.succeeded_handlers(pk)
-        failures: list[tuple[str, BaseException]] = []
-        for handler in self.registry.for_event(event.provider, event.type):
-            if handler.name in done:
-                continue
-            try:
-                handler(event)
-            except (Exception, TimeLimitExceeded) as exc:
-                # A handler's failure is recorded, not raised. Dramatiq's time limit is a
-                # BaseException: caught here too, so an overrunning handler fails like any other.
-                failures.append((handler.name, exc))
-                continue
-            if not self.lifecycle.record_handler(pk, token, handler.name):
-                log.warning("event %s/%s: lease lost while running handlers", event.provider, event.id)
-                return
-        if not failures:
-            if self.lifecycle.finish(pk, token):
-                log.info("processed provider=%s event=%s type=%s", event.provider, event.id, event.type)
+        if row.resource_id is None:
+            claimed = self.lifecycle.claim(pk, token, message=token)
+            if claimed is not None:
+                with self.leases.events.hold(pk, token):
+                    self.apply(claimed, token, None, SharedFetch(self.reconciler))
             return
-        status = self.lifecycle.fail(pk, token, row.attempts, describe_failures(failures))
-        log.warning(
-            "handlers failed provider=%s event=%s attempt=%d now=%s", event.provider, event.id, row.attempts, status
+        key = (row.provider, row.resource_id)
+        holder = new_token()
+        if not self.store.acquire(key, holder):
+            self.lifecycle.defer(pk, token, BUSY_RETRY_SECONDS)
+            return
+        try:
+            with self.leases.resources.hold(key, holder):
+                self.drain(key, holder)
+        finally:
+            self.store.release(key, holder)
+
+    def drain(self, key: ResourceKey, holder: str) -> None:
+        """Apply the resource's due events in order until one is not due or does not settle."""
+        window = self.windows.get(key[0], 0.0)
+        while True:
+            batch, blocker = due_prefix(self.store.pending(key), self.clock(), window)
+            if not batch:
+                if blocker is not None and blocker.status != PROCESSING:
+                    self.lifecycle.hold(blocker.id, due_at(blocker, window))
+                return
+            fetch = SharedFetch(self.reconciler)
+            for pending in batch:
+                row = self.lifecycle.claim(pending.id, holder)
+                if row is None:  # changed under us (a replay, a sweep): keep the order, stop here
+                    return
+                with self.leases.events.hold(row.id, holder):
+                    if not self.apply(row, holder, key, fetch):
+                        return
+
+    def apply(self, row: Any, token: str, key: ResourceKey | None, fetch: SharedFetch) -> bool:
+        """Reconcile and run the handlers of one claimed event; ``True`` if it is settled
+        (processed, superseded or failed for good), so that the events behind it may go on."""
+        stored = self.store.stored(key) if key else StoredResource()
+        superseded = key is not None and is_superseded(row, stored)
+        fetched = Fetched(None)
+        if key is not None and not superseded:
+            try:
+                fetched = fetch.get(row, orjson.loads(row.body))
+            except ReconcileError as exc:
+                with self.engine.begin() as conn:
+                    status = self.lifecycle.fail(
+                        conn,
+                        row.id,
+                        token,
+                        row.attempts,
+                        f"reconciliation: {exc}",
+                        retry_after=exc.retry_after,
+                        permanent=exc.permanent,
+                    )
+                log.warning(
+                    "reconciliation failed provider=%s event=%s attempt=%d now=%s: %s",
+                    row.provider,
+                    row.event_id,
+                    row.attempts,
+                    status,
+                    exc,
+                )
+                return status == FAILED
+        event = to_event(row, stored, fetched, superseded)
+        handlers = [
+            h for h in self.registry.for_event(row.provider, row.event_type) if h.include_superseded or not superseded
+        ]
+        return self._commit(event, row, token, key, handlers, stored, fetched)
+
+    def _commit(
+        self,
+        event: Event,
+        row: Any,
+        token: str,
+        key: ResourceKey | None,
+        handlers: list[Handler],
+        stored: StoredResource,
+        fetched: Fetched,
+    ) -> bool:
+        done = self.lifecycle.succeeded_handlers(row.id)
+        todo = [h for h in handlers if h.name not in done]
+        failures: list[tuple[str, BaseException]] = []
+        succeeded: list[str] = []
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite" and any(h.takes_session for h in todo):
+                # A session's reads and writes must not run in a deferred SQLite transaction,
+                # whose upgrade to a writer fails at once if another connection wrote meanwhile.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            for handler in todo:
+                try:
+                    _call(handler, event, conn)
+                except (Exception, TimeLimitExceeded) as exc:
+                    # Recorded, not raised. Dramatiq's time limit is a BaseException: caught here
+                    # too, so an overrunning handler fails like any other.
+                    failures.append((handler.name, exc))
+                else:
+                    succeeded.append(handler.name)
+            self.lifecycle.record_handlers(conn, row.id, succeeded)
+            if failures:
+                status = self.lifecycle.fail(conn, row.id, token, row.attempts, describe_failures(failures))
+                held, settled = status is not None, status == FAILED
+            else:
+                status = SUPERSEDED if event.superseded else PROCESSED
+                held = self.lifecycle.finish(conn, row.id, token, status)
+                if held and key is not None and not event.superseded:
+                    held = self.store.apply(conn, key, token, row, stored, fetched)
+                settled = held
+            if not held:
+                conn.rollback()
+                log.warning("event %s/%s: lease lost while running handlers", event.provider, event.id)
+                return False
+            conn.commit()
+        log_outcome = log.warning if failures else log.info
+        log_outcome(
+            "%s provider=%s event=%s type=%s attempt=%d", status, event.provider, event.id, event.type, row.attempts
         )
+        return settled
+
+
+def _call(handler: Handler, event: Event, conn: Connection) -> None:
+    """Run one handler; a handler with a ``session`` writes inside a savepoint of ``conn``."""
+    if not handler.takes_session:
+        handler(event)
+        return
+    with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+        try:
+            handler(event, session)
+            session.commit()  # releases the savepoint: the writes commit with the event
+        except BaseException:
+            session.rollback()
+            raise

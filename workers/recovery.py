@@ -9,6 +9,10 @@ worker process therefore runs this sweep every ``sweep_interval_seconds``. It (r
   no longer holds (those it still holds are looked at again later);
 * ``processing`` events whose lease expired: their worker died or stalled.
 
+Events that are held (no message, ``sweep_after`` in the future: a retry's backoff, or a fresh
+event of a resource waiting out its ordering window) are sent when they come due; the sweep
+wakes up for the earliest of them rather than at its next interval.
+
 Every re-send first swaps the event's token in one compare-and-set UPDATE, so when several
 sweeps race only one sends, and the old message, if it ever runs, claims nothing.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from gateway.config import WorkerSettings
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
@@ -45,9 +49,22 @@ class RecoverySweep(Periodic):
         self.event_queue = event_queue
         self.settings = settings
         self.clock = clock
+        self._next_due: float | None = None
 
     def tick(self) -> None:
+        self._next_due = None  # a failing pass waits a whole interval
         self.run_once()
+        with self.engine.connect() as conn:
+            self._next_due = conn.execute(
+                select(func.min(events.c.sweep_after)).where(
+                    events.c.status.in_((RECEIVED, QUEUED)), events.c.message_id.is_(None)
+                )
+            ).scalar_one_or_none()
+
+    def next_wait(self) -> float:
+        if self._next_due is None:
+            return self.interval
+        return min(self.interval, max(0.005, self._next_due - self.clock()))
 
     def run_once(self) -> int:
         """One pass; returns how many events were sent again."""

@@ -3,6 +3,10 @@
 Patterns are an exact type (``invoice.paid``), a prefix wildcard (``issues.*``, which matches
 ``issues.opened`` but not ``issues``), or omitted for every event of the provider. A handler is
 known by its ``module.qualname``; that name records, per event, that it already succeeded.
+
+A handler that declares a parameter named ``session`` receives a SQLModel session whose writes
+commit in the same transaction as Hookgate's own record of the handler's success, the event's
+status and the resource store: its rows and the bookkeeping succeed or fail together.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class Handler:
     provider: str
     pattern: str
     func: HandlerFunc
+    #: Also run for events older than the resource's applied state (``event.superseded``).
+    include_superseded: bool = False
+    #: Takes a ``session`` argument that commits with the event.
+    takes_session: bool = False
 
     def matches(self, provider: str, event_type: str) -> bool:
         if provider != self.provider:
@@ -42,8 +50,8 @@ class Handler:
             return event_type.startswith(self.pattern[:-1])
         return event_type == self.pattern
 
-    def __call__(self, event: Event) -> None:
-        result = self.func(event)
+    def __call__(self, event: Event, session: Any = None) -> None:
+        result = self.func(event, session=session) if self.takes_session else self.func(event)  # type: ignore[call-arg]
         if inspect.isawaitable(result):
             asyncio.run(_await(result))
 
@@ -58,8 +66,12 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
 
-    def on(self, provider: str, pattern: str = "*") -> Callable[[F], F]:
-        """Register the decorated function for ``provider`` events matching ``pattern``."""
+    def on(self, provider: str, pattern: str = "*", *, include_superseded: bool = False) -> Callable[[F], F]:
+        """Register the decorated function for ``provider`` events matching ``pattern``.
+
+        With ``include_superseded=True`` it also receives events that arrived after a newer
+        one of the same resource was applied, with ``event.superseded`` set.
+        """
         if not provider or not isinstance(provider, str):
             raise HandlerRegistrationError("[hookgate] on() needs a provider name, e.g. @on('stripe')")
         if "*" in pattern.removesuffix("*") or (
@@ -74,7 +86,8 @@ class HandlerRegistry:
             existing = self._handlers.get(name)
             if existing is not None and existing.func is not func:
                 raise HandlerRegistrationError(f"[hookgate] a handler named {name} is already registered")
-            self._handlers[name] = Handler(name, provider, pattern, func)
+            takes_session = "session" in inspect.signature(func).parameters
+            self._handlers[name] = Handler(name, provider, pattern, func, include_superseded, takes_session)
             return func
 
         return register

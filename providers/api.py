@@ -1,0 +1,167 @@
+"""A provider's API, as configured under ``api:``, and the one rule for every outbound URL.
+
+Reconciliation fetches a resource's current state from the provider. Payloads are full of URLs
+(GitHub's ``*_url`` fields, Stripe's ``related_object.url``), and a receiver that follows them
+can be aimed at Redis on localhost or a cloud metadata address. So every URL the workers fetch
+goes through :func:`api_url`: a path is joined to the configured ``base_url``, and an absolute
+URL is accepted only if its scheme, host and port equal the base's and its path lies under the
+base's path. Ids put into paths are percent-encoded and may not be ``.`` or ``..``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from .errors import HookgateError
+
+
+class UnsafeUrl(HookgateError):
+    """A URL that points outside the configured API, or an id that would change the path."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRef:
+    """Where a resource's current state is fetched: a ``path`` under the API's base URL, or an
+    absolute ``url`` taken from the payload (checked against the base before any request)."""
+
+    type: str | None
+    path: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The ``api:`` section of a provider (reconciliation)."""
+
+    base_url: str
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: ``/v1/things/{resource}``: fetch this path for every event (any type may set it).
+    resource_path: str | None = None
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 10.0
+    max_response_bytes: int = 5 * 1024 * 1024
+
+    KEYS = (
+        "base_url",
+        "token",
+        "basic",
+        "headers",
+        "resource_path",
+        "connect_timeout_seconds",
+        "read_timeout_seconds",
+        "max_response_bytes",
+    )
+
+    @classmethod
+    def parse(
+        cls, raw: Mapping[str, Any], default_base_url: str | None
+    ) -> tuple[ApiSettings | None, list[tuple[str, str]]]:
+        """Validate an ``api:`` mapping; returns the settings (or ``None``) and ``(field, problem)`` pairs."""
+        problems = [(f"api.{key}", "unknown key") for key in raw if key not in cls.KEYS]
+        base_url = raw.get("base_url", default_base_url)
+        if not isinstance(base_url, str) or not base_url:
+            problems.append(("api.base_url", "required: the provider API's base URL, e.g. https://api.example.com"))
+        else:
+            parts = urlsplit(base_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                problems.append(("api.base_url", "must be an http(s) URL with a host and no query"))
+        token = raw.get("token")
+        if token is not None and (not isinstance(token, str) or not token):
+            problems.append(("api.token", "must be a non-empty string"))
+        basic = raw.get("basic") or {}
+        if not isinstance(basic, Mapping) or (basic and not {"username", "password"} <= set(basic)):
+            problems.append(("api.basic", "must be {username: ..., password: ...}"))
+            basic = {}
+        if token and basic:
+            problems.append(("api", "give either token or basic, not both"))
+        headers = raw.get("headers") or {}
+        if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
+            problems.append(("api.headers", "must map header names to strings"))
+            headers = {}
+        resource_path = raw.get("resource_path")
+        if resource_path is not None and (
+            not isinstance(resource_path, str) or not resource_path.startswith("/") or "{resource}" not in resource_path
+        ):
+            problems.append(("api.resource_path", "must be a path containing {resource}, e.g. /v1/things/{resource}"))
+        numbers: dict[str, Any] = {}
+        for key in ("connect_timeout_seconds", "read_timeout_seconds", "max_response_bytes"):
+            if key in raw:
+                value = raw[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    problems.append((f"api.{key}", "must be a number > 0"))
+                else:
+                    numbers[key] = int(value) if key == "max_response_bytes" else float(value)
+        if problems:
+            return None, problems
+        settings = cls(
+            base_url=str(base_url).rstrip("/"),
+            token=token,
+            username=basic.get("username"),
+            password=basic.get("password"),
+            headers=dict(headers),
+            resource_path=resource_path,
+            **numbers,
+        )
+        return settings, []
+
+
+def fill_path(template: str, **values: str) -> str:
+    """``template`` with each ``{name}`` replaced by its value, percent-encoded as one segment."""
+    path = template
+    for name, value in values.items():
+        if value in (".", ".."):
+            raise UnsafeUrl(f"refused to put {value!r} into an API path")
+        path = path.replace("{" + name + "}", quote(value, safe=""))
+    return path
+
+
+def api_url(base_url: str, target: str) -> str:
+    """The absolute URL of ``target`` under ``base_url``: a path is appended to the base; an
+    absolute URL (from a payload) must already lie under it.
+
+    Raises:
+        UnsafeUrl: ``target`` points at another scheme, host or port, or outside the base path.
+    """
+    base = urlsplit(base_url)
+    if target.startswith("/") and not target.startswith("//"):
+        target = base_url.rstrip("/") + target
+    parts = urlsplit(target)
+    try:
+        same_origin = (parts.scheme, parts.hostname, parts.port or _default_port(parts.scheme)) == (
+            base.scheme,
+            base.hostname,
+            base.port or _default_port(base.scheme),
+        )
+    except ValueError:  # an invalid port
+        same_origin = False
+    segments = parts.path.split("/")
+    if not same_origin or parts.username or parts.password:
+        raise UnsafeUrl(f"refused to fetch {_shown(target)}: it is not on the configured API host {base.netloc}")
+    if ".." in segments or "." in segments or not (parts.path + "/").startswith(base.path.rstrip("/") + "/"):
+        raise UnsafeUrl(f"refused to fetch {_shown(target)}: it is outside the configured API path {base.path or '/'}")
+    return target
+
+
+def _default_port(scheme: str) -> int | None:
+    return {"http": 80, "https": 443}.get(scheme)
+
+
+def _shown(url: str) -> str:
+    """A URL as it may appear in ``last_error``: without credentials or query, and short."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    shown = f"{parts.scheme}://{host}{':' + str(parts.port) if _port_or_none(parts) else ''}{parts.path}"
+    return shown[:200]
+
+
+def _port_or_none(parts: Any) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return None

@@ -1,0 +1,184 @@
+"""Reconciliation: fetch a resource's current state from its provider's API before it is stored.
+
+A webhook body is a snapshot from when the event happened, possibly days ago and out of order;
+the provider's API says what is true now. The state written to the store and handed to
+handlers as ``event.resource`` is therefore what the API answers, fetched after the delivery
+was verified.
+
+How an answer is read:
+
+* 2xx with a JSON body: the current state (``{"deleted": true}`` counts as deleted, as Stripe
+  answers for deleted customers);
+* 404 and 410: the resource is gone, and the store marks it deleted;
+* 408, 429, 5xx, timeouts and refused connections: transient, retried with backoff that waits
+  at least ``Retry-After``;
+* anything else (401, 403, a redirect, a body that is not JSON or is too large): permanent, the
+  event is ``failed`` with the answer in ``last_error``; replay it once the cause is fixed.
+
+Every request goes through :func:`providers.api.api_url`: only the configured API host is ever
+contacted, and redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config import ProviderEntry
+from providers.api import ApiSettings, ResourceRef, UnsafeUrl, api_url, fill_path
+
+#: The longest ``Retry-After`` honoured; a larger value is taken as this (one hour).
+MAX_RETRY_AFTER = 3600.0
+TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+USER_AGENT = "Hookgate (+https://github.com/hookgate/hookgate)"
+
+
+class ReconcileError(Exception):
+    """The API did not give the state. ``permanent`` errors are not retried."""
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What reconciliation learnt: ``state`` is ``None`` when nothing was fetched or it is gone."""
+
+    resource_type: str | None
+    state: Any = None
+    deleted: bool = False
+    fetched_at: float | None = None
+
+    @property
+    def reconciled(self) -> bool:
+        return self.fetched_at is not None
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(0.0, moment.timestamp() - now), MAX_RETRY_AFTER)
+
+
+class ProviderApi:
+    """One provider's API: a pooled httpx client with its base URL, auth and timeouts."""
+
+    def __init__(self, entry: ProviderEntry, settings: ApiSettings) -> None:
+        self.provider = entry.provider
+        self.settings = settings
+        headers = {"User-Agent": USER_AGENT, **self.provider.api_headers, **settings.headers}
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token}"
+        auth = (settings.username, settings.password) if settings.username is not None else None
+        self.client = httpx.Client(
+            headers=headers,
+            auth=auth,  # type: ignore[arg-type]
+            timeout=httpx.Timeout(settings.read_timeout_seconds, connect=settings.connect_timeout_seconds),
+            follow_redirects=False,
+            trust_env=False,  # no proxy from the environment: the API host is the only peer
+        )
+
+    def ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
+        if self.settings.resource_path:
+            return ResourceRef(None, fill_path(self.settings.resource_path, resource=resource_id))
+        return self.provider.resource_ref(event_type, resource_id, payload)
+
+    def fetch(self, ref: ResourceRef) -> Fetched:
+        url = api_url(self.settings.base_url, ref.url or ref.path or "")
+        shown = url.split("?", 1)[0]
+        try:
+            with self.client.stream("GET", url) as response:
+                body = self._read(response, shown)
+        except httpx.TimeoutException:
+            raise ReconcileError(f"GET {shown} timed out") from None
+        except httpx.TransportError as exc:
+            raise ReconcileError(f"GET {shown} failed: {type(exc).__name__}: {exc}") from None
+        now = time.time()
+        status = response.status_code
+        if status in (404, 410):
+            return Fetched(ref.type, None, True, now)
+        answer = f"GET {shown} answered {status}: {_snippet(body)}"
+        if status in TRANSIENT_STATUSES:
+            raise ReconcileError(answer, retry_after=parse_retry_after(response.headers.get("retry-after"), now))
+        if not 200 <= status < 300:
+            if 300 <= status < 400:
+                answer += " (redirects are not followed)"
+            raise ReconcileError(answer, permanent=True)
+        try:
+            state = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ReconcileError(
+                f"GET {shown} answered {status} with a body that is not JSON", permanent=True
+            ) from None
+        deleted = self.provider.is_deleted(state)
+        return Fetched(ref.type, state, deleted, now)
+
+    def _read(self, response: httpx.Response, shown: str) -> bytes:
+        limit = self.settings.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ReconcileError(f"GET {shown}: the answer is larger than {limit} bytes", permanent=True)
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise ReconcileError(f"GET {shown}: the answer is larger than {limit} bytes", permanent=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Reconciler:
+    """Fetches resources for every provider that has ``api:`` configured."""
+
+    def __init__(self, providers: Mapping[str, ProviderEntry]) -> None:
+        self.providers = providers
+        self.apis = {name: ProviderApi(entry, entry.api) for name, entry in providers.items() if entry.api}
+
+    def fetch(self, provider: str, event_type: str, resource_id: str, payload: Any) -> Fetched:
+        """The resource's current state, or only its type when no API is configured.
+
+        Raises:
+            ReconcileError: the state could not be fetched (``permanent`` if retrying is useless).
+        """
+        api = self.apis.get(provider)
+        entry = self.providers.get(provider)
+        if api is None:
+            ref = entry.provider.resource_ref(event_type, resource_id, payload) if entry else None
+            return Fetched(ref.type if ref else None)
+        try:
+            ref = api.ref(event_type, resource_id, payload)
+            if ref is None:
+                raise ReconcileError(
+                    f"no API path is known for a {event_type} event: set api.resource_path", permanent=True
+                )
+            return api.fetch(ref)
+        except UnsafeUrl as exc:
+            raise ReconcileError(str(exc), permanent=True) from None
+
+    def close(self) -> None:
+        for api in self.apis.values():
+            api.close()
+
+
+def _snippet(body: bytes, limit: int = 300) -> str:
+    text = body[:limit].decode("utf-8", "replace").replace("\n", " ").strip()
+    return text + ("…" if len(body) > limit else "") if text else "(empty body)"
