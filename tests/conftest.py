@@ -29,8 +29,9 @@ from gateway.config import Config, load_config
 from gateway.database import create_schema, create_store_engine
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.intake import create_app
-from gateway.models import events
+from gateway.models import events, resources
 from gateway.queue import EventQueue, create_broker
+from tests.support.fake_api import FakeApi
 from tests.support.servers import ROOT, ServerThread, TcpProxy, WorkerProcess, wait_for
 
 STRIPE_SECRET = "whsec_test_secret_for_hookgate"
@@ -155,6 +156,13 @@ class Hookgate:
         data["workers"].update(settings)
         self.config_path.write_text(yaml.safe_dump(data))
 
+    def configure_provider(self, name: str, **settings: Any) -> None:
+        """Change one provider's entry (e.g. its ``api:``) before the intake and workers start."""
+        data = yaml.safe_load(self.config_path.read_text())
+        data["providers"][name].update(settings)
+        self.config_path.write_text(yaml.safe_dump(data))
+        self.config = load_config(self.config_path)
+
     def start_worker(self, redis_url: str | None = None, **kwargs: Any) -> WorkerProcess:
         worker = WorkerProcess(self.env(redis_url), **kwargs)
         self.workers.append(worker)
@@ -204,6 +212,12 @@ class Hookgate:
 
         return wait_for(reached, timeout, what=f"{provider}/{event_id} to be {status}")
 
+    def resource(self, provider: str, resource_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(resources).where(resources.c.provider == provider, resources.c.resource_id == resource_id)
+            ).one_or_none()
+
     def effects(self, kind: str = "effect") -> list[list[str]]:
         if not self.effects_file.exists():
             return []
@@ -215,6 +229,13 @@ def hookgate(tmp_path: Path, database_url: str, redis_url: str, engine: Any) -> 
     system = Hookgate(tmp_path, database_url, redis_url, engine)
     yield system
     system.close()
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeApi]:
+    api = FakeApi().start()
+    yield api
+    api.stop()
 
 
 @pytest.fixture

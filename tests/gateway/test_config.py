@@ -128,3 +128,45 @@ def test_hookgate_check_passes_on_the_example(
     monkeypatch.delenv("HOOKGATE_REDIS_URL", raising=False)
     assert main(["check", "--config", str(Path(__file__).parents[2] / "providers.yaml")]) == 0
     assert "4 providers" in capsys.readouterr().out
+
+
+def test_api_and_ordering_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        defaults: {ordering: {window_ms: 500}}
+        providers:
+          stripe: {type: stripe, secrets: [whsec_12345678], api: {token: "${STRIPE_API_KEY}"}}
+          github: {type: github, secrets: [github-secret], ordering: {window_ms: 0}}
+        """,
+    )
+    config = load_config(path, {"STRIPE_API_KEY": "sk_test_1"})
+    stripe, github = config.providers["stripe"], config.providers["github"]
+    assert stripe.api is not None
+    assert (stripe.api.base_url, stripe.api.token) == ("https://api.stripe.com", "sk_test_1")
+    assert (stripe.window_seconds, github.window_seconds, github.api) == (0.5, 0.0, None)
+
+
+def test_api_and_ordering_problems_name_their_lines(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        providers:
+          acme:
+            type: hmac
+            secrets: [acme-secret]
+            signature: {header: X-Sig}
+            event: {id: "header:X-Id", type: "body:type"}
+            api:
+              token: abc
+              resource_path: /things
+            ordering: {window_ms: -1, jitter: 3}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:10: providers.acme.ordering.jitter: unknown key (known: window_ms)",
+        f"{path}:10: providers.acme.ordering.window_ms: must be a whole number >= 0",
+        f"{path}:7: providers.acme.api.base_url: required: the provider API's base URL, e.g. https://api.example.com",
+        f"{path}:9: providers.acme.api.resource_path: must be a path containing {{resource}}, "
+        "e.g. /v1/things/{resource}",
+    ]

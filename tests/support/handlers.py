@@ -4,7 +4,12 @@ Each records what it did as one line in a file under ``$HOOKGATE_TEST_EFFECTS`` 
 short line are atomic, so lines from several processes never interleave). Event types steer them:
 
 * ``fail.always`` raises on every try; ``fail.once`` raises on the first try only;
-* ``slow.*`` writes a ``started`` line, then waits for the file ``release`` before its effect.
+* ``slow.*`` writes a ``started`` line, then waits for the file ``release`` before its effect;
+* ``ledger.*`` (acme) also writes a row through its session, and ``ledger.fail_once`` raises
+  after writing on the first try.
+
+A line is ``kind provider id type pid resource sequence superseded deleted version``, where
+``version`` is the reconciled state's ``version`` (or ``-``).
 """
 
 from __future__ import annotations
@@ -13,14 +18,31 @@ import os
 import time
 from pathlib import Path
 
+from sqlmodel import Field, Session, SQLModel
+
 from workers import Event, on
 
 EFFECTS = Path(os.environ.get("HOOKGATE_TEST_EFFECTS", "."))
 
 
+class LedgerEntry(SQLModel, table=True):
+    """A row a handler writes through its session."""
+
+    __tablename__ = "test_ledger"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str
+    attempt: int
+
+
 def record(kind: str, event: Event) -> None:
+    version = event.resource.get("version", "-") if isinstance(event.resource, dict) else "-"
+    line = (
+        f"{kind} {event.provider} {event.id} {event.type} {os.getpid()} {event.resource_id} {event.sequence} "
+        f"{int(event.superseded)} {int(event.resource_deleted)} {version}"
+    )
     with (EFFECTS / "effects.log").open("a") as f:
-        f.write(f"{kind} {event.provider} {event.id} {event.type} {os.getpid()}\n")
+        f.write(line + "\n")
 
 
 def behave(event: Event) -> None:
@@ -60,3 +82,17 @@ def acme_handler(event: Event) -> None:
 def acme_sibling(event: Event) -> None:
     """Succeeds whenever its sibling fails: it must not run again on the retry."""
     record("sibling", event)
+
+
+@on("acme", "thing.*", include_superseded=True)
+def acme_audit(event: Event) -> None:
+    """Sees superseded events too."""
+    record("audit", event)
+
+
+@on("acme", "ledger.*")
+def acme_ledger(event: Event, session: Session) -> None:
+    session.add(LedgerEntry(event_id=event.id, attempt=event.attempt))
+    session.flush()
+    if event.type == "ledger.fail_once" and event.attempt == 1:
+        raise RuntimeError("failing after writing through the session")
