@@ -20,8 +20,14 @@ from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 SQLITE_BUSY_SECONDS = 5.0
 
 
-def create_store_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite files get WAL mode and a busy timeout (``?timeout=`` wins)."""
+def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -> Engine:
+    """An engine for ``url``; SQLite files get WAL mode and a busy timeout (``?timeout=`` wins).
+
+    ``acknowledges``: commits that a 2xx promises (the intake's) are synced to disk before they
+    return (``synchronous=FULL``). The workers' commits are not promised to anyone: with
+    ``NORMAL`` a power loss may undo the last of them, each whole (status, store and handler
+    rows together), and the event then simply runs again; a process crash loses nothing.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
@@ -39,7 +45,7 @@ def create_store_engine(url: str, **kwargs: Any) -> Engine:
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={'FULL' if acknowledges else 'NORMAL'}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -43,7 +43,7 @@ def build_worker_broker(
     config: Config, database_url: str, redis_url: str, *, handlers: HandlerRegistry = registry
 ) -> dramatiq.Broker:
     """A broker with the ``hookgate.process_event`` actor declared, installed as Dramatiq's."""
-    engine = create_store_engine(database_url)
+    engine = create_store_engine(database_url, acknowledges=False)
     create_schema(engine)
     load_handler_modules(config.handlers)
     lifecycle = EventLifecycle(engine, config.workers)

@@ -54,7 +54,7 @@ class EventLifecycle:
         if message is not None:
             waiting.append(events.c.message_id == message)
         with self.engine.begin() as conn:
-            claimed = conn.execute(
+            return conn.execute(
                 update(events)
                 .where(*waiting)
                 .values(
@@ -64,10 +64,8 @@ class EventLifecycle:
                     lease_expires_at=now + self.settings.lease_seconds,
                     updated_at=now,
                 )
-            ).rowcount
-            if not claimed:
-                return None
-            return conn.execute(select(events).where(events.c.id == pk)).one()
+                .returning(*events.c)
+            ).one_or_none()
 
     def defer(self, pk: int, token: str, delay: float) -> None:
         """Have the recovery sweep look at this event again in ``delay`` seconds.
@@ -98,7 +96,15 @@ class EventLifecycle:
             for pk, token in leases:
                 conn.execute(update(events).where(self._held(pk, token)).values(lease_expires_at=expires))
 
-    def succeeded_handlers(self, pk: int) -> set[str]:
+    def succeeded_handlers(self, row: Any) -> set[str]:
+        """Handlers already recorded as done for this claimed event.
+
+        Records are written only in the transaction that settles a try, so on the first try
+        there are none to read.
+        """
+        pk = row.id
+        if row.attempts <= 1:
+            return set()
         with self.engine.connect() as conn:
             return set(conn.scalars(select(handler_runs.c.handler).where(handler_runs.c.event_pk == pk)))
 

@@ -157,10 +157,11 @@ class ResourceStore:
 
     def apply(
         self, conn: Connection, key: ResourceKey, holder: str, row: Any, stored: StoredResource, fetched: Fetched
-    ) -> bool:
+    ) -> StoredResource | None:
         """Write the event's outcome to the resource, inside the event's transaction.
 
-        Fenced by the lease: ``False`` (and nothing written) if another worker has taken over.
+        Returns the resource as now stored; ``None`` (and nothing written) if another worker
+        has taken over the lease.
         """
         applied = stored.applied_sequence
         if row.sequence is not None:
@@ -181,4 +182,8 @@ class ResourceStore:
         changed = conn.execute(
             update(resources).where(self._row(key), resources.c.lease_token == holder).values(**values)
         ).rowcount
-        return bool(changed)
+        if not changed:
+            return None
+        if not fetched.reconciled:
+            return StoredResource(applied, stored.state, stored.deleted)
+        return StoredResource(applied, fetched.state, fetched.deleted)

@@ -121,7 +121,7 @@ class Processor:
             claimed = self.lifecycle.claim(pk, token, message=token)
             if claimed is not None:
                 with self.leases.events.hold(pk, token):
-                    self.apply(claimed, token, None, SharedFetch(self.reconciler))
+                    self.apply(claimed, token, None, SharedFetch(self.reconciler), StoredResource())
             return
         key = (row.provider, row.resource_id)
         holder = new_token()
@@ -144,18 +144,26 @@ class Processor:
                     self.lifecycle.hold(blocker.id, due_at(blocker, window))
                 return
             fetch = SharedFetch(self.reconciler)
+            stored: StoredResource | None = self.store.stored(key)  # kept current while the lease is held
             for pending in batch:
+                if stored is None:  # the one before must wait (a retry) or the lease was lost
+                    return
                 row = self.lifecycle.claim(pending.id, holder)
                 if row is None:  # changed under us (a replay, a sweep): keep the order, stop here
                     return
                 with self.leases.events.hold(row.id, holder):
-                    if not self.apply(row, holder, key, fetch):
-                        return
+                    stored = self.apply(row, holder, key, fetch, stored)
+            if stored is None:
+                return
 
-    def apply(self, row: Any, token: str, key: ResourceKey | None, fetch: SharedFetch) -> bool:
-        """Reconcile and run the handlers of one claimed event; ``True`` if it is settled
-        (processed, superseded or failed for good), so that the events behind it may go on."""
-        stored = self.store.stored(key) if key else StoredResource()
+    def apply(
+        self, row: Any, token: str, key: ResourceKey | None, fetch: SharedFetch, stored: StoredResource
+    ) -> StoredResource | None:
+        """Reconcile and run the handlers of one claimed event, given the resource as stored.
+
+        Returns the resource as stored afterwards if the event is settled (processed, superseded
+        or failed for good), so that the events behind it may go on; ``None`` if they must wait.
+        """
         superseded = key is not None and is_superseded(row, stored)
         fetched = Fetched(None)
         if key is not None and not superseded:
@@ -180,7 +188,7 @@ class Processor:
                     status,
                     exc,
                 )
-                return status == FAILED
+                return stored if status == FAILED else None
         event = to_event(row, stored, fetched, superseded)
         handlers = [
             h for h in self.registry.for_event(row.provider, row.event_type) if h.include_superseded or not superseded
@@ -196,8 +204,8 @@ class Processor:
         handlers: list[Handler],
         stored: StoredResource,
         fetched: Fetched,
-    ) -> bool:
-        done = self.lifecycle.succeeded_handlers(row.id)
+    ) -> StoredResource | None:
+        done = self.lifecycle.succeeded_handlers(row)
         todo = [h for h in handlers if h.name not in done]
         failures: list[tuple[str, BaseException]] = []
         succeeded: list[str] = []
@@ -223,18 +231,20 @@ class Processor:
                 status = SUPERSEDED if event.superseded else PROCESSED
                 held = self.lifecycle.finish(conn, row.id, token, status)
                 if held and key is not None and not event.superseded:
-                    held = self.store.apply(conn, key, token, row, stored, fetched)
+                    after = self.store.apply(conn, key, token, row, stored, fetched)
+                    held = after is not None
+                    stored = after or stored
                 settled = held
             if not held:
                 conn.rollback()
                 log.warning("event %s/%s: lease lost while running handlers", event.provider, event.id)
-                return False
+                return None
             conn.commit()
         log_outcome = log.warning if failures else log.info
         log_outcome(
             "%s provider=%s event=%s type=%s attempt=%d", status, event.provider, event.id, event.type, row.attempts
         )
-        return settled
+        return stored if settled else None
 
 
 def _call(handler: Handler, event: Event, conn: Connection) -> None:
