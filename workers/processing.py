@@ -101,6 +101,7 @@ class Processor:
         reconciler: Reconciler,
         windows: Mapping[str, float],
         *,
+        pass_budget: float = 300.0,
         clock: Clock = time.time,
     ) -> None:
         self.lifecycle = lifecycle
@@ -110,6 +111,9 @@ class Processor:
         self.leases = leases
         self.reconciler = reconciler
         self.windows = windows
+        #: A pass hands the rest of a resource's backlog to a new message after this long, so
+        #: that it stays well inside Dramatiq's time limit for one message.
+        self.pass_budget = pass_budget
         self.clock = clock
 
     def process(self, pk: int, token: str) -> None:
@@ -137,6 +141,8 @@ class Processor:
     def drain(self, key: ResourceKey, holder: str) -> None:
         """Apply the resource's due events in order until one is not due or does not settle."""
         window = self.windows.get(key[0], 0.0)
+        deadline = self.clock() + self.pass_budget
+        applied = 0
         while True:
             batch, blocker = due_prefix(self.store.pending(key), self.clock(), window)
             if not batch:
@@ -148,11 +154,15 @@ class Processor:
             for pending in batch:
                 if stored is None:  # the one before must wait (a retry) or the lease was lost
                     return
+                if applied and self.clock() > deadline:  # hand the rest to a new message, sent now
+                    self.lifecycle.hold(pending.id, self.clock())
+                    return
                 row = self.lifecycle.claim(pending.id, holder)
                 if row is None:  # changed under us (a replay, a sweep): keep the order, stop here
                     return
                 with self.leases.events.hold(row.id, holder):
                     stored = self.apply(row, holder, key, fetch, stored)
+                applied += 1
             if stored is None:
                 return
 

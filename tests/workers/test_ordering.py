@@ -15,10 +15,17 @@ from sqlalchemy import select
 from sqlmodel import SQLModel
 
 from gateway.eventlog import replay
+from gateway.models import events
 from tests.conftest import Hookgate
 from tests.support.fake_api import Answer, FakeApi
 from tests.support.handlers import LedgerEntry
 from tests.support.servers import wait_for
+from workers.leases import LeaseKeeper
+from workers.lifecycle import EventLifecycle
+from workers.ordering import ResourceStore
+from workers.processing import Processor
+from workers.reconcile import Reconciler
+from workers.registry import HandlerRegistry
 
 FINISHED = ("processed", "superseded", "failed")
 
@@ -211,3 +218,34 @@ def test_handler_session_writes_commit_with_the_event_or_not_at_all(hookgate: Ho
     assert [tuple(r) for r in rows] == [("ledger-1", 2)]
     # The plain handler that succeeded on the first try was not run again.
     assert [line[2] for line in hookgate.effects()] == ["ledger-1"]
+
+
+def test_a_long_pass_hands_the_rest_of_the_backlog_to_a_new_message(hookgate: Hookgate) -> None:
+    """Inside one Dramatiq message a pass stops after its budget; the next event is sent anew."""
+    hookgate.start_intake()
+    for version in (1, 2, 3):
+        post_thing(hookgate, f"budget-{version}", "budget", version)
+    lifecycle = EventLifecycle(hookgate.engine, hookgate.config.workers)
+    store = ResourceStore(hookgate.engine, hookgate.config.workers)
+    handlers = HandlerRegistry()
+    ran: list[str] = []
+    handlers.on("acme")(lambda event: ran.append(event.id))
+    processor = Processor(
+        lifecycle,
+        store,
+        handlers,
+        LeaseKeeper(lifecycle, store, hookgate.config.workers),
+        Reconciler({}),
+        {"acme": 0.0},
+        pass_budget=0.0,
+    )
+    first = hookgate.event("acme", "budget-1")
+    processor.process(first.id, first.message_id)
+    assert ran == ["budget-1"]
+    assert hookgate.event("acme", "budget-1").status == "processed"
+    handed_over = hookgate.event("acme", "budget-2")
+    assert (handed_over.status, handed_over.message_id) == ("queued", None)  # the sweep sends it now
+    assert handed_over.sweep_after <= time.time()
+    with hookgate.engine.connect() as conn:
+        assert conn.execute(select(events.c.status).where(events.c.event_id == "budget-3")).scalar_one() != "processed"
+    assert hookgate.resource("acme", "budget").lease_token is None
