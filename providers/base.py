@@ -4,7 +4,7 @@ A provider type turns ``(raw body, headers)`` into a verified :class:`Delivery` 
 :class:`~providers.errors.DeliveryRejected`. It is pure: no I/O, no clock except the one it is
 given, no imports from ``gateway`` or ``workers``. To add a provider, subclass
 :class:`BaseProvider`, override :meth:`~BaseProvider.verify`, :meth:`~BaseProvider.sign` and
-:meth:`~BaseProvider.sample`, and register the class in ``providers/__init__.py``.
+:meth:`~BaseProvider.sample`, in a new module of this package (it is found by itself).
 
 Headers are passed as a mapping whose ``get`` is case-insensitive (Starlette's ``Headers``).
 """
@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import orjson
 
 from .api import ResourceRef
 from .errors import ProviderConfigError, SignatureRejected
@@ -127,6 +129,11 @@ class BaseProvider:
     ) -> tuple[bytes, dict[str, str]]:
         """Build an unsigned sample delivery of ``event_type``: its body and its plain headers."""
         raise NotImplementedError
+
+    def decode(self, body: bytes, headers: Mapping[str, str]) -> Any:
+        """The payload handlers see, from a stored body (verified when it arrived) and its stored
+        headers. JSON by default; a type whose sender posts forms overrides this."""
+        return orjson.loads(body)
 
     def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
         """Where the current state of the event's resource is fetched; ``None`` if unknown.

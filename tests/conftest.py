@@ -49,6 +49,8 @@ providers:
   stripe: {{type: stripe, secrets: ["{stripe}"]}}
   github: {{type: github, secrets: ["{github}"]}}
   standard: {{type: standard, secrets: ["{standard}"]}}
+  slack: {{type: slack, secrets: ["slack-signing-secret-1"]}}
+  shopify: {{type: shopify, secrets: ["shpss_test_secret_123"]}}
   acme:
     type: hmac
     secrets: ["{acme}", "{acme_new}"]

@@ -55,9 +55,8 @@ def build_worker_broker(
     sweep = RecoverySweep(engine, EventQueue(broker), config.workers)
     broker.add_middleware(WorkerRuntime(sweep, leases, reconciler))
     dramatiq.set_broker(broker)
-    windows = {name: entry.window_seconds for name, entry in config.providers.items()}
     budget = config.workers.handler_time_limit_seconds / 2
-    processor = Processor(lifecycle, store, handlers, leases, reconciler, windows, pass_budget=budget)
+    processor = Processor(lifecycle, store, handlers, leases, reconciler, config.providers, pass_budget=budget)
     time_limit_ms = int(config.workers.handler_time_limit_seconds * 1000)
     dramatiq.actor(
         actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, max_retries=0, time_limit=time_limit_ms, broker=broker

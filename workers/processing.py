@@ -27,6 +27,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import Connection, Engine
 from sqlmodel import Session
 
+from gateway.config import ProviderEntry
 from gateway.models import FAILED, PROCESSED, PROCESSING, SUPERSEDED
 from gateway.queue import new_token
 from providers.base import Clock
@@ -44,7 +45,7 @@ log = logging.getLogger("hookgate.worker")
 BUSY_RETRY_SECONDS = 1.0
 
 
-def to_event(row: Any, stored: StoredResource, fetched: Fetched, superseded: bool) -> Event:
+def to_event(row: Any, payload: Any, stored: StoredResource, fetched: Fetched, superseded: bool) -> Event:
     current = stored if superseded or not fetched.reconciled else fetched
     return Event(
         provider=row.provider,
@@ -53,7 +54,7 @@ def to_event(row: Any, stored: StoredResource, fetched: Fetched, superseded: boo
         resource_id=row.resource_id,
         sequence=row.sequence,
         received_at=datetime.fromtimestamp(row.received_at, UTC),
-        payload=orjson.loads(row.body),
+        payload=payload,
         headers=orjson.loads(row.headers),
         resource=current.state,
         previous=stored.state,
@@ -99,7 +100,7 @@ class Processor:
         registry: HandlerRegistry,
         leases: LeaseKeeper,
         reconciler: Reconciler,
-        windows: Mapping[str, float],
+        providers: Mapping[str, ProviderEntry],
         *,
         pass_budget: float = 300.0,
         clock: Clock = time.time,
@@ -110,7 +111,7 @@ class Processor:
         self.registry = registry
         self.leases = leases
         self.reconciler = reconciler
-        self.windows = windows
+        self.providers = providers
         #: A pass hands the rest of a resource's backlog to a new message after this long, so
         #: that it stays well inside Dramatiq's time limit for one message.
         self.pass_budget = pass_budget
@@ -140,7 +141,8 @@ class Processor:
 
     def drain(self, key: ResourceKey, holder: str) -> None:
         """Apply the resource's due events in order until one is not due or does not settle."""
-        window = self.windows.get(key[0], 0.0)
+        entry = self.providers.get(key[0])
+        window = entry.window_seconds if entry else 0.0
         deadline = self.clock() + self.pass_budget
         applied = 0
         while True:
@@ -175,10 +177,11 @@ class Processor:
         or failed for good), so that the events behind it may go on; ``None`` if they must wait.
         """
         superseded = key is not None and is_superseded(row, stored)
+        payload = self.decode(row)
         fetched = Fetched(None)
         if key is not None and not superseded:
             try:
-                fetched = fetch.get(row, orjson.loads(row.body))
+                fetched = fetch.get(row, payload)
             except ReconcileError as exc:
                 with self.engine.begin() as conn:
                     status = self.lifecycle.fail(
@@ -199,11 +202,18 @@ class Processor:
                     exc,
                 )
                 return stored if status == FAILED else None
-        event = to_event(row, stored, fetched, superseded)
+        event = to_event(row, payload, stored, fetched, superseded)
         handlers = [
             h for h in self.registry.for_event(row.provider, row.event_type) if h.include_superseded or not superseded
         ]
         return self._commit(event, row, token, key, handlers, stored, fetched)
+
+    def decode(self, row: Any) -> Any:
+        """The stored body as its provider's handlers expect it (JSON, or a form for some)."""
+        entry = self.providers.get(row.provider)
+        if entry is None:  # a provider removed from providers.yaml since the event arrived
+            return orjson.loads(row.body)
+        return entry.provider.decode(row.body, orjson.loads(row.headers))
 
     def _commit(
         self,

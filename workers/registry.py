@@ -1,7 +1,8 @@
 """Handler plugins: ``@on(provider, pattern)`` and the lookup the workers do per event.
 
 Patterns are an exact type (``invoice.paid``), a prefix wildcard (``issues.*``, which matches
-``issues.opened`` but not ``issues``), or omitted for every event of the provider. A handler is
+``issues.opened`` but not ``issues``; ``orders/*`` for Shopify's topics), or omitted for every
+event of the provider. A handler is
 known by its ``module.qualname``; that name records, per event, that it already succeeded.
 
 A handler that declares a parameter named ``session`` receives a SQLModel session whose writes
@@ -46,7 +47,7 @@ class Handler:
             return False
         if self.pattern == "*":
             return True
-        if self.pattern.endswith(".*"):
+        if self.pattern.endswith((".*", "/*")):
             return event_type.startswith(self.pattern[:-1])
         return event_type == self.pattern
 
@@ -75,7 +76,7 @@ class HandlerRegistry:
         if not provider or not isinstance(provider, str):
             raise HandlerRegistrationError("[hookgate] on() needs a provider name, e.g. @on('stripe')")
         if "*" in pattern.removesuffix("*") or (
-            pattern.endswith("*") and pattern != "*" and not pattern.endswith(".*")
+            pattern.endswith("*") and pattern != "*" and not pattern.endswith((".*", "/*"))
         ):
             raise HandlerRegistrationError(
                 f"[hookgate] pattern {pattern!r}: use an exact type, 'prefix.*', or no pattern for every event"

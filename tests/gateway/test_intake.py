@@ -186,6 +186,17 @@ def test_github_ping_is_answered_and_not_stored(intake: Hookgate) -> None:
     assert intake.count() == 0
 
 
+def test_slack_url_verification_is_answered_with_the_bare_challenge(intake: Hookgate) -> None:
+    body, headers = intake.signed("slack", "url_verification", "challenge-3eZbrw1aBm2rZgRNFdxV2595E9CY3gmd")
+    response = intake.post("slack", body, headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain"
+    assert response.content == b"challenge-3eZbrw1aBm2rZgRNFdxV2595E9CY3gmd"
+    assert intake.count() == 0
+    forged = intake.post("slack", body, {**headers, "X-Slack-Signature": "v0=" + "0" * 64})
+    assert (forged.status_code, forged.content) == (401, b'{"error":"signature does not match"}')
+
+
 def test_store_outage_is_503_then_the_same_event_is_accepted(hookgate: Hookgate, store_outage: Any) -> None:
     url, outage = store_outage
     hookgate.start_intake(database_url=url)

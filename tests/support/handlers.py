@@ -96,3 +96,9 @@ def acme_ledger(event: Event, session: Session) -> None:
     session.flush()
     if event.type == "ledger.fail_once" and event.attempt == 1:
         raise RuntimeError("failing after writing through the session")
+
+
+@on("slack")
+def slack_handler(event: Event) -> None:
+    """Slash commands arrive as forms: the worker must decode them for the handler."""
+    record(f"slack{event.payload.get('command', '')}", event)

@@ -143,3 +143,12 @@ def test_flushall_while_events_are_queued_loses_nothing(hookgate: Hookgate) -> N
     wait_for(lambda: set(hookgate.statuses().values()) == {"processed"}, bound, what="every event processed")
     assert time.monotonic() - flushed_at < bound
     assert sorted(e[2] for e in hookgate.effects()) == sorted(ids)
+
+
+def test_form_encoded_slack_command_reaches_its_handler_decoded(hookgate: Hookgate) -> None:
+    hookgate.start_intake()
+    hookgate.start_worker()
+    body, headers = hookgate.signed("slack", "slash_command", "trigger-1.2.3")
+    assert hookgate.post("slack", body, headers).json() == {"status": "accepted", "id": "trigger-1.2.3"}
+    hookgate.wait_status("slack", "trigger-1.2.3", "processed")
+    assert [line[2] for line in hookgate.effects("slack/hookgate")] == ["trigger-1.2.3"]

@@ -236,7 +236,7 @@ def test_a_long_pass_hands_the_rest_of_the_backlog_to_a_new_message(hookgate: Ho
         handlers,
         LeaseKeeper(lifecycle, store, hookgate.config.workers),
         Reconciler({}),
-        {"acme": 0.0},
+        {},
         pass_budget=0.0,
     )
     first = hookgate.event("acme", "budget-1")

@@ -1,0 +1,119 @@
+"""Slack (Events API, slash commands, interactivity): ``X-Slack-Signature: v0=<hex>``, an
+HMAC-SHA256 keyed with the app's signing secret over ``"v0:<X-Slack-Request-Timestamp>:" + body``.
+The timestamp must be within ``tolerance_seconds`` (Slack's SDK uses 300).
+
+Events API bodies are JSON envelopes: the dedupe key is ``event_id`` (Slack's retries reuse it,
+often while the first try is still running), the type is the inner ``event.type``. Saving the
+Request URL sends a signed ``url_verification``; it is verified, then answered with the
+``challenge`` value as plain text, and never stored. Slash commands and interactive payloads are
+forms (interactivity puts JSON in a ``payload`` field); they are keyed by ``trigger_id`` and typed
+``slash_command`` and ``interactive.<payload type>``. Slack events are not versions of one
+resource (a channel's messages are not states of the channel), so they carry no resource id and
+are never superseded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+
+from .base import (
+    BaseProvider,
+    Delivery,
+    Handshake,
+    any_match,
+    hmac_digest,
+    parse_unix_timestamp,
+    required_header,
+)
+from .errors import PayloadRejected, SignatureRejected
+from .payload import as_text, parse_json_object
+
+SIGNATURE = "x-slack-signature"
+TIMESTAMP = "x-slack-request-timestamp"
+FORM = "application/x-www-form-urlencoded"
+
+
+def parse_form(body: bytes) -> dict[str, Any]:
+    """A Slack form: its fields, with interactivity's ``payload`` field parsed as JSON."""
+    try:
+        fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True))
+    except (UnicodeDecodeError, ValueError):
+        raise PayloadRejected("body is not a valid form") from None
+    if "payload" in fields:
+        return parse_json_object(fields["payload"].encode())
+    return fields
+
+
+class SlackProvider(BaseProvider):
+    type_name = "slack"
+    kept_headers = frozenset({SIGNATURE, TIMESTAMP, "x-slack-retry-num", "x-slack-retry-reason"})
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
+        offered = required_header(headers, SIGNATURE)
+        timestamp = parse_unix_timestamp(required_header(headers, TIMESTAMP), TIMESTAMP)
+        self.check_timestamp(timestamp)
+        signed = b"v0:%d:" % timestamp + body
+        expected = (b"v0=" + hmac_digest(s.encode(), signed).hex().encode() for s in self.settings.secrets)
+        if not any_match(expected, [offered.encode()]):
+            raise SignatureRejected("signature does not match")
+        payload = self.decode(body, headers)
+        if payload.get("type") == "url_verification":
+            challenge = payload.get("challenge")
+            if not isinstance(challenge, str):
+                raise PayloadRejected("url_verification without a challenge")
+            return Delivery("url_verification", "url_verification", payload=payload, handshake=_answer(challenge))
+        if self._is_form(headers):
+            return self._form_delivery(payload)
+        event = payload.get("event")
+        event_id = as_text(payload.get("event_id"))
+        if not event_id or not isinstance(event, Mapping) or not isinstance(event.get("type"), str):
+            raise PayloadRejected("body lacks event_id or event.type")
+        return Delivery(event_id, event["type"], payload=payload)
+
+    def decode(self, body: bytes, headers: Mapping[str, str]) -> Any:
+        return parse_form(body) if self._is_form(headers) else parse_json_object(body)
+
+    @staticmethod
+    def _is_form(headers: Mapping[str, str]) -> bool:
+        return headers.get("content-type", "").split(";")[0].strip().lower() == FORM
+
+    @staticmethod
+    def _form_delivery(payload: Mapping[str, Any]) -> Delivery:
+        trigger = as_text(payload.get("trigger_id"))
+        if not trigger:
+            raise PayloadRejected("form without a trigger_id")
+        if "command" in payload:
+            return Delivery(trigger, "slash_command", payload=payload)
+        return Delivery(trigger, f"interactive.{as_text(payload.get('type')) or 'unknown'}", payload=payload)
+
+    def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
+        digest = hmac_digest(secret.encode(), b"v0:%d:" % timestamp + body).hex()
+        return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": f"v0={digest}"}
+
+    def sample(
+        self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int
+    ) -> tuple[bytes, dict[str, str]]:
+        if event_type == "slash_command":
+            fields = {"command": "/hookgate", "text": "hello", "trigger_id": event_id, **(data or {})}
+            return urlencode(fields).encode(), {"Content-Type": FORM}
+        if event_type == "url_verification":
+            envelope: dict[str, Any] = {"type": "url_verification", "token": "legacy", "challenge": event_id}
+        else:
+            event = dict(data) if data else {"channel": "C0123", "user": "U0123", "text": "hello"}
+            envelope = {
+                "type": "event_callback",
+                "team_id": "T0123",
+                "api_app_id": "A0123",
+                "event_id": event_id,
+                "event_time": timestamp,
+                "event": {"type": event_type, **event},
+            }
+        return orjson.dumps(envelope), {"Content-Type": "application/json"}
+
+
+def _answer(challenge: str) -> Handshake:
+    return Handshake(200, challenge.encode(), "text/plain")
