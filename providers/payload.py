@@ -62,7 +62,8 @@ def as_sequence(value: Any) -> int | None:
         if value.lstrip("-").isdigit():
             return int(value)
         try:
-            moment = datetime.fromisoformat(value)
+            # GitLab writes "2013-12-03 17:23:34 UTC"; everyone else ISO 8601.
+            moment = datetime.fromisoformat(value.removesuffix(" UTC") + ("+00:00" if value.endswith(" UTC") else ""))
         except ValueError:
             return None
         return int(moment.timestamp() * 1000)

@@ -73,10 +73,14 @@ def due_prefix(pending: Sequence[Any], now: float, window: float) -> tuple[list[
     return batch, None
 
 
-def insert_ignoring_conflict(conn: Connection, table: Any, values: dict[str, Any]) -> int:
-    """INSERT … ON CONFLICT DO NOTHING; returns how many rows were inserted (0 or 1)."""
+def insert_ignoring_conflict(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; whether the row was inserted.
+
+    Asked with RETURNING, not ``rowcount``: psycopg reports -1 for this statement.
+    """
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing()).rowcount
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
 
 
 class ResourceStore:
@@ -104,7 +108,7 @@ class ResourceStore:
             if taken:
                 return True
             values = {"provider": key[0], "resource_id": key[1], "lease_token": holder, "lease_expires_at": expires}
-            return insert_ignoring_conflict(conn, resources, {**values, "deleted": False, "updated_at": now}) == 1
+            return insert_ignoring_conflict(conn, resources, {**values, "deleted": False, "updated_at": now})
 
     def renew(self, held: Iterable[tuple[ResourceKey, str]]) -> None:
         expires = self.clock() + self.settings.lease_seconds

@@ -249,3 +249,14 @@ def test_a_long_pass_hands_the_rest_of_the_backlog_to_a_new_message(hookgate: Ho
     with hookgate.engine.connect() as conn:
         assert conn.execute(select(events.c.status).where(events.c.event_id == "budget-3")).scalar_one() != "processed"
     assert hookgate.resource("acme", "budget").lease_token is None
+
+
+def test_resource_lease_is_taken_once_and_given_back(hookgate: Hookgate) -> None:
+    store = ResourceStore(hookgate.engine, hookgate.config.workers)
+    key = ("acme", "leased")
+    assert store.acquire(key, "first")  # a new resource: the row is created holding the lease
+    assert not store.acquire(key, "second")
+    store.release(key, "second")  # not the holder: changes nothing
+    assert not store.acquire(key, "second")
+    store.release(key, "first")
+    assert store.acquire(key, "second")
