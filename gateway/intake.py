@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from providers import Delivery, DeliveryRejected
 
-from .config import Config
+from .config import Config, ProviderEntry
 from .database import create_schema, ping
 from .errors import StoreUnavailable
 from .ingest import Ingestor
@@ -138,7 +138,7 @@ class Intake:
         if not self.ingestor.broker_healthy:
             raise Reply(503, {"error": "broker unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable")
         try:
-            outcome = await self.ingestor.submit(self.row(name, delivery, body, headers))
+            outcome = await self.ingestor.submit(self.row(name, entry, delivery, body, headers))
         except StoreUnavailable:
             raise Reply(
                 503, {"error": "store unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable"
@@ -166,13 +166,13 @@ class Intake:
             more = message.get("more_body", False)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def row(self, name: str, delivery: Delivery, body: bytes, headers: Headers) -> dict[str, Any]:
+    def row(self, name: str, entry: ProviderEntry, delivery: Delivery, body: bytes, headers: Headers) -> dict[str, Any]:
         kept = self._kept_headers[name]
         now = time.time()
         # An event of a resource waits out its provider's ordering window before it is sent, so
         # that a straggler with a lower sequence is applied first: no message yet, and the
         # recovery sweep sends it when ``sweep_after`` comes (see workers/ordering.py).
-        window = self.config.providers[name].window_seconds if delivery.resource_id else 0.0
+        window = entry.window_seconds if delivery.resource_id else 0.0
         held = window > 0
         return {
             "provider": name,

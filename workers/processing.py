@@ -45,7 +45,9 @@ log = logging.getLogger("hookgate.worker")
 BUSY_RETRY_SECONDS = 1.0
 
 
-def to_event(row: Any, payload: Any, stored: StoredResource, fetched: Fetched, superseded: bool) -> Event:
+def to_event(
+    row: Any, payload: Any, headers: dict[str, str], stored: StoredResource, fetched: Fetched, superseded: bool
+) -> Event:
     current = stored if superseded or not fetched.reconciled else fetched
     return Event(
         provider=row.provider,
@@ -55,7 +57,7 @@ def to_event(row: Any, payload: Any, stored: StoredResource, fetched: Fetched, s
         sequence=row.sequence,
         received_at=datetime.fromtimestamp(row.received_at, UTC),
         payload=payload,
-        headers=orjson.loads(row.headers),
+        headers=headers,
         resource=current.state,
         previous=stored.state,
         resource_type=fetched.resource_type,
@@ -177,7 +179,8 @@ class Processor:
         or failed for good), so that the events behind it may go on; ``None`` if they must wait.
         """
         superseded = key is not None and is_superseded(row, stored)
-        payload = self.decode(row)
+        headers = orjson.loads(row.headers)
+        payload = self.decode(row, headers)
         fetched = Fetched(None)
         if key is not None and not superseded:
             try:
@@ -202,18 +205,18 @@ class Processor:
                     exc,
                 )
                 return stored if status == FAILED else None
-        event = to_event(row, payload, stored, fetched, superseded)
+        event = to_event(row, payload, headers, stored, fetched, superseded)
         handlers = [
             h for h in self.registry.for_event(row.provider, row.event_type) if h.include_superseded or not superseded
         ]
         return self._commit(event, row, token, key, handlers, stored, fetched)
 
-    def decode(self, row: Any) -> Any:
+    def decode(self, row: Any, headers: dict[str, str]) -> Any:
         """The stored body as its provider's handlers expect it (JSON, or a form for some)."""
         entry = self.providers.get(row.provider)
         if entry is None:  # a provider removed from providers.yaml since the event arrived
             return orjson.loads(row.body)
-        return entry.provider.decode(row.body, orjson.loads(row.headers))
+        return entry.provider.decode(row.body, headers)
 
     def _commit(
         self,
