@@ -219,8 +219,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 2
     data = orjson.loads(Path(args.data).read_bytes()) if args.data else None
     event_id = args.id or f"evt_{uuid.uuid4().hex[:24]}"
-    body, headers = entry.provider.signed_request(args.type, data, event_id=event_id, timestamp=int(time.time()))
     url = args.url or f"http://127.0.0.1:8000/webhooks/{args.provider}"
+    key = Path(args.key).read_text().strip() if args.key else None
+    body, headers = entry.provider.signed_request(
+        args.type, data, event_id=event_id, timestamp=int(time.time()), secret=key, url=url
+    )
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
@@ -276,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="JSON file with the event's data object")
     p.add_argument("--id", help="event id (default: a new random one)")
     p.add_argument("--url", help="default: http://127.0.0.1:8000/webhooks/PROVIDER")
+    p.add_argument(
+        "--key",
+        help="file holding the key to sign with (default: the first secret); sendgrid and discord "
+        "need the private half of their public_key (PEM for sendgrid, the 64-hex seed for discord)",
+    )
     return parser
 
 

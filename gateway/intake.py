@@ -12,6 +12,7 @@ is an ordinary Starlette application.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -30,12 +31,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from providers import Delivery, DeliveryRejected
+from providers import Delivery, DeliveryRejected, Inbound
 
 from .config import Config, ProviderEntry
 from .database import create_schema, ping
 from .errors import StoreUnavailable
-from .ingest import Ingestor
+from .ingest import ACCEPTED, DUPLICATE, Ingestor
 from .models import RECEIVED
 from .queue import EventQueue, new_token
 
@@ -63,7 +64,8 @@ JSON = b"application/json"
 async def send_response(
     send: Send, status: int, body: bytes, headers: dict[str, str], media_type: bytes = JSON
 ) -> None:
-    raw = [(b"content-type", media_type), (b"content-length", str(len(body)).encode())]
+    # A 204 carries no body, so neither length nor type (Discord's webhook events want one).
+    raw = [] if status == 204 else [(b"content-type", media_type), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
@@ -115,14 +117,16 @@ class Intake:
         entry = self.config.providers.get(name)
         if entry is None:
             raise Reply(404, {"error": "unknown provider"})
-        if scope["method"] != "POST":
-            raise Reply(405, {"error": "method not allowed"}, {"Allow": "POST"})
+        method = scope["method"]
+        if method != "POST" and not (method == "GET" and entry.provider.accepts_get):
+            allowed = "GET, POST" if entry.provider.accepts_get else "POST"
+            raise Reply(405, {"error": "method not allowed"}, {"Allow": allowed})
         headers = Headers(scope=scope)
         if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
             raise Reply(415, {"error": "compressed bodies are not accepted"}, outcome="unsupported_encoding")
         body = await self.read_body(headers, receive, entry.max_body_bytes)
         try:
-            delivery = entry.provider.verify(body, headers)
+            delivery = entry.provider.verify_request(Inbound(body, headers, request_url(scope, headers), method))
         except DeliveryRejected as exc:
             log.info("rejected provider=%s status=%d reason=%s", name, exc.status_code, exc.reason)
             outcome = "rejected_signature" if exc.status_code == 401 else "rejected_payload"
@@ -131,20 +135,37 @@ class Intake:
             self.count(name, "handshake")
             shake = delivery.handshake
             return shake.status_code, shake.body, shake.media_type.encode()
-        if max(len(delivery.event_id), len(delivery.event_type), len(delivery.resource_id or "")) > MAX_ID_LENGTH:
-            raise Reply(
-                400, {"error": f"event id, type or resource id longer than {MAX_ID_LENGTH}"}, outcome="rejected_payload"
-            )
+        parts = delivery.batch or (delivery,)
+        for part in parts:
+            if max(len(part.event_id), len(part.event_type), len(part.resource_id or "")) > MAX_ID_LENGTH:
+                raise Reply(
+                    400,
+                    {"error": f"event id, type or resource id longer than {MAX_ID_LENGTH}"},
+                    outcome="rejected_payload",
+                )
         if not self.ingestor.broker_healthy:
             raise Reply(503, {"error": "broker unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable")
         try:
-            outcome = await self.ingestor.submit(self.row(name, entry, delivery, body, headers))
+            # A batch's events are committed each on its own; if any is not, the 503 makes the
+            # sender post the batch again, and the ones already stored are then duplicates.
+            submits = [self.ingestor.submit(self.row(name, entry, part, part.body or body, headers)) for part in parts]
+            outcomes = [await submits[0]] if len(submits) == 1 else await asyncio.gather(*submits)
         except StoreUnavailable:
             raise Reply(
                 503, {"error": "store unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable"
             ) from None
-        self.count(name, outcome)
-        return 200, orjson.dumps({"status": outcome, "id": delivery.event_id}), JSON
+        for outcome in outcomes:
+            self.count(name, outcome)
+        if delivery.reply is not None:
+            return delivery.reply.status_code, delivery.reply.body, delivery.reply.media_type.encode()
+        if not delivery.batch:
+            return 200, orjson.dumps({"status": outcomes[0], "id": delivery.event_id}), JSON
+        answer = {
+            "status": ACCEPTED if ACCEPTED in outcomes else DUPLICATE,
+            "id": delivery.event_id,
+            "events": [{"id": part.event_id, "status": outcome} for part, outcome in zip(parts, outcomes, strict=True)],
+        }
+        return 200, orjson.dumps(answer), JSON
 
     @staticmethod
     async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
@@ -206,6 +227,16 @@ class Intake:
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.metric_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def request_url(scope: Scope, headers: Headers) -> str:
+    """The URL the sender addressed, for types that sign it: a proxy's ``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` (their first value) win over the request's own scheme and ``Host``."""
+    scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip() or scope.get("scheme", "http")
+    host = headers.get("x-forwarded-host", "").split(",")[0].strip() or headers.get("host", "")
+    query = scope.get("query_string", b"").decode("latin-1")
+    path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").partition("?")[0]
+    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
 
 
 class HookgateApp:

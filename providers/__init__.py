@@ -12,7 +12,7 @@ import importlib
 import inspect
 import pkgutil
 
-from .base import BaseProvider, Clock, Delivery, Handshake, ProviderSettings
+from .base import BaseProvider, Clock, Delivery, Handshake, Inbound, ProviderSettings
 from .errors import (
     DeliveryRejected,
     HookgateError,
@@ -50,6 +50,7 @@ __all__ = [
     "DeliveryRejected",
     "Handshake",
     "HookgateError",
+    "Inbound",
     "PayloadRejected",
     "ProviderConfigError",
     "ProviderSettings",

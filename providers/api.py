@@ -121,6 +121,18 @@ def fill_path(template: str, **values: str) -> str:
     return path
 
 
+def collection_ref(
+    resource_id: str, collections: Mapping[str, str], template: str = "/{collection}/{id}"
+) -> ResourceRef | None:
+    """For a resource id written ``<kind>:<id>``: ``template`` with the kind's collection and the
+    id; ``None`` for a kind with no collection."""
+    kind, _, object_id = resource_id.partition(":")
+    collection = collections.get(kind)
+    if collection is None or not object_id:
+        return None
+    return ResourceRef(kind, fill_path(template.replace("{collection}", collection), id=object_id))
+
+
 def api_url(base_url: str, target: str) -> str:
     """The absolute URL of ``target`` under ``base_url``: a path is appended to the base; an
     absolute URL (from a payload) must already lie under it.

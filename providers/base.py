@@ -11,12 +11,15 @@ Headers are passed as a mapping whose ``get`` is case-insensitive (Starlette's `
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
@@ -51,6 +54,10 @@ class Delivery:
 
     ``sequence`` orders one resource's events (a version, or a time in milliseconds);
     ``handshake`` is set instead when the request only checks the endpoint (GitHub's ping).
+    ``reply`` replaces Hookgate's usual JSON answer once the event is stored. A sender that posts
+    several events in one request (SendGrid, HubSpot, Microsoft Graph, Meta) gives one Delivery
+    per event in ``batch``, each with its own ``body`` (that event's JSON), so that each is
+    deduped, ordered and retried on its own.
     """
 
     event_id: str
@@ -59,6 +66,31 @@ class Delivery:
     sequence: int | None = None
     payload: Any = None
     handshake: Handshake | None = None
+    batch: tuple[Delivery, ...] = ()
+    body: bytes | None = None
+    #: The answer once the event is stored, for senders that expect a particular one (Discord
+    #: interactions want a deferred response); default: Hookgate's JSON status.
+    reply: Handshake | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A webhook request as a provider type sees it.
+
+    ``url`` is the URL the sender addressed as well as the intake can tell: scheme and host from
+    ``X-Forwarded-Proto``/``X-Forwarded-Host`` when a proxy set them, else from the request;
+    then the path and query as received. Types that sign the URL prefer ``public_url``.
+    """
+
+    body: bytes
+    headers: Mapping[str, str]
+    url: str = ""
+    method: str = "POST"
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (the last value of a repeated name)."""
+        return dict(parse_qsl(urlsplit(self.url).query, keep_blank_values=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +141,19 @@ class BaseProvider:
         if problems:
             raise ProviderConfigError(problems)
 
+    #: Whether the type answers a ``GET`` (Meta's subscription check); others get 405.
+    accepts_get: ClassVar[bool] = False
+
     # -- to override ----------------------------------------------------------------------
+
+    def verify_request(self, request: Inbound) -> Delivery:
+        """What the intake calls. Types that sign the URL or read the query override this one;
+        the others override :meth:`verify`, which sees only the body and the headers."""
+        return self.verify(request.body, request.headers)
+
+    def sign_request(self, request: Inbound, *, secret: str, timestamp: int) -> dict[str, str]:
+        """The signature headers for ``request``; the counterpart of :meth:`verify_request`."""
+        return self.sign(request.body, request.headers, secret=secret, timestamp=timestamp)
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
         """Check the signature (and timestamp) of ``body``, then parse it into a Delivery.
@@ -182,12 +226,23 @@ class BaseProvider:
         event_id: str,
         timestamp: int | None = None,
         secret: str | None = None,
+        url: str = "",
     ) -> tuple[bytes, dict[str, str]]:
-        """A complete sample request, signed with ``secret`` (default: the first configured)."""
+        """A complete sample request to ``url``, signed with ``secret`` (default: the first
+        configured; key-pair types take a private key here)."""
         when = int(self.clock()) if timestamp is None else timestamp
         body, headers = self.sample(event_type, data, event_id=event_id, timestamp=when)
-        key = self.settings.secrets[0] if secret is None else secret
-        headers.update(self.sign(body, headers, secret=key, timestamp=when))
+        key = secret if secret is not None else next(iter(self.settings.secrets), None)
+        if key is None:
+            raise ProviderConfigError([("secrets", f"type {self.type_name!r} signs with a private key: pass one")])
+        return self.sign_sample(body, headers, secret=key, timestamp=when, url=url)
+
+    def sign_sample(
+        self, body: bytes, headers: dict[str, str], *, secret: str, timestamp: int, url: str
+    ) -> tuple[bytes, dict[str, str]]:
+        """Sign a request built by :meth:`sample`; a type that signs inside the body overrides this."""
+        plain = {name.lower(): value for name, value in headers.items()}  # as the intake reads them
+        headers.update(self.sign_request(Inbound(body, plain, url), secret=secret, timestamp=timestamp))
         return body, headers
 
     def check_timestamp(self, timestamp: float) -> None:
@@ -217,6 +272,46 @@ def hmac_digest(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
     return hmac.new(key, message, getattr(hashlib, algorithm)).digest()
 
 
+def check_mac(
+    secrets: Iterable[str],
+    message: bytes,
+    offered: Iterable[str],
+    *,
+    algorithm: str = "sha256",
+    encoding: str = "hex",
+    prefix: str = "",
+) -> str:
+    """The secret under which one ``offered`` signature is ``prefix`` + the encoded HMAC of
+    ``message`` (each secret is used as UTF-8 bytes, as nearly every provider does).
+
+    Every pair is compared, whatever matched, so timing does not tell which one did.
+
+    Raises:
+        SignatureRejected: no offered signature matches.
+    """
+    encode = bytes.hex if encoding == "hex" else (lambda digest: base64.b64encode(digest).decode())
+    candidates = [o.encode() for o in offered]
+    matched = None
+    for secret in secrets:
+        expected = (prefix + encode(hmac_digest(secret.encode(), message, algorithm))).encode()
+        if any_match([expected], candidates) and matched is None:
+            matched = secret
+    if matched is None:
+        raise SignatureRejected("signature does not match")
+    return matched
+
+
+def check_any_mac(secrets: Iterable[str], messages: Iterable[bytes], offered: Iterable[str], **options: str) -> str:
+    """:func:`check_mac` for a sender whose signed bytes may take several forms (URL variants)."""
+    secrets, offered = list(secrets), list(offered)
+    for message in messages:
+        try:
+            return check_mac(secrets, message, offered, **options)
+        except SignatureRejected:
+            continue
+    raise SignatureRejected("signature does not match")
+
+
 def any_match(expected: Iterable[bytes], offered: Iterable[bytes]) -> bool:
     """Constant-time: does any offered signature equal any expected one?
 
@@ -229,3 +324,61 @@ def any_match(expected: Iterable[bytes], offered: Iterable[bytes]) -> bool:
         for signature in offered:
             matched |= hmac.compare_digest(candidate, signature)
     return matched
+
+
+class KeyPairProvider(BaseProvider):
+    """A type whose sender signs with a private key (SendGrid, Discord): ``public_key`` instead of
+    ``secrets``. Subclasses say how to read the key in :meth:`load_key`."""
+
+    needs_secrets = False
+    option_keys = frozenset({"public_key"})
+    #: What ``public_key`` must be, for the configuration error.
+    key_format: ClassVar[str] = "a public key"
+
+    @staticmethod
+    def load_key(value: str) -> Any:
+        """The key object; raises ValueError if ``value`` is not such a key."""
+        raise NotImplementedError
+
+    def check_options(self, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        value = options.get("public_key")
+        try:
+            self.load_key(value if isinstance(value, str) else "")
+        except ValueError:
+            return [("public_key", f"required: {self.key_format}")]
+        return []
+
+    @cached_property
+    def public_key(self) -> Any:
+        return self.load_key(self.settings.options["public_key"])
+
+
+class SignsUrl(BaseProvider):
+    """A type whose sender signs the URL it posted to (Twilio, Square, HubSpot).
+
+    Behind a proxy the intake sees another URL than the sender used, so ``public_url`` gives the
+    one configured at the provider (scheme, host and path); the request's query string is
+    appended to it. Without it, the URL is rebuilt from the request (``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` first).
+    """
+
+    option_keys = frozenset({"public_url"})
+
+    def check_options(self, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        url = options.get("public_url")
+        if url is None:
+            return []
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            return [("public_url", "must be an http(s) URL such as https://hooks.example.com/webhooks/NAME")]
+        if parts.query or parts.fragment:
+            return [("public_url", "give it without a query or fragment (the request's query is appended)")]
+        return []
+
+    def signed_url(self, request: Inbound) -> str:
+        """The URL the sender signed, as well as it can be known."""
+        public = self.settings.options.get("public_url")
+        if not public:
+            return request.url
+        query = urlsplit(request.url).query
+        return public + (f"?{query}" if query else "")

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
 from .errors import PayloadRejected
+
+FORM = "application/x-www-form-urlencoded"
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -29,6 +32,22 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise PayloadRejected("body is not a JSON object")
     return value
+
+
+def parse_form(body: bytes) -> list[tuple[str, str]]:
+    """The fields of an ``application/x-www-form-urlencoded`` body, in order, repeats kept.
+
+    Raises:
+        PayloadRejected: the body is not UTF-8 or not a form.
+    """
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise PayloadRejected("body is not a valid form") from None
+
+
+def is_form(headers: Mapping[str, str]) -> bool:
+    return headers.get("content-type", "").split(";")[0].strip().lower() == FORM
 
 
 def dig(payload: Any, path: str) -> Any:
@@ -48,6 +67,12 @@ def as_text(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
+
+
+def typed_id(kind: Any, object_id: Any) -> str | None:
+    """A resource id written ``<kind>:<id>`` (``incident:PGR0VU2``), if both parts are there."""
+    kind, object_id = as_text(kind), as_text(object_id)
+    return f"{kind}:{object_id}" if kind and object_id else None
 
 
 def as_sequence(value: Any) -> int | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import orjson
 
@@ -30,19 +30,15 @@ from .base import (
     required_header,
 )
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_text, parse_json_object
+from .payload import FORM, as_text, is_form, parse_form, parse_json_object
 
 SIGNATURE = "x-slack-signature"
 TIMESTAMP = "x-slack-request-timestamp"
-FORM = "application/x-www-form-urlencoded"
 
 
-def parse_form(body: bytes) -> dict[str, Any]:
+def parse_slack_form(body: bytes) -> dict[str, Any]:
     """A Slack form: its fields, with interactivity's ``payload`` field parsed as JSON."""
-    try:
-        fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True))
-    except (UnicodeDecodeError, ValueError):
-        raise PayloadRejected("body is not a valid form") from None
+    fields = dict(parse_form(body))
     if "payload" in fields:
         return parse_json_object(fields["payload"].encode())
     return fields
@@ -66,7 +62,7 @@ class SlackProvider(BaseProvider):
             if not isinstance(challenge, str):
                 raise PayloadRejected("url_verification without a challenge")
             return Delivery("url_verification", "url_verification", payload=payload, handshake=_answer(challenge))
-        if self._is_form(headers):
+        if is_form(headers):
             return self._form_delivery(payload)
         event = payload.get("event")
         event_id = as_text(payload.get("event_id"))
@@ -75,11 +71,7 @@ class SlackProvider(BaseProvider):
         return Delivery(event_id, event["type"], payload=payload)
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> Any:
-        return parse_form(body) if self._is_form(headers) else parse_json_object(body)
-
-    @staticmethod
-    def _is_form(headers: Mapping[str, str]) -> bool:
-        return headers.get("content-type", "").split(";")[0].strip().lower() == FORM
+        return parse_slack_form(body) if is_form(headers) else parse_json_object(body)
 
     @staticmethod
     def _form_delivery(payload: Mapping[str, Any]) -> Delivery:

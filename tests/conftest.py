@@ -159,9 +159,9 @@ class Hookgate:
         self.config_path.write_text(yaml.safe_dump(data))
 
     def configure_provider(self, name: str, **settings: Any) -> None:
-        """Change one provider's entry (e.g. its ``api:``) before the intake and workers start."""
+        """Change (or add) one provider's entry before the intake and workers start."""
         data = yaml.safe_load(self.config_path.read_text())
-        data["providers"][name].update(settings)
+        data["providers"].setdefault(name, {}).update(settings)
         self.config_path.write_text(yaml.safe_dump(data))
         self.config = load_config(self.config_path)
 

@@ -161,10 +161,10 @@ class Reconciler:
         """
         api = self.apis.get(provider)
         entry = self.providers.get(provider)
-        if api is None:
-            ref = entry.provider.resource_ref(event_type, resource_id, payload) if entry else None
-            return Fetched(ref.type if ref else None)
         try:
+            if api is None:
+                ref = entry.provider.resource_ref(event_type, resource_id, payload) if entry else None
+                return Fetched(ref.type if ref else None)
             ref = api.ref(event_type, resource_id, payload)
             if ref is None:
                 raise ReconcileError(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from starlette.datastructures import Headers
 
-from providers import PROVIDER_TYPES, BaseProvider, Delivery, DeliveryRejected, ProviderSettings
+from providers import PROVIDER_TYPES, BaseProvider, Delivery, DeliveryRejected, Inbound, ProviderSettings
 
 NOW = 1_700_000_000
 
@@ -18,11 +18,16 @@ def make(type_name: str, *secrets: str, now: float = NOW, **options: Any) -> Bas
     return PROVIDER_TYPES[type_name](settings, clock=lambda: now)
 
 
-def verify(provider: BaseProvider, body: bytes, headers: Mapping[str, str]) -> Delivery:
-    return provider.verify(body, Headers(headers=dict(headers)))
+def verify(
+    provider: BaseProvider, body: bytes, headers: Mapping[str, str], url: str = "", method: str = "POST"
+) -> Delivery:
+    """What the intake does: the request as the provider type sees it."""
+    return provider.verify_request(Inbound(body, Headers(headers=dict(headers)), url, method))
 
 
-def rejected(provider: BaseProvider, body: bytes, headers: Mapping[str, str]) -> DeliveryRejected:
+def rejected(
+    provider: BaseProvider, body: bytes, headers: Mapping[str, str], url: str = "", method: str = "POST"
+) -> DeliveryRejected:
     with pytest.raises(DeliveryRejected) as info:
-        verify(provider, body, headers)
+        verify(provider, body, headers, url, method)
     return info.value
