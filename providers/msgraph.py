@@ -8,8 +8,9 @@ Creating or renewing a subscription, Graph posts with ``?validationToken=<token>
 ``200 text/plain`` with the token, within Graph's 10 seconds, and never stored. A notification
 batches changes in ``value``: each becomes its own event, typed ``<changeType>``
 (``created``, ``updated``, ``deleted``) or ``lifecycle.<lifecycleEvent>``, with its ``resource``
-(``Users/<id>/Messages/<id>``) as resource id, fetched from ``/v1.0/<resource>``. Graph gives
-changes no id: each is deduped on a digest of its JSON, which Graph's retries repeat.
+(``Users/<id>/Messages/<id>``) as resource id, fetched from ``/v1.0/<resource>``. A change is
+deduped on its ``id`` where Graph gives one (it is optional), else on a digest of its JSON, which
+Graph's retries repeat.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class MicrosoftGraphProvider(BaseProvider):
         event_type = f"lifecycle.{lifecycle}" if lifecycle else as_text(change.get("changeType"))
         if not event_type:
             raise PayloadRejected("a notification lacks changeType or lifecycleEvent")
-        event_id = f"change-{hashlib.sha256(orjson.dumps(change, option=orjson.OPT_SORT_KEYS)).hexdigest()[:40]}"
+        digest = hashlib.sha256(orjson.dumps(change, option=orjson.OPT_SORT_KEYS)).hexdigest()[:40]
+        event_id = as_text(change.get("id")) or f"change-{digest}"
         resource = None if lifecycle else as_text(change.get("resource"))
         return Delivery(event_id, event_type, resource, payload=change, body=body)
 

@@ -170,3 +170,27 @@ def test_api_and_ordering_problems_name_their_lines(tmp_path: Path) -> None:
         f"{path}:9: providers.acme.api.resource_path: must be a path containing {{resource}}, "
         "e.g. /v1/things/{resource}",
     ]
+
+
+def test_type_specific_keys_are_checked_with_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text(
+        "providers:\n"
+        "  sg:\n"
+        "    type: sendgrid\n"
+        "    public_key: not-base64!\n"
+        "  wa:\n"
+        "    type: meta\n"
+        "    secrets: [an-app-secret]\n"
+        "  sms:\n"
+        "    type: twilio\n"
+        "    secrets: [an-auth-token]\n"
+        "    public_url: https://hooks.example.com/twilio?x=1\n"
+    )
+    found = problems(path)
+    assert [line.split(": ")[1] for line in found] == [
+        "providers.sg.public_key",
+        "providers.wa.verify_token",
+        "providers.sms.public_url",
+    ]
+    assert [line.split(": ")[0].rsplit(":", 1)[1] for line in found] == ["4", "5", "11"]

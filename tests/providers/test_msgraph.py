@@ -38,6 +38,8 @@ def test_a_batch_of_changes() -> None:
         ("lifecycle.missed", None),
     ]
     assert len({d.event_id for d in delivery.batch}) == 3
+    with_id = orjson.dumps({"value": [change(id="1565293727947")]})
+    assert verify(make("msgraph", STATE), with_id, {}, URL).batch[0].event_id == "1565293727947"
     again = verify(make("msgraph", STATE), body, {}, URL)
     assert [d.event_id for d in again.batch] == [d.event_id for d in delivery.batch]  # retries dedupe
 

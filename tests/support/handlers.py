@@ -102,3 +102,9 @@ def acme_ledger(event: Event, session: Session) -> None:
 def slack_handler(event: Event) -> None:
     """Slash commands arrive as forms: the worker must decode them for the handler."""
     record(f"slack{event.payload.get('command', '')}", event)
+
+
+@on("hubspot")
+def hubspot_handler(event: Event) -> None:
+    """Each event of a HubSpot batch arrives on its own."""
+    behave(event)

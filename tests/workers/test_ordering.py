@@ -16,6 +16,7 @@ from sqlmodel import SQLModel
 
 from gateway.eventlog import replay
 from gateway.models import events
+from providers import Inbound
 from tests.conftest import Hookgate
 from tests.support.fake_api import Answer, FakeApi
 from tests.support.handlers import LedgerEntry
@@ -260,3 +261,28 @@ def test_resource_lease_is_taken_once_and_given_back(hookgate: Hookgate) -> None
     assert not store.acquire(key, "second")
     store.release(key, "first")
     assert store.acquire(key, "second")
+
+
+def test_a_batch_is_processed_event_by_event_in_order_with_one_fetch(hookgate: Hookgate, fake_api: FakeApi) -> None:
+    """HubSpot posts a batch; its events are separate stored events of one resource, applied in
+    ``occurredAt`` order whatever their order in the batch, reconciled from the CRM path."""
+    fake_api.states["/crm/v3/objects/contacts/7"] = {"id": "7", "version": 3}
+    secret = "hubspot-client-secret"
+    hookgate.configure_provider(
+        "hubspot", type="hubspot", secrets=[secret], api={"base_url": fake_api.url, "token": "t"}
+    )
+    hookgate.start_intake()
+    batch = [
+        {"eventId": n, "subscriptionType": "contact.propertyChange", "objectId": 7, "occurredAt": 1_000 + n}
+        for n in (3, 1, 2)
+    ]
+    body = orjson.dumps(batch)
+    provider = hookgate.config.providers["hubspot"].provider
+    url = f"{hookgate.url}/webhooks/hubspot"
+    headers = provider.sign_request(Inbound(body, {}, url), secret=secret, timestamp=int(time.time()))
+    assert httpx.post(url, content=body, headers=headers).json()["status"] == "accepted"
+    hookgate.start_worker()
+    assert set(wait_finished(hookgate, 3).values()) == {"processed"}
+    assert [line[2] for line in hookgate.effects("effect")] == ["1", "2", "3"]
+    assert {line[9] for line in hookgate.effects("effect")} == {"3"}  # the fetched state's version
+    assert len(fake_api.seen("/crm/v3/objects/contacts/7")) == 1
