@@ -2,60 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.providers.helpers import make, rejected, verify
+from tests.support.node_sdk import node_script, run_node
 
 SECRET = "It's a Secret to Everybody"
-NODE_DIR = Path(os.environ.get("HOOKGATE_TEST_NODE_DIR", Path.home() / ".cache" / "hookgate-tests" / "node"))
-OCTOKIT_SCRIPT = """
-import { sign, verify } from "@octokit/webhooks-methods";
-let text = "";
-for await (const chunk of process.stdin) text += chunk;
-const input = JSON.parse(text);
-const out = [];
-for (const item of input) {
-  const { secret, payload, signature } = item;
-  out.push(signature ? await verify(secret, payload, signature) : await sign(secret, payload));
-}
-console.log(JSON.stringify(out));
-"""
 
 
 @pytest.fixture(scope="module")
 def octokit() -> Path:
-    """A directory with @octokit/webhooks-methods installed (npm), or a skip where node is absent.
-
-    With HOOKGATE_TEST_REQUIRE_NODE=1 (as .ci/run sets) a missing node fails instead of skipping.
-    """
-    script = NODE_DIR / "octokit.mjs"
-    if not (NODE_DIR / "node_modules" / "@octokit" / "webhooks-methods").exists():
-        if not (shutil.which("node") and shutil.which("npm")):
-            if os.environ.get("HOOKGATE_TEST_REQUIRE_NODE"):
-                pytest.fail("node and npm are required for the octokit cross-check")
-            pytest.skip("node/npm not installed: the octokit cross-check needs them")
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--silent", "--prefix", str(NODE_DIR), "@octokit/webhooks-methods@5"],
-            check=True,
-            timeout=300,
-        )
-    script.write_text(OCTOKIT_SCRIPT)
-    return script
-
-
-def run_octokit(script: Path, items: list[dict[str, str]]) -> list[object]:
-    result = subprocess.run(
-        ["node", str(script)], input=json.dumps(items), capture_output=True, text=True, check=True, timeout=60
+    """``sign`` (no signature given) or ``verify`` of @octokit/webhooks-methods, per item."""
+    return node_script(
+        "octokit",
+        "@octokit/webhooks-methods",
+        "5",
+        'import { sign, verify } from "@octokit/webhooks-methods";',
+        "const { secret, payload, signature } = item;"
+        " return signature ? await verify(secret, payload, signature) : await sign(secret, payload);",
     )
-    return json.loads(result.stdout)
 
 
 def headers(signature: str, event: str = "issues", delivery: str = "d-1") -> dict[str, str]:
@@ -79,7 +47,7 @@ def test_octokit_test_vector() -> None:
 def test_octokit_signs_what_we_accept_and_verifies_what_we_sign(octokit: Path) -> None:
     payload = orjson.dumps({"action": "opened", "issue": {"id": 7, "title": "caf\u00e9 \u2603"}}).decode()
     ours = make("github", SECRET).sign(payload.encode(), {}, secret=SECRET, timestamp=0)["X-Hub-Signature-256"]
-    theirs, accepted = run_octokit(
+    theirs, accepted = run_node(
         octokit,
         [
             {"secret": SECRET, "payload": payload},
