@@ -235,3 +235,13 @@ def test_intercom_ping_is_not_stored() -> None:
     body = b'{"type":"notification_event","id":"notif_ping","topic":"ping","data":{"item":{"type":"ping"}}}'
     delivery = verify(make("intercom", SECRET), body, {"X-Hub-Signature": "sha1=" + mac(SECRET, body, hashlib.sha1)})
     assert delivery.handshake is not None
+
+
+def test_mailgun_signs_only_timestamp_and_token() -> None:
+    """The limitation the README states: Mailgun's signature does not cover event-data, so a
+    changed event with a captured signature block passes while its timestamp is fresh; a changed
+    token or timestamp does not."""
+    body, headers = mailgun(SECRET, NOW)
+    provider = make("mailgun", SECRET, now=NOW)
+    assert verify(provider, body.replace(b"delivered", b"failed"), headers).event_type == "failed"
+    assert rejected(provider, body.replace(b'"aaaa', b'"baaa', 1), headers).status_code == 401
