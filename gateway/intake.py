@@ -126,7 +126,8 @@ class Intake:
             raise Reply(415, {"error": "compressed bodies are not accepted"}, outcome="unsupported_encoding")
         body = await self.read_body(headers, receive, entry.max_body_bytes)
         try:
-            delivery = entry.provider.verify_request(Inbound(body, headers, request_url(scope, headers), method))
+            url = request_url(scope, headers) if entry.provider.reads_url else ""
+            delivery = entry.provider.verify_request(Inbound(body, headers, url, method))
         except DeliveryRejected as exc:
             log.info("rejected provider=%s status=%d reason=%s", name, exc.status_code, exc.reason)
             outcome = "rejected_signature" if exc.status_code == 401 else "rejected_payload"
@@ -148,7 +149,9 @@ class Intake:
         try:
             # A batch's events are committed each on its own; if any is not, the 503 makes the
             # sender post the batch again, and the ones already stored are then duplicates.
-            submits = [self.ingestor.submit(self.row(name, entry, part, part.body or body, headers)) for part in parts]
+            kept = self._kept_headers[name]
+            stored = orjson.dumps({k: v for k, v in headers.items() if k in kept}).decode()
+            submits = [self.ingestor.submit(self.row(name, entry, part, part.body or body, stored)) for part in parts]
             outcomes = [await submits[0]] if len(submits) == 1 else await asyncio.gather(*submits)
         except StoreUnavailable:
             raise Reply(
@@ -187,8 +190,8 @@ class Intake:
             more = message.get("more_body", False)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def row(self, name: str, entry: ProviderEntry, delivery: Delivery, body: bytes, headers: Headers) -> dict[str, Any]:
-        kept = self._kept_headers[name]
+    def row(self, name: str, entry: ProviderEntry, delivery: Delivery, body: bytes, headers: str) -> dict[str, Any]:
+        """The stored row of one event; ``headers`` is its allowlisted headers as JSON."""
         now = time.time()
         # An event of a resource waits out its provider's ordering window before it is sent, so
         # that a straggler with a lower sequence is applied first: no message yet, and the
@@ -202,7 +205,7 @@ class Intake:
             "resource_id": delivery.resource_id,
             "sequence": delivery.sequence,
             "body": body,
-            "headers": orjson.dumps({k: v for k, v in headers.items() if k in kept}).decode(),
+            "headers": headers,
             "received_at": now,
             "status": RECEIVED,
             "attempts": 0,
@@ -230,7 +233,7 @@ class Intake:
 
 
 def request_url(scope: Scope, headers: Headers) -> str:
-    """The URL the sender addressed, for types that sign it: a proxy's ``X-Forwarded-Proto`` and
+    """The URL the sender addressed, for types that read it: a proxy's ``X-Forwarded-Proto`` and
     ``X-Forwarded-Host`` (their first value) win over the request's own scheme and ``Host``."""
     scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip() or scope.get("scheme", "http")
     host = headers.get("x-forwarded-host", "").split(",")[0].strip() or headers.get("host", "")

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from .api import ResourceRef
-from .errors import ProviderConfigError, SignatureRejected
+from .errors import PayloadRejected, ProviderConfigError, SignatureRejected
 
 #: The longest signature or timestamp header we look at; anything longer is malformed.
 MAX_SIGNATURE_HEADER = 4096
@@ -143,6 +143,9 @@ class BaseProvider:
 
     #: Whether the type answers a ``GET`` (Meta's subscription check); others get 405.
     accepts_get: ClassVar[bool] = False
+    #: Whether :meth:`verify_request` reads ``Inbound.url`` or ``Inbound.query``: the intake
+    #: rebuilds the URL only for those types (it costs a few header scans per request).
+    reads_url: ClassVar[bool] = False
 
     # -- to override ----------------------------------------------------------------------
 
@@ -251,6 +254,19 @@ class BaseProvider:
             raise SignatureRejected("timestamp outside the tolerance")
 
 
+def batch_delivery(body: bytes, payload: Any, parts: Iterable[Delivery]) -> Delivery:
+    """A request that carries several events. Its own id, shown only in the answer, is a digest
+    of the body.
+
+    Raises:
+        PayloadRejected: it carries no event.
+    """
+    batch = tuple(parts)
+    if not batch:
+        raise PayloadRejected("no events in the request")
+    return Delivery(f"batch-{hashlib.sha256(body).hexdigest()[:32]}", "batch", payload=payload, batch=batch)
+
+
 def required_header(headers: Mapping[str, str], name: str) -> str:
     """The value of a signature-related header, which must be present, short and ASCII."""
     value = headers.get(name)
@@ -272,6 +288,13 @@ def hmac_digest(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
     return hmac.new(key, message, getattr(hashlib, algorithm)).digest()
 
 
+def mac_text(secret: str, message: bytes, *, algorithm: str = "sha256", encoding: str = "hex", prefix: str = "") -> str:
+    """``prefix`` + the HMAC of ``message`` keyed with ``secret`` (UTF-8), as hex or base64: the
+    signature text a sender puts in its header, and what :func:`check_mac` compares against."""
+    digest = hmac_digest(secret.encode(), message, algorithm)
+    return prefix + (digest.hex() if encoding == "hex" else base64.b64encode(digest).decode())
+
+
 def check_mac(
     secrets: Iterable[str],
     message: bytes,
@@ -289,11 +312,10 @@ def check_mac(
     Raises:
         SignatureRejected: no offered signature matches.
     """
-    encode = bytes.hex if encoding == "hex" else (lambda digest: base64.b64encode(digest).decode())
     candidates = [o.encode() for o in offered]
     matched = None
     for secret in secrets:
-        expected = (prefix + encode(hmac_digest(secret.encode(), message, algorithm))).encode()
+        expected = mac_text(secret, message, algorithm=algorithm, encoding=encoding, prefix=prefix).encode()
         if any_match([expected], candidates) and matched is None:
             matched = secret
     if matched is None:
@@ -363,6 +385,7 @@ class SignsUrl(BaseProvider):
     """
 
     option_keys = frozenset({"public_url"})
+    reads_url = True
 
     def check_options(self, options: Mapping[str, Any]) -> list[tuple[str, str]]:
         url = options.get("public_url")

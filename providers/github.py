@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from .api import ResourceRef
-from .base import BaseProvider, Delivery, Handshake, any_match, hmac_digest, required_header
+from .base import BaseProvider, Delivery, Handshake, check_mac, mac_text, required_header
 from .errors import PayloadRejected, SignatureRejected
 from .payload import as_sequence, parse_json_object
 
@@ -66,9 +66,7 @@ class GitHubProvider(BaseProvider):
         offered = required_header(headers, HEADER)
         if not offered.startswith(PREFIX) or len(offered) != len(PREFIX) + 64:
             raise SignatureRejected(f"malformed {HEADER} header")
-        expected = ((PREFIX + hmac_digest(s.encode(), body).hex()).encode() for s in self.settings.secrets)
-        if not any_match(expected, [offered.encode()]):
-            raise SignatureRejected("signature does not match")
+        check_mac(self.settings.secrets, body, [offered], prefix=PREFIX)
         event, delivery_id = headers.get("x-github-event"), headers.get("x-github-delivery")
         if not event or not delivery_id:
             raise PayloadRejected("missing X-GitHub-Event or X-GitHub-Delivery header")
@@ -94,7 +92,7 @@ class GitHubProvider(BaseProvider):
         return ResourceRef(found[0], url=found[1]["url"])
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
-        return {"X-Hub-Signature-256": PREFIX + hmac_digest(secret.encode(), body).hex()}
+        return {"X-Hub-Signature-256": mac_text(secret, body, prefix=PREFIX)}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

@@ -13,17 +13,24 @@ The body is a JSON array of up to 100 events: each becomes its own event, dedupe
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from .api import ResourceRef, collection_ref
-from .base import Delivery, Inbound, SignsUrl, check_any_mac, hmac_digest, parse_unix_timestamp, required_header
+from .base import (
+    Delivery,
+    Inbound,
+    SignsUrl,
+    batch_delivery,
+    check_any_mac,
+    mac_text,
+    parse_unix_timestamp,
+    required_header,
+)
 from .errors import PayloadRejected
-from .payload import as_sequence, as_text, typed_id
+from .payload import as_sequence, as_text, parse_json_array, typed_id
 
 SIGNATURE = "x-hubspot-signature-v3"
 TIMESTAMP = "x-hubspot-request-timestamp"
@@ -53,14 +60,8 @@ class HubSpotProvider(SignsUrl):
         variants = dict.fromkeys((url, decode_escapes(url)))
         messages = (f"{request.method}{u}".encode() + request.body + millis.encode() for u in variants)
         check_any_mac(self.settings.secrets, messages, [offered], encoding="base64")
-        try:
-            events = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            raise PayloadRejected("body is not valid JSON") from None
-        if not isinstance(events, list) or not events or not all(isinstance(e, dict) for e in events):
-            raise PayloadRejected("body is not a non-empty JSON array of events")
-        batch = tuple(self._event(event) for event in events)
-        return Delivery(f"batch-{hashlib.sha256(request.body).hexdigest()[:32]}", "batch", payload=events, batch=batch)
+        events = parse_json_array(request.body)
+        return batch_delivery(request.body, events, (self._event(event) for event in events))
 
     @staticmethod
     def _event(event: Mapping[str, Any]) -> Delivery:
@@ -78,7 +79,7 @@ class HubSpotProvider(SignsUrl):
         millis = str(timestamp * 1000)
         message = f"{request.method}{self.signed_url(request)}".encode() + request.body + millis.encode()
         return {
-            "X-HubSpot-Signature-v3": base64.b64encode(hmac_digest(secret.encode(), message)).decode(),
+            "X-HubSpot-Signature-v3": mac_text(secret, message, encoding="base64"),
             TIMESTAMP: millis,
         }
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from .api import ResourceRef, collection_ref
-from .base import BaseProvider, Delivery, Handshake, check_mac, hmac_digest, required_header
+from .base import BaseProvider, Delivery, Handshake, check_mac, mac_text, required_header
 from .errors import PayloadRejected
 from .payload import as_sequence, as_text, dig, parse_json_object, typed_id
 
@@ -48,7 +48,7 @@ class IntercomProvider(BaseProvider):
         return collection_ref(resource_id, COLLECTIONS)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
-        return {"X-Hub-Signature": "sha1=" + hmac_digest(secret.encode(), body, "sha1").hex()}
+        return {"X-Hub-Signature": mac_text(secret, body, algorithm="sha1", prefix="sha1=")}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

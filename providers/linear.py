@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .base import BaseProvider, Delivery, check_mac, hmac_digest, required_header
+from .base import BaseProvider, Delivery, check_mac, mac_text, required_header
 from .errors import PayloadRejected, SignatureRejected
 from .payload import as_sequence, as_text, dig, parse_json_object
 
@@ -48,7 +48,7 @@ class LinearProvider(BaseProvider):
         )
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
-        return {"Linear-Signature": hmac_digest(secret.encode(), body).hex()}
+        return {"Linear-Signature": mac_text(secret, body)}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .base import BaseProvider, Delivery, check_mac, hmac_digest, parse_unix_timestamp
+from .base import BaseProvider, Delivery, check_mac, mac_text, parse_unix_timestamp
 from .errors import PayloadRejected, SignatureRejected
 from .payload import as_text, dig, parse_json_object
 
@@ -44,7 +44,7 @@ class MailgunProvider(BaseProvider):
     ) -> tuple[bytes, dict[str, str]]:
         """Mailgun signs inside the body: add the signature block to the sample."""
         token = secrets.token_hex(25)
-        signature = hmac_digest(secret.encode(), f"{timestamp}{token}".encode()).hex()
+        signature = mac_text(secret, f"{timestamp}{token}".encode())
         payload = {"signature": {"timestamp": str(timestamp), "token": token, "signature": signature}}
         return orjson.dumps({**payload, **orjson.loads(body)}), headers
 

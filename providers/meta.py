@@ -20,7 +20,17 @@ from typing import Any
 
 import orjson
 
-from .base import BaseProvider, Delivery, Handshake, Inbound, any_match, check_mac, hmac_digest, required_header
+from .base import (
+    BaseProvider,
+    Delivery,
+    Handshake,
+    Inbound,
+    any_match,
+    batch_delivery,
+    check_mac,
+    mac_text,
+    required_header,
+)
 from .errors import PayloadRejected, SignatureRejected
 from .payload import as_sequence, as_text, dig, parse_json_object
 
@@ -44,6 +54,7 @@ def _changes(payload: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], st
 class MetaProvider(BaseProvider):
     type_name = "meta"
     accepts_get = True
+    reads_url = True
     option_keys = frozenset({"verify_token"})
     kept_headers = frozenset({SIGNATURE})
 
@@ -72,10 +83,10 @@ class MetaProvider(BaseProvider):
         check_mac(self.settings.secrets, body, [required_header(headers, SIGNATURE)], prefix="sha256=")
         payload = parse_json_object(body)
         kind = as_text(payload.get("object")) or "unknown"
-        batch = tuple(self._event(kind, entry, field, change) for entry, field, change in _changes(payload))
-        if not batch:
-            raise PayloadRejected("no changes in the notification")
-        return Delivery(f"batch-{hashlib.sha256(body).hexdigest()[:32]}", "batch", payload=payload, batch=batch)
+        changes = _changes(payload)
+        return batch_delivery(
+            body, payload, (self._event(kind, entry, field, change) for entry, field, change in changes)
+        )
 
     @staticmethod
     def _event(kind: str, entry: Mapping[str, Any], field: str, change: Any) -> Delivery:
@@ -105,7 +116,7 @@ class MetaProvider(BaseProvider):
         return Delivery(f"change-{digest}", event_type, payload=event, body=body)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
-        return {"X-Hub-Signature-256": "sha256=" + hmac_digest(secret.encode(), body).hex()}
+        return {"X-Hub-Signature-256": mac_text(secret, body, prefix="sha256=")}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

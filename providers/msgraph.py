@@ -22,13 +22,14 @@ from typing import Any
 import orjson
 
 from .api import ResourceRef, fill_path
-from .base import MAX_SIGNATURE_HEADER, BaseProvider, Delivery, Handshake, Inbound, any_match
+from .base import MAX_SIGNATURE_HEADER, BaseProvider, Delivery, Handshake, Inbound, any_match, batch_delivery
 from .errors import PayloadRejected, SignatureRejected
 from .payload import as_text, parse_json_object
 
 
 class MicrosoftGraphProvider(BaseProvider):
     type_name = "msgraph"
+    reads_url = True
     api_base_url = "https://graph.microsoft.com"
 
     def verify_request(self, request: Inbound) -> Delivery:
@@ -48,8 +49,7 @@ class MicrosoftGraphProvider(BaseProvider):
             state = change.get("clientState")
             if not isinstance(state, str) or not any_match(accepted, [state.encode()]):
                 raise SignatureRejected("clientState does not match")
-        batch = tuple(self._change(change) for change in changes)
-        return Delivery(f"batch-{hashlib.sha256(body).hexdigest()[:32]}", "batch", payload=changes, batch=batch)
+        return batch_delivery(body, changes, (self._change(change) for change in changes))
 
     @staticmethod
     def _change(change: Mapping[str, Any]) -> Delivery:
@@ -73,8 +73,12 @@ class MicrosoftGraphProvider(BaseProvider):
         kind = segments[-2].lower() if len(segments) > 1 else segments[0].lower()
         return ResourceRef(kind, path)
 
-    def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
-        return {}  # the clientState is in the body (see sample)
+    def sign_sample(
+        self, body: bytes, headers: dict[str, str], *, secret: str, timestamp: int, url: str
+    ) -> tuple[bytes, dict[str, str]]:
+        """Graph signs nothing: the sample's notifications carry ``secret`` as their clientState."""
+        changes = [{**change, "clientState": secret} for change in orjson.loads(body)["value"]]
+        return orjson.dumps({"value": changes}), headers
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int
@@ -85,7 +89,6 @@ class MicrosoftGraphProvider(BaseProvider):
             "changeType": event_type,
             "resource": f"Users/6d8b4c5e/Messages/{event_id}",
             "resourceData": {"@odata.type": "#Microsoft.Graph.Message", "id": event_id},
-            "clientState": self.settings.secrets[0],
             "tenantId": "84bd8158-6d4d-4958-8b9f-9d6445542f95",
             **(data or {}),
         }

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from .api import ResourceRef, fill_path
-from .base import BaseProvider, Delivery, check_mac, hmac_digest, parse_unix_timestamp, required_header
+from .base import BaseProvider, Delivery, check_mac, mac_text, parse_unix_timestamp, required_header
 from .errors import PayloadRejected, SignatureRejected
 from .payload import as_sequence, as_text, dig, parse_json_object
 
@@ -63,9 +63,7 @@ class PaddleProvider(BaseProvider):
         return ResourceRef(entity, fill_path(f"/{entity}s/{{id}}", id=resource_id))
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
-        return {
-            "Paddle-Signature": f"ts={timestamp};h1={hmac_digest(secret.encode(), b'%d:' % timestamp + body).hex()}"
-        }
+        return {"Paddle-Signature": f"ts={timestamp};h1={mac_text(secret, b'%d:' % timestamp + body)}"}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from .api import ResourceRef, collection_ref
-from .base import BaseProvider, Delivery, check_mac, hmac_digest, required_header
+from .base import BaseProvider, Delivery, check_mac, mac_text, required_header
 from .errors import PayloadRejected
 from .payload import as_sequence, as_text, dig, parse_json_object, typed_id
 
@@ -45,7 +45,7 @@ class PagerDutyProvider(BaseProvider):
         return collection_ref(resource_id, COLLECTIONS)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
-        return {"X-PagerDuty-Signature": "v1=" + hmac_digest(secret.encode(), body).hex()}
+        return {"X-PagerDuty-Signature": mac_text(secret, body, prefix="v1=")}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

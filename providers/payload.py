@@ -34,6 +34,21 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+def parse_json_array(body: bytes) -> list[dict[str, Any]]:
+    """Parse ``body`` as a non-empty JSON array of objects (a sender's batch of events).
+
+    Raises:
+        PayloadRejected: the body is not JSON, or not such an array.
+    """
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise PayloadRejected("body is not valid JSON") from None
+    if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
+        raise PayloadRejected("body is not a non-empty JSON array of events")
+    return value
+
+
 def parse_form(body: bytes) -> list[tuple[str, str]]:
     """The fields of an ``application/x-www-form-urlencoded`` body, in order, repeats kept.
 

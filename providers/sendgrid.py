@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,9 +22,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .base import Delivery, KeyPairProvider, parse_unix_timestamp, required_header
+from .base import Delivery, KeyPairProvider, batch_delivery, parse_unix_timestamp, required_header
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_text
+from .payload import as_text, parse_json_array
 
 SIGNATURE = "x-twilio-email-event-webhook-signature"
 TIMESTAMP = "x-twilio-email-event-webhook-timestamp"
@@ -59,21 +58,15 @@ class SendGridProvider(KeyPairProvider):
             )
         except (InvalidSignature, binascii.Error, ValueError):
             raise SignatureRejected("signature does not match") from None
-        try:
-            events = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise PayloadRejected("body is not valid JSON") from None
-        if not isinstance(events, list) or not events:
-            raise PayloadRejected("body is not a non-empty JSON array of events")
-        batch = []
-        for event in events:
-            event_id = as_text(event.get("sg_event_id")) if isinstance(event, dict) else None
-            event_type = as_text(event.get("event")) if isinstance(event, dict) else None
-            if not event_id or not event_type:
-                raise PayloadRejected("an event lacks sg_event_id or event")
-            batch.append(Delivery(event_id, event_type, payload=event, body=orjson.dumps(event)))
-        digest = hashlib.sha256(body).hexdigest()[:32]
-        return Delivery(f"batch-{digest}", "batch", payload=events, batch=tuple(batch))
+        events = parse_json_array(body)
+        return batch_delivery(body, events, map(self._event, events))
+
+    @staticmethod
+    def _event(event: dict[str, Any]) -> Delivery:
+        event_id, event_type = as_text(event.get("sg_event_id")), as_text(event.get("event"))
+        if not event_id or not event_type:
+            raise PayloadRejected("an event lacks sg_event_id or event")
+        return Delivery(event_id, event_type, payload=event, body=orjson.dumps(event))
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
         """``secret`` is the private key in PEM."""

@@ -11,14 +11,13 @@ key is the body's ``event_id``, the type its ``type`` (``payment.updated``); the
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from .api import ResourceRef, fill_path
-from .base import Delivery, Inbound, SignsUrl, check_mac, hmac_digest, required_header
+from .base import Delivery, Inbound, SignsUrl, check_mac, mac_text, required_header
 from .errors import PayloadRejected
 from .payload import as_sequence, as_text, dig, parse_json_object
 
@@ -54,8 +53,8 @@ class SquareProvider(SignsUrl):
         return ResourceRef(kind, fill_path(f"/v2/{kind}s/{{id}}", id=resource_id))
 
     def sign_request(self, request: Inbound, *, secret: str, timestamp: int) -> dict[str, str]:
-        digest = hmac_digest(secret.encode(), self.signed_url(request).encode() + request.body)
-        return {"X-Square-HmacSha256-Signature": base64.b64encode(digest).decode()}
+        signature = mac_text(secret, self.signed_url(request).encode() + request.body, encoding="base64")
+        return {"X-Square-HmacSha256-Signature": signature}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

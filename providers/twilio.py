@@ -18,7 +18,6 @@ else by how far along its lifecycle the status is.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Mapping
 from itertools import groupby
@@ -26,7 +25,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlencode, urlsplit
 
 from .api import ResourceRef, fill_path
-from .base import Delivery, Inbound, SignsUrl, check_any_mac, hmac_digest, required_header
+from .base import Delivery, Inbound, SignsUrl, check_any_mac, mac_text, required_header
 from .errors import PayloadRejected, SignatureRejected
 from .payload import FORM, as_sequence, is_form, parse_form, parse_json_object
 
@@ -118,7 +117,7 @@ class TwilioProvider(SignsUrl):
     def sign_request(self, request: Inbound, *, secret: str, timestamp: int) -> dict[str, str]:
         fields = parse_form(request.body) if is_form(request.headers) else []
         message = signed_message(self.signed_url(request), fields)
-        return {"X-Twilio-Signature": base64.b64encode(hmac_digest(secret.encode(), message, "sha1")).decode()}
+        return {"X-Twilio-Signature": mac_text(secret, message, algorithm="sha1", encoding="base64")}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .base import BaseProvider, Delivery, Handshake, check_mac, hmac_digest, required_header
+from .base import BaseProvider, Delivery, Handshake, check_mac, mac_text, required_header
 from .errors import PayloadRejected, SignatureRejected
 from .payload import as_text, dig, parse_json_object
 
@@ -83,7 +83,7 @@ class TwitchProvider(BaseProvider):
         signed = (headers[MESSAGE_ID] + when).encode() + body
         return {
             "Twitch-Eventsub-Message-Timestamp": when,
-            SIGNATURE: "sha256=" + hmac_digest(secret.encode(), signed).hex(),
+            SIGNATURE: mac_text(secret, signed, prefix="sha256="),
         }
 
     def sample(

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from .api import ResourceRef, fill_path
-from .base import BaseProvider, Delivery, Handshake, check_mac, hmac_digest, parse_unix_timestamp, required_header
+from .base import BaseProvider, Delivery, Handshake, check_mac, mac_text, parse_unix_timestamp, required_header
 from .errors import PayloadRejected
 from .payload import as_sequence, as_text, dig, parse_json_object
 
@@ -46,7 +46,7 @@ class ZoomProvider(BaseProvider):
             if not isinstance(plain, str) or not plain:
                 raise PayloadRejected("endpoint.url_validation without payload.plainToken")
             # Answered under the secret that signed it: during a rotation, the one Zoom holds.
-            encrypted = hmac_digest(secret.encode(), plain.encode()).hex()
+            encrypted = mac_text(secret, plain.encode())
             answer = Handshake(200, orjson.dumps({"plainToken": plain, "encryptedToken": encrypted}))
             return Delivery(event, event, payload=payload, handshake=answer)
         object_id = as_text(dig(payload, "payload.object.uuid")) or as_text(dig(payload, "payload.object.id"))
@@ -66,8 +66,8 @@ class ZoomProvider(BaseProvider):
         return ResourceRef(kind, fill_path(f"/v2/{kind}s/{{id}}", id=object_id))
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
-        digest = hmac_digest(secret.encode(), b"v0:%d:" % timestamp + body).hex()
-        return {"x-zm-request-timestamp": str(timestamp), "x-zm-signature": f"v0={digest}"}
+        signature = mac_text(secret, b"v0:%d:" % timestamp + body, prefix="v0=")
+        return {"x-zm-request-timestamp": str(timestamp), "x-zm-signature": signature}
 
     def sample(
         self, event_type: str, data: Mapping[str, Any] | None, *, event_id: str, timestamp: int

@@ -173,19 +173,21 @@ def test_api_and_ordering_problems_name_their_lines(tmp_path: Path) -> None:
 
 
 def test_type_specific_keys_are_checked_with_their_lines(tmp_path: Path) -> None:
-    path = tmp_path / "providers.yaml"
-    path.write_text(
-        "providers:\n"
-        "  sg:\n"
-        "    type: sendgrid\n"
-        "    public_key: not-base64!\n"
-        "  wa:\n"
-        "    type: meta\n"
-        "    secrets: [an-app-secret]\n"
-        "  sms:\n"
-        "    type: twilio\n"
-        "    secrets: [an-auth-token]\n"
-        "    public_url: https://hooks.example.com/twilio?x=1\n"
+    path = write(
+        tmp_path,
+        """
+        providers:
+          sg:
+            type: sendgrid
+            public_key: not-base64!
+          wa:
+            type: meta
+            secrets: [an-app-secret]
+          sms:
+            type: twilio
+            secrets: [an-auth-token]
+            public_url: https://hooks.example.com/twilio?x=1
+        """,
     )
     found = problems(path)
     assert [line.split(": ")[1] for line in found] == [
