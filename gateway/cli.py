@@ -72,12 +72,48 @@ def _worker_command(processes: int, threads: int) -> list[str]:
     return [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes), "--threads", str(threads)]
 
 
+def _handler_import_problem(config: Config) -> str | None:
+    """Import the handler modules as the worker will, in a short child process; any failure, in one line.
+
+    The intake never imports users' handler modules, so this runs in its own interpreter with the
+    worker's environment and working directory, the latter first on ``sys.path`` as Dramatiq's CLI
+    puts it (``--path .``). A module that fails here would crash every worker start.
+    """
+    import subprocess
+
+    if not config.handlers:
+        return None
+    code = (
+        "import sys; sys.path.insert(0, '.'); from workers.registry import import_problem; "
+        "problem = import_problem(sys.argv[1:]); problem and print(problem); sys.exit(problem is not None)"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *config.handlers], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        return f"{config.path}: handlers: importing {', '.join(config.handlers)} took longer than 120s"
+    if done.returncode == 0:
+        return None
+    # 1 with the problem as the last line printed; otherwise it died before it could say.
+    out, err = done.stdout.strip().splitlines(), done.stderr.strip().splitlines()
+    if done.returncode == 1 and out:
+        problem = out[-1]
+    else:
+        problem = f"the import check exited with code {done.returncode}" + (f": {err[-1]}" if err else "")
+    return f"{config.path}: handlers: {problem}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = _config(settings)
+    problem = _handler_import_problem(config)
+    if problem is not None:
+        print(f"hookgate run: not starting: {problem}", file=sys.stderr)
+        return 1
     exit_on_sigterm()
     with _redis_url(settings) as url:
-        worker = Supervised(_worker_command(1, args.threads))
+        worker = Supervised(_worker_command(1, args.threads), name="worker")
         worker.start()
         try:
             _serve(config, settings, url, args.host, args.port)

@@ -6,10 +6,12 @@ import contextlib
 import ctypes
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
+import time
 
 log = logging.getLogger("hookgate")
 
@@ -61,13 +63,29 @@ class Supervised:
     """A child process started again whenever it exits, until :meth:`stop`.
 
     Dramatiq's CLI stops all its worker processes when one of them dies; in production a process
-    manager restarts ``hookgate worker``, and under ``hookgate run`` this does.
+    manager restarts ``hookgate worker``, and under ``hookgate run`` this does. A child that keeps
+    dying (a crash streak) waits ``restart_delay`` doubling up to ``max_restart_delay`` between
+    starts, so a broken worker does not spin; one that stayed up ``stable_after`` seconds ends the
+    streak. Each streak is reported once as a warning; identical failures after it are one info
+    line each (how many so far, when the next start is), not a new alarm.
     """
 
-    def __init__(self, command: list[str], *, restart_delay: float = 1.0) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        name: str | None = None,
+        restart_delay: float = 1.0,
+        max_restart_delay: float = 60.0,
+        stable_after: float = 30.0,
+    ) -> None:
         self.command = command
+        self.name = name or shlex.join(command)
         self.restart_delay = restart_delay
+        self.max_restart_delay = max_restart_delay
+        self.stable_after = stable_after
         self.stopping = threading.Event()
+        self._lock = threading.Lock()  # no start after stop() has taken the last process down
         self.process: subprocess.Popen[bytes] | None = None
         self.thread = threading.Thread(target=self._supervise, name="hookgate-supervisor", daemon=True)
 
@@ -79,15 +97,50 @@ class Supervised:
         return subprocess.Popen(self.command, env=os.environ.copy(), preexec_fn=die_with_parent)
 
     def _supervise(self) -> None:
+        streak = 0  # consecutive exits of a child that did not stay up: sets the delay
+        same, since, last_code = 0, "", None  # the run of identical exits within the streak
         while not self.stopping.is_set():
             assert self.process is not None
+            started = time.monotonic()
             code = self.process.wait()
-            if self.stopping.wait(self.restart_delay):
+            if self.stopping.is_set():
                 return
-            log.warning("%s exited (code %s); starting it again", self.command[-5:], code)
-            self.process = self._spawn()
+            uptime = time.monotonic() - started
+            if uptime >= self.stable_after:
+                streak = 0
+            delay = min(self.restart_delay * 2**streak, self.max_restart_delay)
+            streak += 1
+            if streak == 1 or code != last_code:
+                same, since, last_code = 1, time.strftime("%H:%M:%S"), code
+                log.warning(
+                    "%s %s after %.1fs; starting it again in %.3gs (the wait doubles while it keeps failing, "
+                    "up to %.3gs)",
+                    *(self.name, _exit_reason(code), uptime, delay, self.max_restart_delay),
+                )
+            else:
+                same += 1
+                next_start = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+                log.info(
+                    "%s %s again, %d times in a row since %s; next start in %.3gs, at %s",
+                    *(self.name, _exit_reason(code), same, since, delay, next_start),
+                )
+            if self.stopping.wait(delay):
+                return
+            with self._lock:
+                if self.stopping.is_set():
+                    return
+                self.process = self._spawn()
 
     def stop(self) -> None:
-        self.stopping.set()
+        with self._lock:
+            self.stopping.set()
         if self.process is not None:
             terminate(self.process)
+
+
+def _exit_reason(code: int) -> str:
+    """``exited with code 3``, or ``was killed by SIGKILL`` for Popen's negative return codes."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
