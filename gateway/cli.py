@@ -221,7 +221,8 @@ def cmd_events_show(args: argparse.Namespace) -> int:
         print("last error:\n  " + row.last_error.replace("\n", "\n  "))
     print("handler runs:" + ("" if runs else " none"))
     for run in runs:
-        print(f"  {_when(run.finished_at)}  {run.handler}")
+        replayed = f"  (forced replay {run.round})" if run.round else ""
+        print(f"  {_when(run.finished_at)}  {run.handler}{replayed}")
     print("headers:")
     for name, value in orjson.loads(row.headers).items():
         print(f"  {name}: {value}")
@@ -234,11 +235,20 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
     from .eventlog import replay
 
     if not args.ids and not args.status:
-        print("name event ids, or --status failed", file=sys.stderr)
+        print("name events (store ids or provider event ids), or --status failed", file=sys.stderr)
         return 2
-    count = replay(_engine(args), ids=[int(i) for i in args.ids], status=args.status, provider=args.provider)
-    print(f"queued {count} events again")
-    return 0
+    done = replay(
+        _engine(args), args.ids, status=args.status, provider=args.provider, force=args.force, dry_run=args.dry_run
+    )
+    verb = "would queue" if args.dry_run else "queued"
+    effect = "every handler runs again" if args.force else "handlers that succeeded are not run again"
+    for row in done.queued:
+        print(f"{verb} {row.id} ({row.provider}/{row.event_id}), {row.status} until now: {effect}")
+    for _, reason in done.refused:
+        print(f"not replayed: {reason}", file=sys.stderr)
+    if not done.queued and not done.refused:
+        print("no events to replay")
+    return 1 if done.refused else 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -304,10 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("show", cmd_events_show, "one event: headers, body, status, attempts, errors, handler runs", events)
     p.add_argument("id", help="store id, or the provider's event id")
     p.add_argument("--provider")
-    p = command("replay", cmd_events_replay, "queue stored events again", events)
-    p.add_argument("ids", nargs="*")
-    p.add_argument("--status")
+    p = command(
+        "replay", cmd_events_replay, "queue stored events again (failed ones; --force for any finished)", events
+    )
+    p.add_argument("ids", nargs="*", help="store ids or provider event ids")
+    p.add_argument("--status", help="replay every event with this status, e.g. failed")
     p.add_argument("--provider")
+    p.add_argument("--force", action="store_true", help="also processed/superseded events: every handler runs again")
+    p.add_argument("--dry-run", action="store_true", help="say what would be queued; change nothing")
 
     p = command("send", cmd_send, "sign a sample event as the provider would and POST it")
     p.add_argument("provider")

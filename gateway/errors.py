@@ -3,7 +3,8 @@
 HookgateError
 ├── ConfigError           providers.yaml or the environment is unusable (lists every problem)
 ├── StoreUnavailable      the database did not take a write: answer 503, never 2xx
-└── BrokerUnavailable     the broker did not take a message: answer 503
+├── BrokerUnavailable     the broker did not take a message: answer 503
+└── ReplayError           a replay asked for something that does not exist
 """
 
 from __future__ import annotations
@@ -25,3 +26,7 @@ class StoreUnavailable(HookgateError):
 
 class BrokerUnavailable(HookgateError):
     """Raised when the broker does not answer; the sender should retry later."""
+
+
+class ReplayError(HookgateError):
+    """Raised when a replay names a status that does not exist."""

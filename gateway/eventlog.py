@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from .models import FAILED, QUEUED, events, handler_runs
+from .errors import ReplayError
+from .models import FAILED, QUEUED, STATUSES, UNFINISHED, events, handler_runs
 
 
 def list_events(
@@ -63,19 +65,77 @@ def find_event(engine: Engine, ref: str, provider: str | None = None) -> tuple[A
     return row, list(runs)
 
 
-def replay(engine: Engine, *, ids: Sequence[int] = (), status: str | None = None, provider: str | None = None) -> int:
+@dataclass(slots=True)
+class Replay:
+    """What a replay did: the events queued again and those it refused, with the reason."""
+
+    queued: list[Any] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def replay(
+    engine: Engine,
+    refs: Sequence[str] = (),
+    *,
+    status: str | None = None,
+    provider: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> Replay:
     """Queue stored events again; the workers' sweep sends them within a second or so.
 
-    Handlers that already succeeded for an event are not run again (their runs are kept).
+    Events are named by ``refs`` (store ids or provider event ids, as :func:`find_event` takes
+    them) or chosen by ``status`` (and ``provider``). A ``failed`` event runs the handlers that
+    have not succeeded. A ``processed`` or ``superseded`` event is refused unless ``force``,
+    which starts a new round: every handler runs again. An event still in flight is refused:
+    it will be processed anyway. Nothing is erased: the attempt count goes on, the last error
+    stays until the next outcome, and earlier rounds' handler runs are kept. Each replay gets
+    ``max_attempts`` tries of its own.
     """
-    condition = events.c.id.in_(list(ids)) if ids else events.c.status == (status or FAILED)
-    query = update(events).where(condition)
-    if provider:
-        query = query.where(events.c.provider == provider)
+    if status is not None and status not in STATUSES:
+        raise ReplayError(f"unknown status {status!r} (one of: {', '.join(STATUSES)})")
+    result = Replay()
+    rows: list[Any] = []
+    for ref in refs:
+        found = find_event(engine, ref, provider)
+        if found is None:
+            result.refused.append((ref, f"no event {ref}"))
+        else:
+            rows.append(found[0])
+    if status is not None:
+        query = select(events).where(events.c.status == status).order_by(events.c.id)
+        if provider:
+            query = query.where(events.c.provider == provider)
+        with engine.connect() as conn:
+            rows += conn.execute(query).all()
     now = time.time()
     with engine.begin() as conn:
-        return conn.execute(
-            query.values(
-                status=QUEUED, message_id=None, sweep_after=now, attempts=0, lease_expires_at=None, updated_at=now
-            )
-        ).rowcount
+        for row in rows:
+            name = f"{row.id} ({row.provider}/{row.event_id})"
+            if row.status in UNFINISHED:
+                result.refused.append((name, f"{name} is in flight ({row.status}): it will be processed anyway"))
+                continue
+            if row.status != FAILED and not force:
+                result.refused.append((name, f"{name} is already {row.status}; --force runs every handler again"))
+                continue
+            if dry_run:
+                result.queued.append(row)
+                continue
+            values: dict[str, Any] = {
+                "status": QUEUED,
+                "message_id": None,
+                "sweep_after": now,
+                "lease_expires_at": None,
+                "attempts_before_round": events.c.attempts,
+                "updated_at": now,
+            }
+            if force:
+                values["round"] = events.c.round + 1
+            changed = conn.execute(
+                update(events).where(events.c.id == row.id, events.c.status == row.status).values(**values)
+            ).rowcount
+            if changed:
+                result.queued.append(row)
+            else:
+                result.refused.append((name, f"{name} changed while it was being replayed; look again"))
+    return result

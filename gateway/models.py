@@ -42,7 +42,15 @@ class EventRecord(SQLModel, table=True):
     headers: str = Field(sa_column=Column(Text, nullable=False))
     received_at: float
     status: str = Field(max_length=16)
-    attempts: int = 0
+    #: Tries so far, over the event's whole life: a replay never resets it.
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0, server_default="0"))
+    #: Forced replays so far. Handler successes are recorded per round: a forced replay starts a
+    #: new one, so every handler runs again, and the earlier rounds stay in the history.
+    round: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0, server_default="0"))
+    #: ``attempts`` when the latest replay was made: each replay gets ``max_attempts`` tries.
+    attempts_before_round: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, default=0, server_default="0")
+    )
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     message_id: str | None = Field(default=None, max_length=64)
     sweep_after: float | None = None
@@ -52,12 +60,13 @@ class EventRecord(SQLModel, table=True):
 
 
 class HandlerRun(SQLModel, table=True):
-    """A handler that has succeeded for an event: it is not run again on a retry."""
+    """A handler that has succeeded for an event in a round: it is not run again on a retry."""
 
     __tablename__ = "hookgate_handler_runs"
 
     event_pk: int = Field(sa_column=Column(_Id, ForeignKey("hookgate_events.id", ondelete="CASCADE"), primary_key=True))
     handler: str = Field(primary_key=True, max_length=255)
+    round: int = Field(default=0, sa_column=Column(Integer, primary_key=True, default=0))
     finished_at: float
 
 

@@ -108,6 +108,41 @@ class EventQueue:
             present = pipe.execute()
         return {token for token, here in zip(tokens, present, strict=True) if not here}
 
+    def orphaned(self, tokens: list[str], silent_for: float) -> set[str]:
+        """The tokens whose messages were fetched by a consumer silent for over ``silent_for`` s.
+
+        A worker prefetches messages: Dramatiq's ``fetch`` moves their ids from the queue's list
+        into the consumer's ack set ``<namespace>:__acks__.<broker id>.<queue>``, and the
+        message stays in ``<queue>.msgs`` until it is acked. After a SIGKILL nobody runs those
+        messages, yet :meth:`missing` sees them; Dramatiq hands them back only after its 60 s
+        heartbeat timeout, on a maintenance pass that runs on about 1 in 1,000 broker commands.
+        So: every broker process writes its heartbeat (ms) into ``<namespace>:__heartbeats__``
+        on each dispatch command, and the ack sets of those silent too long are read here.
+
+        Only ids of *fetched* messages are in ack sets, so a long backlog still waiting in the
+        queue's list is never reported. A busy live worker keeps its heartbeat: the consumers of
+        a process share one broker id, and its idle delay-queue consumer polls at least every
+        worker timeout (1 s by default) even while the main queue's prefetch is full, so
+        ``silent_for`` must be longer than that. A process that stops talking to Redis
+        altogether (SIGSTOP, a long pause, a partition) looks dead: the events it prefetched but
+        has not started are sent again under new tokens. That is harmless: its copies no longer
+        match the stored token and claim nothing when they run. Heartbeats are the writers'
+        clocks, compared with ours as Dramatiq's maintenance does. Other brokers report nothing.
+        """
+        broker = self.broker
+        if not tokens or not isinstance(broker, RedisBroker):
+            return set()
+        client = broker.client
+        cutoff = current_millis() - int(silent_for * 1000)
+        silent = client.zrangebyscore(f"{broker.namespace}:__heartbeats__", "-inf", cutoff)
+        if not silent:
+            return set()
+        with client.pipeline(transaction=False) as pipe:
+            for consumer in silent:
+                pipe.smembers(f"{broker.namespace}:__acks__.{consumer.decode()}.{QUEUE_NAME}")
+            held = set().union(*pipe.execute())
+        return {token for token in tokens if token.encode() in held}
+
     def ping(self) -> None:
         """Raise unless the broker answers."""
         if isinstance(self.broker, RedisBroker):

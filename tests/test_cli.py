@@ -199,8 +199,16 @@ def test_events_replay_requeues_failed_events(
                     updated_at=1.0,
                 )
             )
-    assert main(["events", "replay", "--status", "failed"]) == 0
-    assert "queued 2 events again" in capsys.readouterr().out
+    assert main(["events", "replay", "--status", "failed", "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("would queue") == 2
     with engine.connect() as conn:
-        rows = conn.execute(select(events.c.event_id, events.c.status, events.c.attempts, events.c.message_id)).all()
-    assert sorted(rows) == [("e0", "queued", 0, None), ("e1", "processed", 8, None), ("e2", "queued", 0, None)]
+        assert set(conn.scalars(select(events.c.status))) == {"failed", "processed"}
+    assert main(["events", "replay", "--status", "failed"]) == 0
+    out = capsys.readouterr().out
+    assert "queued 1 (acme/e0), failed until now: handlers that succeeded are not run again" in out
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(events.c.event_id, events.c.status, events.c.attempts, events.c.attempts_before_round)
+        ).all()
+    # The attempt count goes on; the replay's own tries are counted from 8.
+    assert sorted(rows) == [("e0", "queued", 8, 8), ("e1", "processed", 8, 0), ("e2", "queued", 8, 8)]

@@ -1,20 +1,21 @@
 """Assembles a worker: store, broker, handler modules, the actor, recovery and leases.
 
-Dramatiq's CLI imports :mod:`workers.main`, which calls :func:`build_worker_broker`.
+Dramatiq's CLI imports :mod:`workers.main`, which calls :func:`build_worker_broker`. The parts
+that use the store are built when the worker boots, because only then is its thread count known:
+the connection pool holds one connection per thread and one for the recovery sweep, so no thread
+ever waits for a connection, and the lease keeper has a connection of its own.
 """
 
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.middleware import Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import Retries
 
 from gateway.config import Config
 from gateway.database import create_schema, create_store_engine
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
 
 from .leases import LeaseKeeper
-from .lifecycle import EventLifecycle
-from .ordering import ResourceStore
 from .processing import Processor
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
@@ -22,43 +23,67 @@ from .registry import HandlerRegistry, load_handler_modules, registry
 
 
 class WorkerRuntime(dramatiq.Middleware):
-    """Runs the recovery sweep and the lease keeper alongside each worker process."""
+    """Builds the processor at boot, and runs the recovery sweep and the lease keeper beside it.
 
-    def __init__(self, sweep: RecoverySweep, leases: LeaseKeeper, reconciler: Reconciler) -> None:
-        self.sweep = sweep
-        self.leases = leases
-        self.reconciler = reconciler
+    Shutdown order matters: Dramatiq calls ``before_worker_shutdown`` *before* it waits for the
+    running actors, so the lease keeper and the API clients, which those actors still need, stop
+    only ``after_worker_shutdown``.
+    """
+
+    def __init__(self, config: Config, database_url: str, handlers: HandlerRegistry) -> None:
+        self.config = config
+        self.database_url = database_url
+        self.handlers = handlers
+        self.processor: Processor | None = None
+        self.sweep: RecoverySweep | None = None
+        self.keeper: LeaseKeeper | None = None
+        self.reconciler: Reconciler | None = None
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        settings = self.config.workers
+        engine = create_store_engine(
+            self.database_url, acknowledges=False, pool_size=worker.worker_threads + 1, max_overflow=2
+        )
+        keeper_engine = create_store_engine(self.database_url, acknowledges=False, pool_size=1, max_overflow=0)
+        self.keeper = LeaseKeeper(keeper_engine, settings)
+        self.reconciler = Reconciler(self.config.providers)
+        self.processor = Processor(engine, settings, self.handlers, self.reconciler, self.config.providers, self.keeper)
+        self.sweep = RecoverySweep(engine, EventQueue(broker), settings)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self.leases.start()
-        self.sweep.start()
+        for task in (self.keeper, self.sweep):
+            if task is not None:
+                task.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self.sweep.stop()
-        self.leases.stop()
-        self.reconciler.close()
+        if self.sweep is not None:
+            self.sweep.stop()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
+        if self.reconciler is not None:
+            self.reconciler.close()
+
+    def process(self, pk: int, token: str) -> None:
+        """The ``hookgate.process_event`` actor."""
+        assert self.processor is not None, "the worker has not booted"
+        self.processor.process(pk, token)
 
 
 def build_worker_broker(
     config: Config, database_url: str, redis_url: str, *, handlers: HandlerRegistry = registry
 ) -> dramatiq.Broker:
     """A broker with the ``hookgate.process_event`` actor declared, installed as Dramatiq's."""
-    engine = create_store_engine(database_url, acknowledges=False)
-    create_schema(engine)
+    schema_engine = create_store_engine(database_url, acknowledges=False)
+    create_schema(schema_engine)
+    schema_engine.dispose()
     load_handler_modules(config.handlers)
-    lifecycle = EventLifecycle(engine, config.workers)
-    store = ResourceStore(engine, config.workers)
-    leases = LeaseKeeper(lifecycle, store, config.workers)
-    reconciler = Reconciler(config.providers)
-    # Handler retries are scheduled in the store (see lifecycle.fail); Dramatiq retries nothing.
-    broker = create_broker(redis_url, middleware=[TimeLimit(), ShutdownNotifications(), Retries(max_retries=0)])
-    sweep = RecoverySweep(engine, EventQueue(broker), config.workers)
-    broker.add_middleware(WorkerRuntime(sweep, leases, reconciler))
+    # Handler retries are scheduled in the store (see lifecycle.fail) and the time limit applies
+    # per handler call (see workers.calls): Dramatiq retries nothing and limits no message.
+    broker = create_broker(redis_url, middleware=[Retries(max_retries=0)])
+    runtime = WorkerRuntime(config, database_url, handlers)
+    broker.add_middleware(runtime)
     dramatiq.set_broker(broker)
-    budget = config.workers.handler_time_limit_seconds / 2
-    processor = Processor(lifecycle, store, handlers, leases, reconciler, config.providers, pass_budget=budget)
-    time_limit_ms = int(config.workers.handler_time_limit_seconds * 1000)
-    dramatiq.actor(
-        actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, max_retries=0, time_limit=time_limit_ms, broker=broker
-    )(processor.process)
+    dramatiq.actor(actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, max_retries=0, broker=broker)(runtime.process)
     return broker

@@ -1,57 +1,238 @@
-"""Keeps the leases this worker process holds alive while it works."""
+"""Leases: which worker may work on an event or a resource right now, and until when.
+
+Where a lease is **taken**: :meth:`EventLeases.claim` moves a waiting event to ``processing``
+under a new token; :meth:`ResourceLeases.acquire` takes a resource's row by compare-and-set.
+
+Where it is **renewed**: :class:`LeaseKeeper`, a thread of each worker process, pushes back the
+expiry of every lease the process holds, every third of a lease, on a connection of its own, so
+that renewal never waits behind handlers for a pooled connection. It renews a lease only until
+the holder's *renewal deadline* (the handler time limit plus a grace, from the start of the
+current handler): a thread stuck where no time limit reaches it (a socket read, a lock wait)
+stops being renewed, its lease expires, and the event is taken over.
+
+Where it is **lost**: the recovery sweep re-sends an event whose lease expired under a new
+token, and a resource lease that expired may be acquired by anyone. Every write of an outcome is
+fenced by :func:`holds_event` (or the resource's ``lease_token``): a worker that lost its lease
+commits nothing.
+
+All lease arithmetic uses the store's clock (:class:`store_time`), never the host's: hosts
+whose clocks disagree still agree on whether a lease is live. (Schedule times, such as when a
+retry is due, are written by the host that decides them; skew only shifts them.)
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Float, and_, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from gateway.config import WorkerSettings
+from gateway.models import PROCESSING, QUEUED, RECEIVED, events, resources
+from providers.base import Clock
 
-from .lifecycle import EventLifecycle
-from .ordering import ResourceKey, ResourceStore
 from .periodic import Periodic
 
-K = TypeVar("K")
+ResourceKey = tuple[str, str]
+
+#: After a handler's time limit, how long its thread may take to unwind and record the outcome
+#: before its leases are no longer renewed.
+RENEWAL_GRACE_SECONDS = 5.0
 
 
-class _Held(Generic[K]):
-    """What this process holds: key → token, safe to read from the renewing thread."""
+class store_time(FunctionElement[float]):
+    """The store's current time in Unix seconds, evaluated by the database."""
 
-    def __init__(self) -> None:
-        self._held: dict[K, str] = {}
-        self._lock = threading.Lock()
+    type = Float()
+    inherit_cache = True
 
-    @contextmanager
-    def hold(self, key: K, token: str) -> Iterator[None]:
-        with self._lock:
-            self._held[key] = token
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(key, None)
 
-    def items(self) -> list[tuple[K, str]]:
-        with self._lock:
-            return list(self._held.items())
+@compiles(store_time, "postgresql")
+def _pg_time(element: store_time, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
+@compiles(store_time, "sqlite")
+def _sqlite_time(element: store_time, compiler: SQLCompiler, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+def holds_event(pk: int, token: str) -> Any:
+    """The fence: the event is still ``processing`` under this token."""
+    return and_(events.c.id == pk, events.c.message_id == token, events.c.status == PROCESSING)
+
+
+class EventLeases:
+    """Taking and renewing the lease of one event."""
+
+    def __init__(self, engine: Engine, settings: WorkerSettings, *, clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.settings = settings
+        #: This host's clock: only for ``updated_at``, never for a lease.
+        self.clock = clock
+
+    def claim(self, pk: int, token: str, *, message: str | None = None) -> Any | None:
+        """Lease the waiting event, fenced by ``token`` from now on; ``None`` if it is not waiting.
+
+        ``message`` is the token the event must still carry (a broker message's); a resource
+        pass that holds the resource's lease passes ``None`` and takes any waiting event of it.
+        """
+        waiting = [events.c.id == pk, events.c.status.in_((RECEIVED, QUEUED))]
+        if message is not None:
+            waiting.append(events.c.message_id == message)
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(events)
+                .where(*waiting)
+                .values(
+                    status=PROCESSING,
+                    message_id=token,
+                    attempts=events.c.attempts + 1,
+                    lease_expires_at=store_time() + self.settings.lease_seconds,
+                    updated_at=self.clock(),
+                )
+                .returning(*events.c)
+            ).one_or_none()
+
+    def renew(self, conn: Connection, held: Iterable[tuple[int, str]]) -> None:
+        for pk, token in held:
+            conn.execute(
+                update(events)
+                .where(holds_event(pk, token))
+                .values(lease_expires_at=store_time() + self.settings.lease_seconds)
+            )
+
+
+def insert_ignoring_conflict(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; whether the row was inserted.
+
+    Asked with RETURNING, not ``rowcount``: psycopg reports -1 for this statement.
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
+
+
+def resource_row(key: ResourceKey) -> Any:
+    return and_(resources.c.provider == key[0], resources.c.resource_id == key[1])
+
+
+class ResourceLeases:
+    """Taking, renewing and giving back the lease of a resource (one pass over its events)."""
+
+    def __init__(self, engine: Engine, settings: WorkerSettings, *, clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.settings = settings
+        #: This host's clock: only for ``updated_at``, never for a lease.
+        self.clock = clock
+
+    def acquire(self, key: ResourceKey, holder: str) -> bool:
+        """Take the resource's lease unless a live worker holds it."""
+        expires = store_time() + self.settings.lease_seconds
+        with self.engine.begin() as conn:
+            free = or_(resources.c.lease_token.is_(None), resources.c.lease_expires_at <= store_time())
+            taken = conn.execute(
+                update(resources)
+                .where(resource_row(key), free)
+                .values(lease_token=holder, lease_expires_at=expires)
+                .returning(resources.c.lease_token)
+            ).first()
+            if taken is not None:
+                return True
+            values = {"provider": key[0], "resource_id": key[1], "lease_token": holder, "lease_expires_at": expires}
+            return insert_ignoring_conflict(conn, resources, {**values, "deleted": False, "updated_at": self.clock()})
+
+    def renew(self, conn: Connection, held: Iterable[tuple[ResourceKey, str]]) -> None:
+        for key, holder in held:
+            conn.execute(
+                update(resources)
+                .where(resource_row(key), resources.c.lease_token == holder)
+                .values(lease_expires_at=store_time() + self.settings.lease_seconds)
+            )
+
+    def release(self, key: ResourceKey, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(resources)
+                .where(resource_row(key), resources.c.lease_token == holder)
+                .values(lease_token=None, lease_expires_at=None)
+            )
+
+
+@dataclass(slots=True)
+class Lease:
+    """A lease this process holds, renewed until ``renew_until`` (monotonic seconds)."""
+
+    key: Any
+    token: str
+    renew_until: float = field(default=0.0)
+
+    def extend(self, seconds: float) -> None:
+        """Keep renewing for ``seconds`` more (from now)."""
+        self.renew_until = max(self.renew_until, time.monotonic() + seconds)
 
 
 class LeaseKeeper(Periodic):
-    """Renews, every third of a lease, the leases of the events and resources being worked on."""
+    """Renews, every third of a lease, the leases this process holds, until their deadlines."""
 
     name = "hookgate-leases"
 
-    def __init__(self, lifecycle: EventLifecycle, store: ResourceStore, settings: WorkerSettings) -> None:
+    def __init__(self, engine: Engine, settings: WorkerSettings) -> None:
         super().__init__(settings.lease_seconds / 3)
-        self.lifecycle = lifecycle
-        self.store = store
-        self.events: _Held[int] = _Held()
-        self.resources: _Held[ResourceKey] = _Held()
+        #: Its own engine (one connection): renewal must never wait for a handler's connection.
+        self.engine = engine
+        self.event_leases = EventLeases(engine, settings)
+        self.resource_leases = ResourceLeases(engine, settings)
+        #: How long a holder is renewed after it starts a piece of work (a handler call).
+        self.work_seconds = settings.handler_time_limit_seconds + RENEWAL_GRACE_SECONDS
+        self._events: dict[int, Lease] = {}
+        self._resources: dict[ResourceKey, Lease] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def holding_event(self, pk: int, token: str) -> Iterator[Lease]:
+        with self._holding(self._events, pk, token) as lease:
+            yield lease
+
+    @contextmanager
+    def holding_resource(self, key: ResourceKey, holder: str) -> Iterator[Lease]:
+        with self._holding(self._resources, key, holder) as lease:
+            yield lease
+
+    @contextmanager
+    def _holding(self, table: dict[Any, Lease], key: Any, token: str) -> Iterator[Lease]:
+        lease = Lease(key, token)
+        lease.extend(self.work_seconds)
+        with self._lock:
+            table[key] = lease
+        try:
+            yield lease
+        finally:
+            with self._lock:
+                if table.get(key) is lease:
+                    del table[key]
+
+    def _due(self, table: dict[Any, Lease]) -> list[tuple[Any, str]]:
+        now = time.monotonic()
+        with self._lock:
+            return [(lease.key, lease.token) for lease in table.values() if lease.renew_until > now]
 
     def tick(self) -> None:
-        if held_events := self.events.items():
-            self.lifecycle.renew(held_events)
-        if held_resources := self.resources.items():
-            self.store.renew(held_resources)
+        held_events, held_resources = self._due(self._events), self._due(self._resources)
+        if not held_events and not held_resources:
+            return
+        with self.engine.begin() as conn:
+            self.event_leases.renew(conn, held_events)
+            self.resource_leases.renew(conn, held_resources)
+
+    def stop(self) -> None:
+        super().stop()
+        self.engine.dispose()

@@ -1,4 +1,6 @@
-"""The store operations of processing one event, each fenced by the event's message token.
+"""An event's status in the store as a worker moves it: waiting, scheduled, settled.
+
+Every change of a claimed event (see :mod:`workers.leases`) is fenced by its token.
 
 A worker may only move an event whose ``message_id`` still equals the token of the message it
 is running (or, for an event of a resource, the token of the resource pass that claimed it).
@@ -13,26 +15,25 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from gateway.config import WorkerSettings
-from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events, handler_runs
+from gateway.models import FAILED, QUEUED, RECEIVED, events, handler_runs
 from providers.base import Clock
+
+from .leases import holds_event
 
 #: ``last_error`` keeps at most this many characters.
 MAX_ERROR = 4000
 
 
 class EventLifecycle:
-    """Claim, renew, record and finish events in the store."""
+    """Defer, schedule, record and settle events in the store."""
 
     def __init__(self, engine: Engine, settings: WorkerSettings, *, clock: Clock = time.time) -> None:
         self.engine = engine
         self.settings = settings
         self.clock = clock
-
-    def _held(self, pk: int, token: str) -> Any:
-        return and_(events.c.id == pk, events.c.message_id == token, events.c.status == PROCESSING)
 
     def current(self, pk: int, token: str) -> Any | None:
         """The event if ``token`` is still its message and it is waiting; else ``None``."""
@@ -41,30 +42,6 @@ class EventLifecycle:
                 select(events.c.id, events.c.provider, events.c.resource_id).where(
                     events.c.id == pk, events.c.message_id == token, events.c.status.in_((RECEIVED, QUEUED))
                 )
-            ).one_or_none()
-
-    def claim(self, pk: int, token: str, *, message: str | None = None) -> Any | None:
-        """Lease the waiting event, fenced by ``token`` from now on; ``None`` if it is not waiting.
-
-        ``message`` is the token the event must still carry (a broker message's); a resource
-        pass that holds the resource's lease passes ``None`` and takes any waiting event of it.
-        """
-        now = self.clock()
-        waiting = [events.c.id == pk, events.c.status.in_((RECEIVED, QUEUED))]
-        if message is not None:
-            waiting.append(events.c.message_id == message)
-        with self.engine.begin() as conn:
-            return conn.execute(
-                update(events)
-                .where(*waiting)
-                .values(
-                    status=PROCESSING,
-                    message_id=token,
-                    attempts=events.c.attempts + 1,
-                    lease_expires_at=now + self.settings.lease_seconds,
-                    updated_at=now,
-                )
-                .returning(*events.c)
             ).one_or_none()
 
     def defer(self, pk: int, token: str, delay: float) -> None:
@@ -80,37 +57,36 @@ class EventLifecycle:
                 .values(sweep_after=self.clock() + delay)
             )
 
-    def hold(self, pk: int, until: float) -> None:
-        """Send this waiting event only at ``until`` (no message until then)."""
+    def schedule(self, pk: int, at: float) -> None:
+        """Send this waiting event only at ``at`` (no message until then): the sweep sends it."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(events)
                 .where(events.c.id == pk, events.c.status.in_((RECEIVED, QUEUED)))
-                .values(message_id=None, sweep_after=until)
+                .values(message_id=None, sweep_after=at)
             )
 
-    def renew(self, leases: Iterable[tuple[int, str]]) -> None:
-        """Push back the lease of events this process is still running."""
-        expires = self.clock() + self.settings.lease_seconds
-        with self.engine.begin() as conn:
-            for pk, token in leases:
-                conn.execute(update(events).where(self._held(pk, token)).values(lease_expires_at=expires))
-
     def succeeded_handlers(self, row: Any) -> set[str]:
-        """Handlers already recorded as done for this claimed event.
+        """Handlers already recorded as done for this claimed event in its current round.
 
-        Records are written only in the transaction that settles a try, so on the first try
-        there are none to read.
+        Records are written only in the transaction that settles a try, so on an event's very
+        first try there are none to read.
         """
-        pk = row.id
         if row.attempts <= 1:
             return set()
         with self.engine.connect() as conn:
-            return set(conn.scalars(select(handler_runs.c.handler).where(handler_runs.c.event_pk == pk)))
+            return set(
+                conn.scalars(
+                    select(handler_runs.c.handler).where(
+                        handler_runs.c.event_pk == row.id, handler_runs.c.round == row.round
+                    )
+                )
+            )
 
-    def record_handlers(self, conn: Connection, pk: int, names: Iterable[str]) -> None:
+    def record_handlers(self, conn: Connection, row: Any, names: Iterable[str]) -> None:
+        """Record the handlers that succeeded; call only once the fence has held (see :meth:`finish`)."""
         now = self.clock()
-        rows = [{"event_pk": pk, "handler": name, "finished_at": now} for name in names]
+        rows = [{"event_pk": row.id, "handler": name, "round": row.round, "finished_at": now} for name in names]
         if rows:
             conn.execute(insert(handler_runs), rows)
 
@@ -120,7 +96,7 @@ class EventLifecycle:
         return bool(
             conn.execute(
                 update(events)
-                .where(self._held(pk, token))
+                .where(holds_event(pk, token))
                 .values(
                     status=status,
                     processed_at=now,
@@ -135,9 +111,8 @@ class EventLifecycle:
     def fail(
         self,
         conn: Connection,
-        pk: int,
+        row: Any,
         token: str,
-        attempts: int,
         error: str,
         *,
         retry_after: float | None = None,
@@ -148,9 +123,11 @@ class EventLifecycle:
         The backoff is at least ``retry_after`` (an API's ``Retry-After``). The retry is not sent
         to the broker here: clearing ``message_id`` and setting ``sweep_after`` makes the recovery
         sweep send it when it is due, so a retry survives any broker loss. A ``permanent``
-        failure is ``failed`` at once. Returns the new status, or ``None`` if the lease was lost.
+        failure is ``failed`` at once. Each round (see :mod:`gateway.eventlog`'s replay) has
+        ``max_attempts`` tries of its own. Returns the new status, or ``None`` if the lease was lost.
         """
         now = self.clock()
+        attempts = row.attempts - row.attempts_before_round
         final = permanent or attempts >= self.settings.max_attempts
         values: dict[str, Any] = {"last_error": error[:MAX_ERROR], "updated_at": now, "lease_expires_at": None}
         if final:
@@ -158,7 +135,7 @@ class EventLifecycle:
         else:
             delay = max(self.settings.backoff(attempts), retry_after or 0.0)
             values.update(status=QUEUED, message_id=None, sweep_after=now + delay)
-        changed = conn.execute(update(events).where(self._held(pk, token)).values(**values)).rowcount
+        changed = conn.execute(update(events).where(holds_event(row.id, token)).values(**values)).rowcount
         if not changed:
             return None
         return FAILED if final else QUEUED

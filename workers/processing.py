@@ -7,37 +7,38 @@ shared by the pass.
 
 Each event's outcome commits in one transaction: the handlers' session writes, the record of
 each handler that succeeded, the event's status and the resource store. At-least-once delivery
-to handlers, at most one recorded success per (event, handler): a handler that succeeded is
-skipped on every later try. A handler that raises does not stop the others; its session writes
-are rolled back to a savepoint, and the event is retried with backoff, then ``failed`` with
-every handler's error.
+to handlers, at most one recorded success per (event, handler, round): a handler that succeeded
+is skipped on every later try. A handler that raises does not stop the others; its session
+writes are rolled back to a savepoint, and the event is retried with backoff, then ``failed``
+with every handler's error. Nothing raised while preparing or recording an event escapes to
+Dramatiq: it becomes the event's recorded failure (see :meth:`Processor.settle`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import Connection, Engine
-from sqlmodel import Session
 
-from gateway.config import ProviderEntry
+from gateway.config import ProviderEntry, WorkerSettings
 from gateway.models import FAILED, PROCESSED, PROCESSING, SUPERSEDED
 from gateway.queue import new_token
 from providers.base import Clock
 
+from .calls import HandlerTimeout, TimeLimiter, call_handler, describe_failures
 from .event import Event
-from .leases import LeaseKeeper
+from .leases import EventLeases, Lease, LeaseKeeper, ResourceKey, ResourceLeases
 from .lifecycle import EventLifecycle
-from .ordering import ResourceKey, ResourceStore, StoredResource, due_at, due_prefix, is_superseded
+from .ordering import due_at, due_prefix, is_superseded
 from .reconcile import Fetched, ReconcileError, Reconciler
 from .registry import Handler, HandlerRegistry
+from .resources import ResourceStore, StoredResource
 
 log = logging.getLogger("hookgate.worker")
 
@@ -80,16 +81,22 @@ class SharedFetch:
         return self._fetched
 
 
-def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
-    parts = []
-    for name, exc in failures:
-        last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
-        if isinstance(exc, TimeLimitExceeded):
-            parts.append(f"{name} exceeded the handler time limit{where}")
-            continue
-        parts.append(f"{name} raised {type(exc).__name__}: {exc}{where}")
-    return "\n".join(parts)
+class PreparationError(Exception):
+    """Raised when a stored event cannot be made ready for its handlers (decode or reconcile)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = True) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+@dataclass(slots=True)
+class Prepared:
+    """An event ready for its handlers."""
+
+    event: Event
+    handlers: list[Handler]
+    fetched: Fetched
 
 
 class Processor:
@@ -97,119 +104,139 @@ class Processor:
 
     def __init__(
         self,
-        lifecycle: EventLifecycle,
-        store: ResourceStore,
+        engine: Engine,
+        settings: WorkerSettings,
         registry: HandlerRegistry,
-        leases: LeaseKeeper,
         reconciler: Reconciler,
         providers: Mapping[str, ProviderEntry],
+        keeper: LeaseKeeper,
         *,
-        pass_budget: float = 300.0,
+        pass_budget: float | None = None,
         clock: Clock = time.time,
     ) -> None:
-        self.lifecycle = lifecycle
-        self.engine: Engine = lifecycle.engine
-        self.store = store
+        self.engine = engine
+        self.lifecycle = EventLifecycle(engine, settings)
+        self.event_leases = EventLeases(engine, settings)
+        self.resource_leases = ResourceLeases(engine, settings)
+        self.resources = ResourceStore(engine)
         self.registry = registry
-        self.leases = leases
         self.reconciler = reconciler
         self.providers = providers
+        self.keeper = keeper
+        self.limiter = TimeLimiter(settings.handler_time_limit_seconds)
         #: A pass hands the rest of a resource's backlog to a new message after this long, so
-        #: that it stays well inside Dramatiq's time limit for one message.
-        self.pass_budget = pass_budget
+        #: that one busy resource does not keep a worker thread to itself.
+        self.pass_budget = settings.handler_time_limit_seconds / 2 if pass_budget is None else pass_budget
         self.clock = clock
 
     def process(self, pk: int, token: str) -> None:
+        """Run the event of a broker message, or the pass of its resource; never raises."""
+        try:
+            self._process(pk, token)
+        except Exception:
+            # The store or the broker failed under us: the lease lapses and the sweep re-sends.
+            log.error("event %s: processing stopped; the recovery sweep will send it again", pk, exc_info=True)
+
+    def _process(self, pk: int, token: str) -> None:
         row = self.lifecycle.current(pk, token)
         if row is None:
             log.debug("event %s: message %s is stale or the event is done; dropped", pk, token)
             return
         if row.resource_id is None:
-            claimed = self.lifecycle.claim(pk, token, message=token)
+            claimed = self.event_leases.claim(pk, token, message=token)
             if claimed is not None:
-                with self.leases.events.hold(pk, token):
-                    self.apply(claimed, token, None, SharedFetch(self.reconciler), StoredResource())
+                self.settle(claimed, token, None, SharedFetch(self.reconciler), StoredResource())
             return
         key = (row.provider, row.resource_id)
         holder = new_token()
-        if not self.store.acquire(key, holder):
+        if not self.resource_leases.acquire(key, holder):
             self.lifecycle.defer(pk, token, BUSY_RETRY_SECONDS)
             return
         try:
-            with self.leases.resources.hold(key, holder):
-                self.drain(key, holder)
+            with self.keeper.holding_resource(key, holder) as lease:
+                self.drain(key, holder, lease)
         finally:
-            self.store.release(key, holder)
+            self.resource_leases.release(key, holder)
 
-    def drain(self, key: ResourceKey, holder: str) -> None:
-        """Apply the resource's due events in order until one is not due or does not settle."""
+    def drain(self, key: ResourceKey, holder: str, resource_lease: Lease) -> None:
+        """Settle the resource's due events in order until one is not due or does not settle."""
         entry = self.providers.get(key[0])
         window = entry.window_seconds if entry else 0.0
         deadline = self.clock() + self.pass_budget
-        applied = 0
+        settled = 0
         while True:
-            batch, blocker = due_prefix(self.store.pending(key), self.clock(), window)
+            batch, blocker = due_prefix(self.resources.pending(key), self.clock(), window)
             if not batch:
                 if blocker is not None and blocker.status != PROCESSING:
-                    self.lifecycle.hold(blocker.id, due_at(blocker, window))
+                    self.lifecycle.schedule(blocker.id, due_at(blocker, window))
                 return
             fetch = SharedFetch(self.reconciler)
-            stored: StoredResource | None = self.store.stored(key)  # kept current while the lease is held
+            stored: StoredResource | None = self.resources.stored(key)  # kept current while the lease is held
             for pending in batch:
                 if stored is None:  # the one before must wait (a retry) or the lease was lost
                     return
-                if applied and self.clock() > deadline:  # hand the rest to a new message, sent now
-                    self.lifecycle.hold(pending.id, self.clock())
+                if settled and self.clock() > deadline:  # hand the rest to a new message, sent now
+                    self.lifecycle.schedule(pending.id, self.clock())
                     return
-                row = self.lifecycle.claim(pending.id, holder)
+                row = self.event_leases.claim(pending.id, holder)
                 if row is None:  # changed under us (a replay, a sweep): keep the order, stop here
                     return
-                with self.leases.events.hold(row.id, holder):
-                    stored = self.apply(row, holder, key, fetch, stored)
-                applied += 1
+                resource_lease.extend(self.keeper.work_seconds)
+                stored = self.settle(row, holder, key, fetch, stored, resource_lease)
+                settled += 1
             if stored is None:
                 return
 
-    def apply(
-        self, row: Any, token: str, key: ResourceKey | None, fetch: SharedFetch, stored: StoredResource
+    def settle(
+        self,
+        row: Any,
+        token: str,
+        key: ResourceKey | None,
+        fetch: SharedFetch,
+        stored: StoredResource,
+        resource_lease: Lease | None = None,
     ) -> StoredResource | None:
-        """Reconcile and run the handlers of one claimed event, given the resource as stored.
+        """What happens to one claimed event: prepare it, run its handlers, record the outcome.
 
         Returns the resource as stored afterwards if the event is settled (processed, superseded
         or failed for good), so that the events behind it may go on; ``None`` if they must wait.
         """
+        with self.keeper.holding_event(row.id, token) as event_lease:
+            try:
+                prepared = self.prepare(row, key, fetch, stored)
+            except PreparationError as exc:
+                status = self.record_failure(row, token, str(exc), retry_after=exc.retry_after, permanent=exc.permanent)
+                return stored if status == FAILED else None
+            leases = [lease for lease in (event_lease, resource_lease) if lease is not None]
+            return self.run_and_commit(prepared, row, token, key, stored, leases)
+
+    def prepare(self, row: Any, key: ResourceKey | None, fetch: SharedFetch, stored: StoredResource) -> Prepared:
+        """Decode the stored body, reconcile the resource, pick the handlers.
+
+        Raises:
+            PreparationError: anything went wrong; ``permanent`` unless retrying may help.
+        """
         superseded = key is not None and is_superseded(row, stored)
-        headers = orjson.loads(row.headers)
-        payload = self.decode(row, headers)
+        try:
+            headers = orjson.loads(row.headers)
+            payload = self.decode(row, headers)
+        except Exception as exc:
+            raise PreparationError(f"the stored body cannot be decoded: {type(exc).__name__}: {exc}") from exc
         fetched = Fetched(None)
         if key is not None and not superseded:
             try:
                 fetched = fetch.get(row, payload)
             except ReconcileError as exc:
-                with self.engine.begin() as conn:
-                    status = self.lifecycle.fail(
-                        conn,
-                        row.id,
-                        token,
-                        row.attempts,
-                        f"reconciliation: {exc}",
-                        retry_after=exc.retry_after,
-                        permanent=exc.permanent,
-                    )
-                log.warning(
-                    "reconciliation failed provider=%s event=%s attempt=%d now=%s: %s",
-                    row.provider,
-                    row.event_id,
-                    row.attempts,
-                    status,
-                    exc,
-                )
-                return stored if status == FAILED else None
+                raise PreparationError(
+                    f"reconciliation: {exc}", retry_after=exc.retry_after, permanent=exc.permanent
+                ) from exc
+            except Exception as exc:
+                raise PreparationError(f"reconciliation: {type(exc).__name__}: {exc}") from exc
         event = to_event(row, payload, headers, stored, fetched, superseded)
         handlers = [
             h for h in self.registry.for_event(row.provider, row.event_type) if h.include_superseded or not superseded
         ]
-        return self._commit(event, row, token, key, handlers, stored, fetched)
+        return Prepared(event, handlers, fetched)
 
     def decode(self, row: Any, headers: dict[str, str]) -> Any:
         """The stored body as its provider's handlers expect it (JSON, or a form for some)."""
@@ -218,67 +245,116 @@ class Processor:
             return orjson.loads(row.body)
         return entry.provider.decode(row.body, headers)
 
-    def _commit(
+    def record_failure(
+        self, row: Any, token: str, error: str, *, retry_after: float | None = None, permanent: bool = False
+    ) -> str | None:
+        """Record a failed try in a transaction of its own; the new status, or ``None``."""
+        with self.engine.begin() as conn:
+            status = self.lifecycle.fail(conn, row, token, error, retry_after=retry_after, permanent=permanent)
+        log.warning(
+            "event failed provider=%s event=%s attempt=%d now=%s: %s",
+            row.provider,
+            row.event_id,
+            row.attempts,
+            status,
+            error,
+        )
+        return status
+
+    def run_and_commit(
         self,
-        event: Event,
+        prepared: Prepared,
         row: Any,
         token: str,
         key: ResourceKey | None,
-        handlers: list[Handler],
         stored: StoredResource,
-        fetched: Fetched,
+        leases: list[Lease],
     ) -> StoredResource | None:
+        """Run the handlers that have not succeeded yet and commit the outcome with their writes."""
         done = self.lifecycle.succeeded_handlers(row)
-        todo = [h for h in handlers if h.name not in done]
+        todo = [h for h in prepared.handlers if h.name not in done]
         failures: list[tuple[str, BaseException]] = []
         succeeded: list[str] = []
         with self.engine.connect() as conn:
-            if conn.dialect.name == "sqlite" and any(h.takes_session for h in todo):
-                # A session's reads and writes must not run in a deferred SQLite transaction,
-                # whose upgrade to a writer fails at once if another connection wrote meanwhile.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            self.begin(conn, sessions=any(h.takes_session for h in todo))
             for handler in todo:
+                for lease in leases:
+                    lease.extend(self.keeper.work_seconds)
                 try:
-                    _call(handler, event, conn)
-                except (Exception, TimeLimitExceeded) as exc:
-                    # Recorded, not raised. Dramatiq's time limit is a BaseException: caught here
-                    # too, so an overrunning handler fails like any other.
+                    with self.limiter.limit():
+                        call_handler(handler, prepared.event, conn)
+                except (Exception, HandlerTimeout) as exc:
                     failures.append((handler.name, exc))
                 else:
                     succeeded.append(handler.name)
-            self.lifecycle.record_handlers(conn, row.id, succeeded)
-            if failures:
-                status = self.lifecycle.fail(conn, row.id, token, row.attempts, describe_failures(failures))
-                held, settled = status is not None, status == FAILED
-            else:
-                status = SUPERSEDED if event.superseded else PROCESSED
-                held = self.lifecycle.finish(conn, row.id, token, status)
-                if held and key is not None and not event.superseded:
-                    after = self.store.apply(conn, key, token, row, stored, fetched)
-                    held = after is not None
-                    stored = after or stored
-                settled = held
-            if not held:
+            try:
+                status, after = self.record_outcome(conn, prepared, row, token, key, stored, succeeded, failures)
+            except Exception as exc:
                 conn.rollback()
-                log.warning("event %s/%s: lease lost while running handlers", event.provider, event.id)
-                return None
-            conn.commit()
+                log.error("event %s/%s: recording the outcome failed", row.provider, row.event_id, exc_info=True)
+                status = self.record_failure(row, token, f"recording the outcome failed: {type(exc).__name__}: {exc}")
+                return stored if status == FAILED else None
+        if status is None:
+            log.warning("event %s/%s: lease lost while running handlers", row.provider, row.event_id)
+            return None
         log_outcome = log.warning if failures else log.info
         log_outcome(
-            "%s provider=%s event=%s type=%s attempt=%d", status, event.provider, event.id, event.type, row.attempts
+            "%s provider=%s event=%s type=%s attempt=%d",
+            status,
+            row.provider,
+            row.event_id,
+            row.event_type,
+            row.attempts,
         )
-        return stored if settled else None
+        return after
 
+    def begin(self, conn: Connection, *, sessions: bool) -> None:
+        """Open the event's transaction before any handler runs, on every backend.
 
-def _call(handler: Handler, event: Event, conn: Connection) -> None:
-    """Run one handler; a handler with a ``session`` writes inside a savepoint of ``conn``."""
-    if not handler.takes_session:
-        handler(event)
-        return
-    with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
-        try:
-            handler(event, session)
-            session.commit()  # releases the savepoint: the writes commit with the event
-        except BaseException:
-            session.rollback()
-            raise
+        A handler's session joins it with a savepoint; were none open, the session would begin
+        and commit a transaction of its own, before the event's outcome. On SQLite a transaction
+        with sessions starts as the writer (``BEGIN IMMEDIATE``): a deferred one fails at once
+        when it upgrades after another connection wrote. On PostgreSQL a transaction left idle
+        longer than a handler may run (a hung handler) is ended by the server.
+        """
+        if conn.dialect.name == "sqlite" and sessions:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        conn.begin()
+        if conn.dialect.name == "postgresql" and sessions:
+            idle_ms = int(self.keeper.work_seconds * 1000)
+            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}")
+
+    def record_outcome(
+        self,
+        conn: Connection,
+        prepared: Prepared,
+        row: Any,
+        token: str,
+        key: ResourceKey | None,
+        stored: StoredResource,
+        succeeded: list[str],
+        failures: list[tuple[str, BaseException]],
+    ) -> tuple[str | None, StoredResource | None]:
+        """Write the status, the resource and the handler runs, fenced by the token; commit.
+
+        Returns the new status (``None`` if the lease was lost and nothing was written) and the
+        resource as stored afterwards if the event settled (``None`` if the ones behind must wait).
+        """
+        if failures:
+            status = self.lifecycle.fail(conn, row, token, describe_failures(failures))
+            after = stored if status == FAILED else None
+        else:
+            status = SUPERSEDED if prepared.event.superseded else PROCESSED
+            if not self.lifecycle.finish(conn, row.id, token, status):
+                status = None
+            after = stored
+            if status is not None and key is not None and not prepared.event.superseded:
+                after = self.resources.write_state(conn, key, token, row, stored, prepared.fetched)
+                status = status if after is not None else None
+        if status is None:
+            conn.rollback()
+            return None, None
+        self.lifecycle.record_handlers(conn, row, succeeded)  # only once the fence has held
+        conn.commit()
+        return status, after

@@ -6,8 +6,9 @@ worker process therefore runs this sweep every ``sweep_interval_seconds``. It (r
 
 * events whose retry is due (``message_id`` cleared by a failed try);
 * ``received``/``queued`` events older than ``requeue_after_seconds`` whose message the broker
-  no longer holds (those it still holds are looked at again later);
-* ``processing`` events whose lease expired: their worker died or stalled.
+  no longer holds, or holds only in the prefetch of a consumer silent for longer than that (a
+  killed worker's); those it still holds otherwise are looked at again later;
+* ``processing`` events whose lease expired, by the store's clock: their worker died or stalled.
 
 Events that are held (no message, ``sweep_after`` in the future: a retry's backoff, or a fresh
 event of a resource waiting out its ordering window) are sent when they come due; the sweep
@@ -22,13 +23,14 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 
 from gateway.config import WorkerSettings
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
 
+from .leases import store_time
 from .periodic import Periodic
 
 log = logging.getLogger("hookgate.recovery")
@@ -78,20 +80,29 @@ class RecoverySweep(Periodic):
             ).all()
             expired = conn.execute(
                 select(events.c.id, events.c.status, events.c.message_id, events.c.attempts)
-                .where(events.c.status == PROCESSING, events.c.lease_expires_at <= now)
+                .where(events.c.status == PROCESSING, events.c.lease_expires_at <= store_time())
                 .limit(BATCH)
             ).all()
         missing = self.event_queue.missing([row.message_id for row in waiting if row.message_id])
-        present = [row.id for row in waiting if row.message_id and row.message_id not in missing]
-        resend = [row for row in waiting if row.message_id is None or row.message_id in missing]
+        held = [row.message_id for row in waiting if row.message_id and row.message_id not in missing]
+        lost = missing | self.event_queue.orphaned(held, self.settings.requeue_after_seconds)
+        present = [row for row in waiting if row.message_id and row.message_id not in lost]
+        resend = [row for row in waiting if row.message_id is None or row.message_id in lost]
         sent: list[tuple[int, str]] = []
         later = now + self.settings.requeue_after_seconds
         with self.engine.begin() as conn:
             if present:
+                # Fenced by the token read above: a worker's failed try may have set a retry time
+                # (and cleared the token) since, and that schedule must stand.
                 conn.execute(
                     update(events)
-                    .where(events.c.id.in_(present), events.c.status.in_((RECEIVED, QUEUED)))
-                    .values(sweep_after=later)
+                    .where(
+                        events.c.id == bindparam("pk"),
+                        events.c.message_id == bindparam("token"),
+                        events.c.status.in_((RECEIVED, QUEUED)),
+                    )
+                    .values(sweep_after=later),
+                    [{"pk": row.id, "token": row.message_id} for row in present],
                 )
             for row in [*resend, *expired]:
                 guard = [events.c.id == row.id, events.c.status == row.status]
@@ -101,7 +112,7 @@ class RecoverySweep(Periodic):
                 values: dict[str, object] = {"lease_expires_at": None, "updated_at": now}
                 token = None
                 if row.status == PROCESSING:
-                    guard.append(events.c.lease_expires_at <= now)
+                    guard.append(events.c.lease_expires_at <= store_time())
                 if row.status == PROCESSING and row.attempts >= self.settings.max_attempts:
                     values.update(
                         status=FAILED,

@@ -4,9 +4,14 @@ Each records what it did as one line in a file under ``$HOOKGATE_TEST_EFFECTS`` 
 short line are atomic, so lines from several processes never interleave). Event types steer them:
 
 * ``fail.always`` raises on every try; ``fail.once`` raises on the first try only;
+  ``fail.until_fixed`` raises until the file ``fixed`` exists;
 * ``slow.*`` writes a ``started`` line, then waits for the file ``release`` before its effect;
 * ``ledger.*`` (acme) also writes a row through its session, and ``ledger.fail_once`` raises
-  after writing on the first try.
+  after writing on the first try; on ``ledger.slow_after`` a later handler of the same event
+  writes ``started`` and waits for ``release`` after the session's writes;
+* ``nap.*`` (acme) runs two handlers that each sleep 1.6 s;
+* ``hang.recv`` (acme) blocks on its first try in ``recv`` on the port named in the file
+  ``silent_port`` (a server that never answers), where no time limit can interrupt it.
 
 A line is ``kind provider id type pid resource sequence superseded deleted version``, where
 ``version`` is the reconciled state's ``version`` (or ``-``).
@@ -15,6 +20,7 @@ A line is ``kind provider id type pid resource sequence superseded deleted versi
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -45,14 +51,34 @@ def record(kind: str, event: Event) -> None:
         f.write(line + "\n")
 
 
+def wait_for_release(event: Event) -> None:
+    record("started", event)
+    deadline = time.monotonic() + 60
+    while not (EFFECTS / "release").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.01)
+    record("released", event)
+
+
+def hang_in_recv(event: Event) -> None:
+    """Block in a system call that Python's async exceptions cannot interrupt."""
+    port = int((EFFECTS / "silent_port").read_text())
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        record("started", event)
+        conn.recv(1)
+    record("unblocked", event)
+
+
 def behave(event: Event) -> None:
     if event.type.startswith("slow."):
-        record("started", event)
-        deadline = time.monotonic() + 60
-        while not (EFFECTS / "release").exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError("never released")
-            time.sleep(0.01)
+        wait_for_release(event)
+    if event.type.startswith("nap."):
+        time.sleep(1.6)
+    if event.type == "hang.recv" and event.attempt == 1:
+        hang_in_recv(event)
+    if event.type == "fail.until_fixed" and not (EFFECTS / "fixed").exists():
+        raise ValueError(f"not fixed yet on try {event.attempt}")
     if event.type == "fail.always" or (event.type == "fail.once" and event.attempt == 1):
         raise ValueError(f"boom on try {event.attempt}")
     record("effect", event)
@@ -96,6 +122,20 @@ def acme_ledger(event: Event, session: Session) -> None:
     session.flush()
     if event.type == "ledger.fail_once" and event.attempt == 1:
         raise RuntimeError("failing after writing through the session")
+
+
+@on("acme", "ledger.*")
+def acme_after_ledger(event: Event) -> None:
+    """Runs after the session handler: a worker stopped here has written through the session."""
+    if event.type == "ledger.slow_after":
+        wait_for_release(event)
+
+
+@on("acme", "nap.*")
+def acme_second_nap(event: Event) -> None:
+    """A second handler as slow as the first: together they outlast one handler's time limit."""
+    time.sleep(1.6)
+    record("nap2", event)
 
 
 @on("slack")

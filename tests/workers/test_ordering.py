@@ -21,9 +21,7 @@ from tests.conftest import Hookgate
 from tests.support.fake_api import Answer, FakeApi
 from tests.support.handlers import LedgerEntry
 from tests.support.servers import wait_for
-from workers.leases import LeaseKeeper
-from workers.lifecycle import EventLifecycle
-from workers.ordering import ResourceStore
+from workers.leases import LeaseKeeper, ResourceLeases
 from workers.processing import Processor
 from workers.reconcile import Reconciler
 from workers.registry import HandlerRegistry
@@ -179,7 +177,7 @@ def test_api_down_fails_the_event_and_a_replay_processes_it(hookgate: Hookgate, 
 
     fake_api.states[path] = {"id": 7001, "number": 7, "state": "closed"}
     fake_api.start()
-    assert replay(hookgate.engine, ids=[row.id]) == 1
+    assert len(replay(hookgate.engine, [str(row.id)]).queued) == 1
     hookgate.wait_status("github", "gh-down", "processed")
     assert orjson.loads(hookgate.resource("github", "issue:7001").state)["state"] == "closed"
     assert [line[2] for line in hookgate.effects()] == ["gh-down"]
@@ -226,20 +224,12 @@ def test_a_long_pass_hands_the_rest_of_the_backlog_to_a_new_message(hookgate: Ho
     hookgate.start_intake()
     for version in (1, 2, 3):
         post_thing(hookgate, f"budget-{version}", "budget", version)
-    lifecycle = EventLifecycle(hookgate.engine, hookgate.config.workers)
-    store = ResourceStore(hookgate.engine, hookgate.config.workers)
+    settings = hookgate.config.workers
     handlers = HandlerRegistry()
     ran: list[str] = []
     handlers.on("acme")(lambda event: ran.append(event.id))
-    processor = Processor(
-        lifecycle,
-        store,
-        handlers,
-        LeaseKeeper(lifecycle, store, hookgate.config.workers),
-        Reconciler({}),
-        {},
-        pass_budget=0.0,
-    )
+    keeper = LeaseKeeper(hookgate.engine, settings)
+    processor = Processor(hookgate.engine, settings, handlers, Reconciler({}), {}, keeper, pass_budget=0.0)
     first = hookgate.event("acme", "budget-1")
     processor.process(first.id, first.message_id)
     assert ran == ["budget-1"]
@@ -253,7 +243,7 @@ def test_a_long_pass_hands_the_rest_of_the_backlog_to_a_new_message(hookgate: Ho
 
 
 def test_resource_lease_is_taken_once_and_given_back(hookgate: Hookgate) -> None:
-    store = ResourceStore(hookgate.engine, hookgate.config.workers)
+    store = ResourceLeases(hookgate.engine, hookgate.config.workers)
     key = ("acme", "leased")
     assert store.acquire(key, "first")  # a new resource: the row is created holding the lease
     assert not store.acquire(key, "second")

@@ -1,0 +1,107 @@
+"""The recovery sweep against a real store and a real Redis, and with real worker processes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import insert, select, update
+
+from gateway.config import WorkerSettings
+from gateway.models import QUEUED, events
+from gateway.queue import NAMESPACE, QUEUE_NAME, EventQueue, create_broker, new_token
+from tests.conftest import Hookgate
+from tests.support.servers import wait_for
+from workers.recovery import RecoverySweep
+
+
+def test_prefetched_events_of_a_killed_worker_are_processed_long_before_dramatiqs_heartbeat_timeout(
+    hookgate: Hookgate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hookgate.start_intake()
+    # One thread that the slow event keeps busy, and room to prefetch every other event.
+    monkeypatch.setenv("dramatiq_queue_prefetch", "8")
+    first = hookgate.start_worker(threads=1)
+    monkeypatch.delenv("dramatiq_queue_prefetch")
+    body, headers = hookgate.signed("acme", "slow.job", "slow", {"id": "obj-slow", "version": 1})
+    assert hookgate.post("acme", body, headers).status_code == 200
+    wait_for(lambda: hookgate.effects("started"), 30, what="the slow handler to start")
+    ids = [f"prefetched-{i}" for i in range(5)]
+    for event_id in ids:
+        body, headers = hookgate.signed("acme", "thing.updated", event_id, {"id": f"obj-{event_id}", "version": 1})
+        assert hookgate.post("acme", body, headers).status_code == 200
+
+    client = redis.Redis.from_url(hookgate.redis_url, decode_responses=True)
+
+    def all_prefetched() -> bool:
+        acks = client.keys(f"{NAMESPACE}:__acks__.*.{QUEUE_NAME}")
+        held = {token for key in acks for token in client.smembers(key)}
+        tokens = {hookgate.event("acme", event_id).message_id for event_id in ids}
+        return len(acks) == 1 and tokens <= held and len(held) == len(ids) + 1
+
+    wait_for(all_prefetched, 30, what="the worker to prefetch every event")
+    first.kill()
+    killed_at = time.monotonic()
+    (hookgate.dir / "release").touch()
+    hookgate.start_worker()
+    settings = hookgate.config.workers
+    # Dramatiq would give the messages back only after its 60 s heartbeat timeout, on a random
+    # maintenance pass. The sweep's bound: the killed worker's silence is noticed after
+    # requeue_after_seconds, the slow event's lease expires; plus a margin for the new worker's
+    # start-up and the processing.
+    bound = settings.requeue_after_seconds + settings.lease_seconds + settings.sweep_interval_seconds + 6
+    wait_for(lambda: set(hookgate.statuses().values()) == {"processed"}, bound, what="every event processed")
+    recovered = time.monotonic() - killed_at
+    print(f"recovered {len(ids) + 1} events {recovered:.2f} s after the kill")
+    assert recovered < bound
+    assert sorted(e[2] for e in hookgate.effects()) == sorted(["slow", *ids])
+
+
+class RaceWithAFailedTry(EventQueue):
+    """Runs, between the sweep's SELECT and its UPDATE, what a worker's failed try commits:
+    the retry is scheduled in an hour (a ``Retry-After: 3600``) and the message is cleared."""
+
+    def __init__(self, broker: Any, engine: Any, pk: int, retry_at: float) -> None:
+        super().__init__(broker)
+        self.engine, self.pk, self.retry_at = engine, pk, retry_at
+
+    def missing(self, tokens: list[str]) -> set[str]:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(events).where(events.c.id == self.pk).values(message_id=None, sweep_after=self.retry_at)
+            )
+        return super().missing(tokens)
+
+
+def test_the_sweep_keeps_a_retry_time_set_after_it_read_the_event(redis_url: str, engine: Any) -> None:
+    now = time.time()
+    token = new_token()
+    with engine.begin() as conn:
+        pk = conn.execute(
+            insert(events)
+            .values(
+                provider="acme",
+                event_id="retry-later",
+                event_type="thing.updated",
+                body=b"{}",
+                headers="{}",
+                received_at=now - 10,
+                status=QUEUED,
+                attempts=1,
+                message_id=token,
+                sweep_after=now - 1,
+                updated_at=now - 10,
+            )
+            .returning(events.c.id)
+        ).scalar_one()
+    broker = create_broker(redis_url)
+    EventQueue(broker).send([(pk, token)])  # Redis holds the event's message
+    retry_at = now + 3600
+    sweep = RecoverySweep(engine, RaceWithAFailedTry(broker, engine, pk, retry_at), WorkerSettings())
+    assert sweep.run_once() == 0
+    with engine.connect() as conn:
+        row = conn.execute(select(events.c.message_id, events.c.sweep_after).where(events.c.id == pk)).one()
+    assert row.message_id is None
+    assert row.sweep_after == pytest.approx(retry_at, abs=1)

@@ -1,0 +1,111 @@
+"""Calling handlers: a time limit per call, a session inside a savepoint, failures described.
+
+The time limit applies to each handler call, not to a broker message: a message may carry a
+reconciliation fetch and several handlers of several events. When a call overruns,
+:class:`TimeLimiter` raises :class:`HandlerTimeout` in the handler's thread (as Dramatiq's own
+time limit does, with ``PyThreadState_SetAsyncExc``). Such an exception is only seen when the
+thread runs Python code again; a thread blocked in a system call is dealt with by the leases
+(see :mod:`workers.leases`), which stop being renewed after the limit and a grace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection
+from sqlmodel import Session
+
+from .event import Event
+from .registry import Handler
+
+
+class HandlerTimeout(BaseException):
+    """Raised inside a handler's thread when the call runs past ``handler_time_limit_seconds``.
+
+    A ``BaseException``, so that a handler's ``except Exception`` does not swallow it.
+    """
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Have ``thread_id`` raise ``exc`` at its next bytecode; ``None`` clears a pending one."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+
+
+class TimeLimiter:
+    """One watchdog thread per process that interrupts handler calls past their deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadlines: dict[int, float] = {}
+        self._fired: set[int] = set()
+        self._changed = threading.Condition()
+        self._watchdog: threading.Thread | None = None
+
+    @contextmanager
+    def limit(self) -> Iterator[None]:
+        """Run the block under the time limit in the current thread."""
+        thread_id = threading.get_ident()
+        with self._changed:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="hookgate-time-limit", daemon=True)
+                self._watchdog.start()
+            self._fired.discard(thread_id)
+            self._deadlines[thread_id] = time.monotonic() + self.seconds
+            self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._deadlines.pop(thread_id, None)
+                if thread_id in self._fired:
+                    # The call ended as the watchdog fired: drop an exception not raised yet, so
+                    # that it cannot surface later in the bookkeeping.
+                    _raise_in_thread(thread_id, None)
+                    self._fired.discard(thread_id)
+
+    def _watch(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for thread_id, deadline in self._deadlines.items():
+                    if deadline <= now and thread_id not in self._fired:
+                        self._fired.add(thread_id)
+                        _raise_in_thread(thread_id, HandlerTimeout)
+                waiting = [d for t, d in self._deadlines.items() if t not in self._fired]
+                self._changed.wait(timeout=min(waiting) - now if waiting else None)
+
+
+def call_handler(handler: Handler, event: Event, conn: Connection) -> None:
+    """Run one handler; a handler with a ``session`` writes inside a savepoint of ``conn``.
+
+    ``conn`` must already be in a transaction: a session bound to a connection that is not
+    begins (and commits) a transaction of its own.
+    """
+    if not handler.takes_session:
+        handler(event)
+        return
+    with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+        try:
+            handler(event, session)
+            session.commit()  # releases the savepoint: the writes commit with the event
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
+    """One line per failed handler: its name, the error and where it was raised."""
+    parts = []
+    for name, exc in failures:
+        last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+        if isinstance(exc, HandlerTimeout):
+            parts.append(f"{name} exceeded the handler time limit{where}")
+            continue
+        parts.append(f"{name} raised {type(exc).__name__}: {exc}{where}")
+    return "\n".join(parts)

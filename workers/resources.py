@@ -1,0 +1,108 @@
+"""The resources table: each resource's applied sequence and reconciled state.
+
+Its lease columns belong to :mod:`workers.leases`; here are the pending events of a resource, its
+stored state, and the fenced write of a new state inside the event's transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, select, update
+
+from gateway.models import PROCESSING, QUEUED, RECEIVED, events, resources
+from providers.base import Clock
+
+from .leases import ResourceKey, resource_row
+from .reconcile import Fetched
+
+#: The most pending events of one resource looked at in one pass.
+PASS_LIMIT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    """The store's view of a resource before an event is applied."""
+
+    applied_sequence: int | None = None
+    state: Any = None
+    deleted: bool = False
+
+
+class ResourceStore:
+    """Reads a resource's pending events and state; writes the state an event leaves behind."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def pending(self, key: ResourceKey) -> list[Any]:
+        """The resource's unfinished events in order (at most :data:`PASS_LIMIT`).
+
+        Events without a sequence come first, on every backend (PostgreSQL sorts NULL last by
+        default), so that the limit never cuts off the event the order puts first."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(
+                        events.c.id,
+                        events.c.status,
+                        events.c.sequence,
+                        events.c.received_at,
+                        events.c.message_id,
+                        events.c.sweep_after,
+                    )
+                    .where(
+                        events.c.provider == key[0],
+                        events.c.resource_id == key[1],
+                        events.c.status.in_((RECEIVED, QUEUED, PROCESSING)),
+                    )
+                    .order_by(events.c.sequence.asc().nulls_first(), events.c.id)
+                    .limit(PASS_LIMIT)
+                ).all()
+            )
+
+    def stored(self, key: ResourceKey) -> StoredResource:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(resources.c.applied_sequence, resources.c.state, resources.c.deleted).where(resource_row(key))
+            ).one_or_none()
+        if row is None:
+            return StoredResource()
+        return StoredResource(row.applied_sequence, orjson.loads(row.state) if row.state else None, bool(row.deleted))
+
+    def write_state(
+        self, conn: Connection, key: ResourceKey, holder: str, row: Any, stored: StoredResource, fetched: Fetched
+    ) -> StoredResource | None:
+        """Write the event's outcome to the resource, inside the event's transaction.
+
+        Returns the resource as now stored; ``None`` (and nothing written) if another worker
+        has taken over the lease.
+        """
+        applied = stored.applied_sequence
+        if row.sequence is not None:
+            applied = row.sequence if applied is None else max(applied, row.sequence)
+        values: dict[str, Any] = {
+            "applied_sequence": applied,
+            "applied_event_id": row.event_id,
+            "updated_at": self.clock(),
+        }
+        if fetched.resource_type:
+            values["resource_type"] = fetched.resource_type[:64]
+        if fetched.reconciled:
+            values.update(
+                state=None if fetched.state is None else orjson.dumps(fetched.state).decode(),
+                deleted=fetched.deleted,
+                fetched_at=fetched.fetched_at,
+            )
+        changed = conn.execute(
+            update(resources).where(resource_row(key), resources.c.lease_token == holder).values(**values)
+        ).rowcount
+        if not changed:
+            return None
+        if not fetched.reconciled:
+            return StoredResource(applied, stored.state, stored.deleted)
+        return StoredResource(applied, fetched.state, fetched.deleted)
