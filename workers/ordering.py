@@ -1,8 +1,9 @@
 """Per-resource order: which of a resource's pending events may be applied now, and in what order.
 
-Pure functions over rows the store gives (see :mod:`workers.resources`). One resource's events are applied by one worker at a time: the worker that takes the resource's
-lease (a compare-and-set on ``hookgate_resources.lease_token``) applies every pending event of
-that resource in sequence order, then lets go. A worker whose event belongs to a resource that
+Pure functions over rows the store gives (see :mod:`workers.resources`). One resource's events
+are applied by one worker at a time: the worker that takes the resource's lease (see
+:mod:`workers.leases`) applies every pending event of that resource in sequence order, then
+lets go. A worker whose event belongs to a resource that
 another worker holds only pushes the event's recovery check a little later and returns: the
 holder normally applies it, and if not, the sweep sends it again.
 

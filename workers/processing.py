@@ -273,27 +273,19 @@ class Processor:
         """Run the handlers that have not succeeded yet and commit the outcome with their writes."""
         done = self.lifecycle.succeeded_handlers(row)
         todo = [h for h in prepared.handlers if h.name not in done]
-        failures: list[tuple[str, BaseException]] = []
-        succeeded: list[str] = []
+        unrecorded: Exception | None = None
         with self.engine.connect() as conn:
             self.begin(conn, sessions=any(h.takes_session for h in todo))
-            for handler in todo:
-                for lease in leases:
-                    lease.extend(self.keeper.work_seconds)
-                try:
-                    with self.limiter.limit():
-                        call_handler(handler, prepared.event, conn)
-                except (Exception, HandlerTimeout) as exc:
-                    failures.append((handler.name, exc))
-                else:
-                    succeeded.append(handler.name)
+            succeeded, failures = self.run_handlers(todo, prepared.event, conn, leases)
             try:
                 status, after = self.record_outcome(conn, prepared, row, token, key, stored, succeeded, failures)
             except Exception as exc:
                 conn.rollback()
-                log.error("event %s/%s: recording the outcome failed", row.provider, row.event_id, exc_info=True)
-                status = self.record_failure(row, token, f"recording the outcome failed: {type(exc).__name__}: {exc}")
-                return stored if status == FAILED else None
+                unrecorded = exc
+        if unrecorded is not None:  # recorded as a failure on a connection of its own, this one given back
+            log.error("event %s/%s: recording the outcome failed", row.provider, row.event_id, exc_info=unrecorded)
+            error = f"recording the outcome failed: {type(unrecorded).__name__}: {unrecorded}"
+            return stored if self.record_failure(row, token, error) == FAILED else None
         if status is None:
             log.warning("event %s/%s: lease lost while running handlers", row.provider, row.event_id)
             return None
@@ -307,6 +299,24 @@ class Processor:
             row.attempts,
         )
         return after
+
+    def run_handlers(
+        self, todo: list[Handler], event: Event, conn: Connection, leases: list[Lease]
+    ) -> tuple[list[str], list[tuple[str, BaseException]]]:
+        """Call each handler under the time limit; the names that succeeded and the failures."""
+        succeeded: list[str] = []
+        failures: list[tuple[str, BaseException]] = []
+        for handler in todo:
+            for lease in leases:  # renewed for as long as this call may legitimately take
+                lease.extend(self.keeper.work_seconds)
+            try:
+                with self.limiter.limit():
+                    call_handler(handler, event, conn)
+            except (Exception, HandlerTimeout) as exc:
+                failures.append((handler.name, exc))
+            else:
+                succeeded.append(handler.name)
+        return succeeded, failures
 
     def begin(self, conn: Connection, *, sessions: bool) -> None:
         """Open the event's transaction before any handler runs, on every backend.

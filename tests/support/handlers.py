@@ -9,6 +9,8 @@ short line are atomic, so lines from several processes never interleave). Event 
 * ``ledger.*`` (acme) also writes a row through its session, and ``ledger.fail_once`` raises
   after writing on the first try; on ``ledger.slow_after`` a later handler of the same event
   writes ``started`` and waits for ``release`` after the session's writes;
+* ``orphan.*`` (acme) writes through its session a row whose deferred foreign key fails the
+  event's commit;
 * ``nap.*`` (acme) runs two handlers that each sleep 1.6 s;
 * ``hang.recv`` (acme) blocks on its first try in ``recv`` on the port named in the file
   ``silent_port`` (a server that never answers), where no time limit can interrupt it.
@@ -24,6 +26,7 @@ import socket
 import time
 from pathlib import Path
 
+from sqlalchemy import Column, ForeignKey, Integer
 from sqlmodel import Field, Session, SQLModel
 
 from workers import Event, on
@@ -39,6 +42,17 @@ class LedgerEntry(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     event_id: str
     attempt: int
+
+
+class DeferredChild(SQLModel, table=True):
+    """A row whose foreign key is checked only when the transaction commits."""
+
+    __tablename__ = "test_deferred_child"
+
+    id: int | None = Field(default=None, primary_key=True)
+    parent_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("test_ledger.id", deferrable=True, initially="DEFERRED"), nullable=False)
+    )
 
 
 def record(kind: str, event: Event) -> None:
@@ -129,6 +143,13 @@ def acme_after_ledger(event: Event) -> None:
     """Runs after the session handler: a worker stopped here has written through the session."""
     if event.type == "ledger.slow_after":
         wait_for_release(event)
+
+
+@on("acme", "orphan.*")
+def acme_orphan(event: Event, session: Session) -> None:
+    """Writes a row the database refuses only at COMMIT: the event's own commit fails."""
+    session.add(DeferredChild(parent_id=999_999))
+    session.flush()
 
 
 @on("acme", "nap.*")

@@ -22,7 +22,7 @@ from gateway.models import QUEUED, events
 from gateway.queue import EventQueue, create_broker, new_token
 from tests.conftest import STRIPE_SECRET, Hookgate
 from tests.support.fake_api import FakeApi
-from tests.support.handlers import LedgerEntry
+from tests.support.handlers import DeferredChild, LedgerEntry
 from tests.support.servers import wait_for
 
 
@@ -239,3 +239,21 @@ def test_a_payload_url_httpx_refuses_fails_the_event_with_the_reason(hookgate: H
     row = hookgate.wait_status("stripe", "evt_badurl", "failed", timeout=30)
     assert row.attempts == 1
     assert row.last_error.startswith("reconciliation: InvalidURL"), row.last_error
+
+
+def test_a_commit_the_database_refuses_is_recorded_as_the_events_failure(hookgate: Hookgate) -> None:
+    """A session row with a deferred foreign key fails the event's COMMIT, not a handler call."""
+    create_ledger(hookgate)
+    SQLModel.metadata.create_all(hookgate.engine, tables=[DeferredChild.__table__])  # type: ignore[list-item]
+    hookgate.start_intake()
+    worker = hookgate.start_worker()
+    assert hookgate.post("acme", *hookgate.signed("acme", "orphan.write", "orphan-1")).status_code == 200
+    row = hookgate.wait_status("acme", "orphan-1", "failed", timeout=30)
+    assert row.attempts == 3
+    assert row.last_error.startswith("recording the outcome failed: IntegrityError"), row.last_error
+    with hookgate.engine.connect() as conn:
+        assert conn.execute(select(DeferredChild.id)).all() == []  # type: ignore[call-overload]
+    # The worker goes on with the next event.
+    assert hookgate.post("acme", *hookgate.signed("acme", "thing.updated", "after-orphan")).status_code == 200
+    hookgate.wait_status("acme", "after-orphan", "processed")
+    assert worker.process.poll() is None
