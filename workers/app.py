@@ -8,18 +8,58 @@ ever waits for a connection, and the lease keeper has a connection of its own.
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import defaultdict
+
 import dramatiq
+from dramatiq.common import iter_queue
 from dramatiq.middleware import Retries
 
 from gateway.config import Config
 from gateway.database import create_schema, create_store_engine
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
 
+from .calls import TimeLimiter
 from .leases import LeaseKeeper
 from .processing import Processor
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
 from .registry import HandlerRegistry, load_handler_modules, registry
+
+log = logging.getLogger("hookgate.worker")
+
+#: The exit code of a worker process whose every thread is stuck in a handler.
+EXIT_ALL_STUCK = 75
+
+
+def exit_all_stuck(count: int) -> None:
+    """Every thread is blocked in a handler where no time limit reaches it: this process can do
+    nothing more, and what it prefetched would wait for ever. Exit; the process manager (or
+    ``hookgate run``) starts a fresh one, and the recovery sweep re-sends the prefetched events
+    and takes over the stuck ones."""
+    log.critical(
+        "all %d worker threads are stuck in handlers past their time limit; exiting so that this "
+        "process is restarted and its events are taken over (set timeouts on the handlers' own I/O)",
+        count,
+    )
+    logging.shutdown()
+    os._exit(EXIT_ALL_STUCK)
+
+
+def hand_back_prefetched(worker: dramatiq.Worker) -> int:
+    """Give the messages ``worker`` has prefetched but not started back to Redis, now.
+
+    Dramatiq's own stop does this only after its running actors return, which may be a whole
+    handler time limit later; meanwhile no other worker could run those events.
+    """
+    by_queue: defaultdict[str, list[dramatiq.MessageProxy]] = defaultdict(list)
+    for item in iter_queue(worker.work_queue):
+        by_queue[item.message.queue_name].append(item.message)
+        worker.work_queue.task_done()
+    for queue_name, messages in by_queue.items():
+        worker.consumers[queue_name].requeue_messages(messages)
+    return sum(map(len, by_queue.values()))
 
 
 class WorkerRuntime(dramatiq.Middleware):
@@ -27,7 +67,7 @@ class WorkerRuntime(dramatiq.Middleware):
 
     Shutdown order matters: Dramatiq calls ``before_worker_shutdown`` *before* it waits for the
     running actors, so the lease keeper and the API clients, which those actors still need, stop
-    only ``after_worker_shutdown``.
+    only ``after_worker_shutdown``; the messages not started yet go back to the broker at once.
     """
 
     def __init__(self, config: Config, database_url: str, handlers: HandlerRegistry) -> None:
@@ -47,7 +87,12 @@ class WorkerRuntime(dramatiq.Middleware):
         keeper_engine = create_store_engine(self.database_url, acknowledges=False, pool_size=1, max_overflow=0)
         self.keeper = LeaseKeeper(keeper_engine, settings)
         self.reconciler = Reconciler(self.config.providers)
-        self.processor = Processor(engine, settings, self.handlers, self.reconciler, self.config.providers, self.keeper)
+        limiter = TimeLimiter(
+            settings.handler_time_limit_seconds, threads=worker.worker_threads, on_all_stuck=exit_all_stuck
+        )
+        self.processor = Processor(
+            engine, settings, self.handlers, self.reconciler, self.config.providers, self.keeper, limiter=limiter
+        )
         self.sweep = RecoverySweep(engine, EventQueue(broker), settings)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -58,6 +103,8 @@ class WorkerRuntime(dramatiq.Middleware):
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.sweep is not None:
             self.sweep.stop()
+        if handed_back := hand_back_prefetched(worker):
+            log.info("stopping: %d prefetched messages handed back to the broker", handed_back)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.keeper is not None:

@@ -14,13 +14,14 @@ import ctypes
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection
 from sqlmodel import Session
 
 from .event import Event
+from .leases import RENEWAL_GRACE_SECONDS
 from .registry import Handler
 
 
@@ -37,12 +38,29 @@ def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
 
 
 class TimeLimiter:
-    """One watchdog thread per process that interrupts handler calls past their deadline."""
+    """One watchdog thread per process that interrupts handler calls past their deadline.
 
-    def __init__(self, seconds: float) -> None:
+    A call that has not come back ``grace`` seconds after it was interrupted is *stuck* (blocked
+    where the exception cannot reach it). When every one of the process's ``threads`` is stuck,
+    the process can do no more work, and its prefetched messages would wait behind them for ever:
+    ``on_all_stuck`` is called (the worker exits, to be restarted, see :mod:`workers.app`).
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        grace: float = RENEWAL_GRACE_SECONDS,
+        threads: int = 0,
+        on_all_stuck: Callable[[int], None] | None = None,
+    ) -> None:
         self.seconds = seconds
+        self.grace = grace
+        self.threads = threads
+        self.on_all_stuck = on_all_stuck
         self._deadlines: dict[int, float] = {}
-        self._fired: set[int] = set()
+        #: Thread → when its call was interrupted, while the call has not come back.
+        self._fired: dict[int, float] = {}
         self._changed = threading.Condition()
         self._watchdog: threading.Thread | None = None
 
@@ -54,7 +72,7 @@ class TimeLimiter:
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch, name="hookgate-time-limit", daemon=True)
                 self._watchdog.start()
-            self._fired.discard(thread_id)
+            self._fired.pop(thread_id, None)
             self._deadlines[thread_id] = time.monotonic() + self.seconds
             self._changed.notify()
         try:
@@ -62,11 +80,10 @@ class TimeLimiter:
         finally:
             with self._changed:
                 self._deadlines.pop(thread_id, None)
-                if thread_id in self._fired:
+                if self._fired.pop(thread_id, None) is not None:
                     # The call ended as the watchdog fired: drop an exception not raised yet, so
                     # that it cannot surface later in the bookkeeping.
                     _raise_in_thread(thread_id, None)
-                    self._fired.discard(thread_id)
 
     def _watch(self) -> None:
         with self._changed:
@@ -74,10 +91,14 @@ class TimeLimiter:
                 now = time.monotonic()
                 for thread_id, deadline in self._deadlines.items():
                     if deadline <= now and thread_id not in self._fired:
-                        self._fired.add(thread_id)
+                        self._fired[thread_id] = now
                         _raise_in_thread(thread_id, HandlerTimeout)
-                waiting = [d for t, d in self._deadlines.items() if t not in self._fired]
-                self._changed.wait(timeout=min(waiting) - now if waiting else None)
+                stuck = sum(now - fired >= self.grace for fired in self._fired.values())
+                if self.threads and stuck >= self.threads and self.on_all_stuck is not None:
+                    self.on_all_stuck(stuck)
+                upcoming = [d for t, d in self._deadlines.items() if t not in self._fired]
+                upcoming += [fired + self.grace for fired in self._fired.values() if now - fired < self.grace]
+                self._changed.wait(timeout=min(upcoming) - now if upcoming else None)
 
 
 def call_handler(handler: Handler, event: Event, conn: Connection) -> None:

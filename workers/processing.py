@@ -111,6 +111,7 @@ class Processor:
         providers: Mapping[str, ProviderEntry],
         keeper: LeaseKeeper,
         *,
+        limiter: TimeLimiter | None = None,
         pass_budget: float | None = None,
         clock: Clock = time.time,
     ) -> None:
@@ -123,7 +124,7 @@ class Processor:
         self.reconciler = reconciler
         self.providers = providers
         self.keeper = keeper
-        self.limiter = TimeLimiter(settings.handler_time_limit_seconds)
+        self.limiter = limiter or TimeLimiter(settings.handler_time_limit_seconds)
         #: A pass hands the rest of a resource's backlog to a new message after this long, so
         #: that one busy resource does not keep a worker thread to itself.
         self.pass_budget = settings.handler_time_limit_seconds / 2 if pass_budget is None else pass_budget

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, bindparam, func, or_, select, update
 
 from gateway.config import WorkerSettings
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
@@ -79,7 +79,12 @@ class RecoverySweep(Periodic):
                 .limit(BATCH)
             ).all()
             expired = conn.execute(
-                select(events.c.id, events.c.status, events.c.message_id, events.c.attempts)
+                select(
+                    events.c.id,
+                    events.c.status,
+                    events.c.message_id,
+                    (events.c.attempts - events.c.attempts_before_round).label("tries"),
+                )
                 .where(events.c.status == PROCESSING, events.c.lease_expires_at <= store_time())
                 .limit(BATCH)
             ).all()
@@ -99,7 +104,8 @@ class RecoverySweep(Periodic):
                     .where(
                         events.c.id == bindparam("pk"),
                         events.c.message_id == bindparam("token"),
-                        events.c.status.in_((RECEIVED, QUEUED)),
+                        # Not IN (…): an expanding parameter cannot be used in an executemany.
+                        or_(events.c.status == RECEIVED, events.c.status == QUEUED),
                     )
                     .values(sweep_after=later),
                     [{"pk": row.id, "token": row.message_id} for row in present],
@@ -113,11 +119,11 @@ class RecoverySweep(Periodic):
                 token = None
                 if row.status == PROCESSING:
                     guard.append(events.c.lease_expires_at <= store_time())
-                if row.status == PROCESSING and row.attempts >= self.settings.max_attempts:
+                if row.status == PROCESSING and row.tries >= self.settings.max_attempts:  # this replay's own tries
                     values.update(
                         status=FAILED,
                         sweep_after=None,
-                        last_error=f"the worker stopped while processing it, {row.attempts} times",
+                        last_error=f"the worker stopped while processing it, {row.tries} times",
                     )
                 else:
                     token = new_token()

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
+import redis
 import stripe
 from sqlalchemy import insert, select
 from sqlmodel import SQLModel
 
 from gateway.models import QUEUED, events
-from gateway.queue import EventQueue, create_broker, new_token
+from gateway.queue import NAMESPACE, EventQueue, create_broker, new_token
 from tests.conftest import STRIPE_SECRET, Hookgate
 from tests.support.fake_api import FakeApi
 from tests.support.handlers import DeferredChild, LedgerEntry
@@ -96,15 +97,23 @@ def test_a_worker_stopped_past_its_lease_commits_nothing_when_it_resumes(hookgat
 
 
 def test_a_graceful_stop_keeps_leases_until_running_handlers_finish(hookgate: Hookgate) -> None:
-    """SIGTERM while a handler runs: no other worker starts it, and it finishes once, cleanly."""
+    """SIGTERM while a handler runs: no other worker starts it, and it finishes once, cleanly;
+    what the stopping worker had prefetched is run by another worker meanwhile."""
     hookgate.start_intake()
-    stopping = hookgate.start_worker()
+    stopping = hookgate.start_worker(threads=1)  # it holds 2 messages: the one running and one more
     assert hookgate.post("acme", *hookgate.signed("acme", "slow.deploy", "deploy-1")).status_code == 200
     wait_for(lambda: hookgate.effects("started"), 30, what="the handler to start")
+    prefetched = [f"behind-{n}" for n in range(2)]
+    for event_id in prefetched:
+        signed = hookgate.signed("acme", "thing.updated", event_id, {"id": event_id, "version": 1})
+        assert hookgate.post("acme", *signed).status_code == 200
+    wait_for(lambda: len(held_by_a_worker(hookgate)) == 2, 10, what="the stopping worker to prefetch one")
     # As a deploy (Docker, Kubernetes, systemd with KillMode=mixed) does: SIGTERM to the main
     # process, which passes it on to its worker processes once. A second SIGTERM is Dramatiq's "kill now".
     stopping.process.send_signal(signal.SIGTERM)
     hookgate.start_worker()
+    for event_id in prefetched:  # long before the running handler is released
+        hookgate.wait_status("acme", event_id, "processed", timeout=10)
     lease = hookgate.config.workers.lease_seconds
     stays(lambda: len(hookgate.effects("started")) == 1, 3 * lease, "the handler was started a second time")
     (hookgate.dir / "release").touch()
@@ -114,7 +123,16 @@ def test_a_graceful_stop_keeps_leases_until_running_handlers_finish(hookgate: Ho
     log = stopping.log.read_text()
     assert "Traceback" not in log, log
     assert "IntegrityError" not in log
-    assert [line[2] for line in hookgate.effects()] == ["deploy-1"]
+    assert sorted(line[2] for line in hookgate.effects()) == ["behind-0", "behind-1", "deploy-1"]
+
+
+def held_by_a_worker(hookgate: Hookgate) -> set[str]:
+    """Message ids fetched by some worker (running or prefetched) and not acked yet."""
+    client = redis.Redis.from_url(hookgate.redis_url, decode_responses=True)
+    try:
+        return set().union(*(client.smembers(key) for key in client.scan_iter(f"{NAMESPACE}:__acks__.*")))
+    finally:
+        client.close()
 
 
 def test_more_threads_than_pooled_connections_run_each_handler_once(hookgate: Hookgate) -> None:

@@ -75,15 +75,14 @@ class RaceWithAFailedTry(EventQueue):
         return super().missing(tokens)
 
 
-def test_the_sweep_keeps_a_retry_time_set_after_it_read_the_event(redis_url: str, engine: Any) -> None:
-    now = time.time()
-    token = new_token()
+def waiting_event(engine: Any, event_id: str, token: str, now: float) -> int:
+    """A queued event whose recheck is due, as the intake and an earlier sweep left it."""
     with engine.begin() as conn:
-        pk = conn.execute(
+        return conn.execute(
             insert(events)
             .values(
                 provider="acme",
-                event_id="retry-later",
+                event_id=event_id,
                 event_type="thing.updated",
                 body=b"{}",
                 headers="{}",
@@ -96,12 +95,22 @@ def test_the_sweep_keeps_a_retry_time_set_after_it_read_the_event(redis_url: str
             )
             .returning(events.c.id)
         ).scalar_one()
+
+
+def test_the_sweep_keeps_a_retry_time_set_after_it_read_the_event(redis_url: str, engine: Any) -> None:
+    now = time.time()
+    tokens = [new_token() for _ in range(3)]
+    pk, *others = [waiting_event(engine, f"retry-{n}", token, now) for n, token in enumerate(tokens)]
     broker = create_broker(redis_url)
-    EventQueue(broker).send([(pk, token)])  # Redis holds the event's message
+    EventQueue(broker).send(zip([pk, *others], tokens, strict=True))  # Redis holds every message
     retry_at = now + 3600
-    sweep = RecoverySweep(engine, RaceWithAFailedTry(broker, engine, pk, retry_at), WorkerSettings())
+    settings = WorkerSettings()
+    sweep = RecoverySweep(engine, RaceWithAFailedTry(broker, engine, pk, retry_at), settings)
     assert sweep.run_once() == 0
     with engine.connect() as conn:
         row = conn.execute(select(events.c.message_id, events.c.sweep_after).where(events.c.id == pk)).one()
+        rechecks = conn.scalars(select(events.c.sweep_after).where(events.c.id.in_(others))).all()
     assert row.message_id is None
     assert row.sweep_after == pytest.approx(retry_at, abs=1)
+    # The events whose messages Redis still holds are looked at again later, all in one statement.
+    assert rechecks == [pytest.approx(now + settings.requeue_after_seconds, abs=2)] * 2
