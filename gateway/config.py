@@ -45,7 +45,8 @@ class WorkerSettings:
     max_attempts: int = 8
     min_backoff_seconds: float = 1.0
     max_backoff_seconds: float = 600.0
-    #: A handler still running after this long is interrupted and counts as failed.
+    #: A handler call still running after this long is interrupted and counts as failed; its leases
+    #: are renewed for this long plus a grace from the start of each call, no longer.
     handler_time_limit_seconds: float = 600.0
 
     def backoff(self, attempts: int) -> float:
