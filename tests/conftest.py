@@ -8,9 +8,11 @@ file per test.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import tempfile
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -277,3 +279,27 @@ def store_outage(database_url: str) -> Iterator[Any]:
 
     yield url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), cut
     proxy.stop()
+
+
+@pytest.fixture
+def silent_server(hookgate: Hookgate) -> Iterator[socket.socket]:
+    """A TCP server that accepts and never answers; handlers that must hang read its port from the
+    file ``silent_port`` and block in ``recv`` on it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    closed = threading.Event()
+
+    def accept() -> None:
+        while not closed.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    (hookgate.dir / "silent_port").write_text(str(server.getsockname()[1]))
+    yield server
+    closed.set()
+    server.close()
+    for conn in accepted:
+        conn.close()

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import orjson
-import pytest
 import redis
 import stripe
 from sqlalchemy import insert, select
@@ -154,29 +150,6 @@ def test_more_threads_than_pooled_connections_run_each_handler_once(hookgate: Ho
     wait_for(lambda: set(hookgate.statuses().values()) == {"processed"}, 60, what="every event processed")
     assert sorted(line[2] for line in hookgate.effects()) == sorted(ids)
     assert "Traceback" not in busy.log.read_text()
-
-
-@pytest.fixture
-def silent_server(hookgate: Hookgate) -> Iterator[socket.socket]:
-    """A TCP server that accepts and never answers; its port is where ``hang.recv`` connects."""
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    closed = threading.Event()
-
-    def accept() -> None:
-        while not closed.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    (hookgate.dir / "silent_port").write_text(str(server.getsockname()[1]))
-    yield server
-    closed.set()
-    server.close()
-    for conn in accepted:
-        conn.close()
 
 
 def test_a_handler_blocked_in_a_system_call_gives_its_event_up(hookgate: Hookgate, silent_server: object) -> None:
