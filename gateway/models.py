@@ -45,12 +45,11 @@ class EventRecord(SQLModel, table=True):
     #: Tries so far, over the event's whole life: a replay never resets it.
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0, server_default="0"))
     #: Forced replays so far. Handler successes are recorded per round: a forced replay starts a
-    #: new one, so every handler runs again, and the earlier rounds stay in the history.
-    round: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0, server_default="0"))
+    #: new one, so every handler runs again, and the earlier rounds stay in the history. (This
+    #: and the next have only a server default: the intake's multi-row INSERT binds nothing for them.)
+    round: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     #: ``attempts`` when the latest replay was made: each replay gets ``max_attempts`` tries.
-    attempts_before_round: int = Field(
-        default=0, sa_column=Column(Integer, nullable=False, default=0, server_default="0")
-    )
+    attempts_before_round: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     message_id: str | None = Field(default=None, max_length=64)
     sweep_after: float | None = None
