@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import orjson
 
@@ -88,9 +88,32 @@ class Inbound:
     method: str = "POST"
 
     @property
+    def parts(self) -> SplitResult:
+        """The URL split into its parts; see :func:`split_url`."""
+        return split_url(self.url)
+
+    @property
     def query(self) -> dict[str, str]:
         """The query string's parameters (the last value of a repeated name)."""
-        return dict(parse_qsl(urlsplit(self.url).query, keep_blank_values=True))
+        return dict(parse_qsl(self.parts.query, keep_blank_values=True))
+
+
+def split_url(url: str) -> SplitResult:
+    """``url`` split into its parts, its port checked.
+
+    The intake builds the URL from the request's ``Host`` or ``X-Forwarded-Host``, which the
+    sender writes: ``[`` or a port of 99999 make ``urlsplit`` (or ``.port``) raise ValueError. That
+    is the sender's mistake, so it is a 400 here, whatever the intake checked before.
+
+    Raises:
+        PayloadRejected: the URL cannot be parsed.
+    """
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise PayloadRejected("request URL is malformed") from None
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +414,10 @@ class SignsUrl(BaseProvider):
         url = options.get("public_url")
         if url is None:
             return []
-        parts = urlsplit(url) if isinstance(url, str) else None
+        try:
+            parts = split_url(url) if isinstance(url, str) else None
+        except PayloadRejected:
+            parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             return [("public_url", "must be an http(s) URL such as https://hooks.example.com/webhooks/NAME")]
         if parts.query or parts.fragment:
@@ -399,9 +425,14 @@ class SignsUrl(BaseProvider):
         return []
 
     def signed_url(self, request: Inbound) -> str:
-        """The URL the sender signed, as well as it can be known."""
+        """The URL the sender signed, as well as it can be known.
+
+        Raises:
+            PayloadRejected: the request's URL cannot be parsed (even with ``public_url``, whose
+                query comes from it).
+        """
+        query = request.parts.query
         public = self.settings.options.get("public_url")
         if not public:
             return request.url
-        query = urlsplit(request.url).query
         return public + (f"?{query}" if query else "")

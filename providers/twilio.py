@@ -22,10 +22,10 @@ import hashlib
 from collections.abc import Mapping
 from itertools import groupby
 from typing import Any
-from urllib.parse import SplitResult, urlencode, urlsplit
+from urllib.parse import SplitResult, urlencode
 
 from .api import ResourceRef, fill_path
-from .base import Delivery, Inbound, SignsUrl, check_any_mac, mac_text, required_header
+from .base import Delivery, Inbound, SignsUrl, check_any_mac, mac_text, required_header, split_url
 from .errors import PayloadRejected, SignatureRejected
 from .payload import FORM, as_sequence, is_form, parse_form, parse_json_object
 
@@ -51,8 +51,12 @@ def signed_message(url: str, fields: list[tuple[str, str]]) -> bytes:
 
 
 def url_variants(url: str) -> list[str]:
-    """The URL as given, without its port, and with the scheme's default port added."""
-    parts = urlsplit(url)
+    """The URL as given, without its port, and with the scheme's default port added.
+
+    Raises:
+        PayloadRejected: ``url`` cannot be parsed.
+    """
+    parts = split_url(url)
     host = parts.hostname or ""
     default = DEFAULT_PORTS.get(parts.scheme)
     without = _with_netloc(parts, host)
