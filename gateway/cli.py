@@ -58,14 +58,14 @@ def _redis_url(settings: Settings) -> Iterator[str]:
 
 
 def _serve(config: Config, settings: Settings, redis_url: str, host: str, port: int) -> None:
-    import uvicorn
-
     from .database import create_store_engine
     from .intake import create_app
     from .queue import EventQueue, create_broker
+    from .server import serve
 
-    app = create_app(config, create_store_engine(settings.database_url), EventQueue(create_broker(redis_url)))
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    engine = create_store_engine(settings.database_url)
+    app = create_app(config, engine, EventQueue(create_broker(redis_url)), limits=settings.limits)
+    serve(app, settings.limits, host, port)
 
 
 def _worker_command(processes: int, threads: int) -> list[str]:

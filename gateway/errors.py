@@ -3,6 +3,7 @@
 HookgateError
 ├── ConfigError           providers.yaml or the environment is unusable (lists every problem)
 ├── StoreUnavailable      the database did not take a write: answer 503, never 2xx
+│   └── InboxFull         too much already waits for the store: answer 503 at once
 ├── BrokerUnavailable     the broker did not take a message: answer 503
 └── ReplayError           a replay asked for something that does not exist
 """
@@ -22,6 +23,10 @@ class ConfigError(HookgateError):
 
 class StoreUnavailable(HookgateError):
     """Raised when the store cannot commit; the sender should retry later."""
+
+
+class InboxFull(StoreUnavailable):
+    """Raised when too many deliveries already wait for the group commit; answered 503 at once."""
 
 
 class BrokerUnavailable(HookgateError):

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from .errors import StoreUnavailable
+from .errors import InboxFull, StoreUnavailable
 from .models import QUEUED, RECEIVED, events
 from .queue import EventQueue
 
@@ -55,6 +55,7 @@ class _Pending:
     row: dict[str, Any]
     future: asyncio.Future[str]
     loop: asyncio.AbstractEventLoop
+    size: int
 
 
 @dataclass(slots=True)
@@ -81,12 +82,27 @@ class Ingestor:
         event_queue: the broker hand-off.
         max_batch: the most rows in one transaction.
         commit_timeout: how long a request waits for its commit before answering 503.
+        max_waiting_rows, max_waiting_bytes: the most rows (and body bytes) waiting to be
+            written. A request answered 503 after ``commit_timeout`` leaves its row waiting (the
+            commit may still land), so while the store stalls the inbox would grow with every
+            retry; past either bound a new row is refused at once instead.
     """
 
     def __init__(
-        self, engine: Engine, event_queue: EventQueue, *, max_batch: int = 512, commit_timeout: float = 8.0
+        self,
+        engine: Engine,
+        event_queue: EventQueue,
+        *,
+        max_batch: int = 512,
+        commit_timeout: float = 8.0,
+        max_waiting_rows: int = 10_000,
+        max_waiting_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.engine = engine
+        self.max_waiting_rows, self.max_waiting_bytes = max_waiting_rows, max_waiting_bytes
+        #: Rows put on the inbox and not yet taken by the committer, and their body bytes.
+        self.waiting_rows = self.waiting_bytes = 0
+        self._waiting_lock = threading.Lock()
         self.commit_timeout = commit_timeout
         self.event_queue = event_queue
         self.max_batch = max_batch
@@ -122,12 +138,19 @@ class Ingestor:
         """Store ``row`` (unless its event id is known); returns ``accepted`` or ``duplicate``.
 
         Raises:
+            InboxFull: too many rows or bytes already wait to be written.
             StoreUnavailable: the batch holding this row was not committed, or not within
                 ``commit_timeout`` seconds (senders give up after 5 to 30 s).
         """
+        size = len(row["body"])
+        with self._waiting_lock:
+            if self.waiting_rows >= self.max_waiting_rows or self.waiting_bytes + size > self.max_waiting_bytes:
+                raise InboxFull("too many deliveries wait for the store")
+            self.waiting_rows += 1
+            self.waiting_bytes += size
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
-        self._inbox.put(_Pending(row, future, loop))
+        self._inbox.put(_Pending(row, future, loop, size))
         try:
             return await asyncio.wait_for(future, self.commit_timeout)
         except TimeoutError:
@@ -189,6 +212,9 @@ class Ingestor:
         return sent
 
     def _write(self, batch: list[_Pending]) -> None:
+        with self._waiting_lock:
+            self.waiting_rows -= len(batch)
+            self.waiting_bytes -= sum(pending.size for pending in batch)
         first_of: dict[tuple[str, str], _Pending] = {}
         for pending in batch:
             first_of.setdefault((pending.row["provider"], pending.row["event_id"]), pending)
@@ -197,27 +223,45 @@ class Ingestor:
         def answer(pending: _Pending, result: str | BaseException) -> None:
             outcomes.setdefault(pending.loop, _Outcomes()).results.append((pending.future, result))
 
-        inserted: dict[tuple[str, str], int] = {}
-        try:
-            inserted = self._commit([p.row for p in first_of.values()])
-        except Exception as exc:
-            # SQLAlchemy's errors are the expected ones; anything else must not leave requests waiting.
-            logger = log.warning if isinstance(exc, SQLAlchemyError) else log.exception
-            logger("store unavailable: %s", type(exc).__name__)
-            error = StoreUnavailable("the store did not commit")
-            for pending in batch:
+        inserted, refused = self._commit_batch(list(first_of.values()))
+        error = StoreUnavailable("the store did not commit")
+        for pending in batch:
+            key = (pending.row["provider"], pending.row["event_id"])
+            if key in refused:
                 answer(pending, error)
-        else:
-            for pending in batch:
-                key = (pending.row["provider"], pending.row["event_id"])
-                new = key in inserted and first_of[key] is pending
-                answer(pending, ACCEPTED if new else DUPLICATE)
+            else:
+                answer(pending, ACCEPTED if key in inserted and first_of[key] is pending else DUPLICATE)
         for loop, result in outcomes.items():
             _call_soon(loop, result.deliver)
         ready = [(pk, first_of[key].row["message_id"]) for key, pk in inserted.items()]
         ready = [(pk, token) for pk, token in ready if token is not None]  # held ones go later
         if ready:
             self._outbox.put(ready)
+
+    def _commit_batch(self, batch: list[_Pending]) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
+        """Insert one row per event; the new events' ids, and the keys of the rows not committed.
+
+        When the store refuses the batch for its content rather than for being unreachable, the
+        rows are tried one by one, so that a row the store will never take (whatever the intake's
+        checks missed) fails alone instead of failing every delivery batched with it, on every
+        retry of each.
+        """
+        keys = [(p.row["provider"], p.row["event_id"]) for p in batch]
+        try:
+            return self._commit([p.row for p in batch]), set()
+        except Exception as exc:
+            if not _refused_for_content(exc) or len(batch) == 1:
+                _log_failure(exc, keys)
+                return {}, set(keys)
+        inserted: dict[tuple[str, str], int] = {}
+        refused: set[tuple[str, str]] = set()
+        for pending, key in zip(batch, keys, strict=True):
+            try:
+                inserted |= self._commit([pending.row])
+            except Exception as exc:
+                _log_failure(exc, [key])
+                refused.add(key)
+        return inserted, refused
 
     def _commit(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
         sent = self._take_sent()
@@ -267,6 +311,25 @@ class Ingestor:
             return
         log.info("broker answers again")
         self.broker_healthy = True
+
+
+def _refused_for_content(exc: Exception) -> bool:
+    """Whether the store turned down what was written (a value, a constraint, a trigger) rather
+    than being unreachable, locked or out of time: only then can another try of fewer rows help."""
+    return not isinstance(exc, OperationalError) and not getattr(exc, "connection_invalidated", False)
+
+
+def _log_failure(exc: Exception, keys: list[tuple[str, str]]) -> None:
+    if not _refused_for_content(exc):
+        log.warning("store unavailable: %s", type(exc).__name__)
+        return
+    # The driver's first line only: SQLAlchemy's own text lists the parameters (bodies, headers).
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
+    if len(keys) == 1:
+        log.error("the store refused event %s of %s: %s", keys[0][1], keys[0][0], reason)
+    else:
+        log.error("the store refused a batch of %d events: %s", len(keys), reason)
 
 
 @functools.cache

@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -32,13 +34,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from providers import Delivery, DeliveryRejected, Inbound
+from providers.base import COMMON_HEADERS
 
 from .config import Config, ProviderEntry
 from .database import create_schema, ping
-from .errors import StoreUnavailable
+from .errors import InboxFull, StoreUnavailable
 from .ingest import ACCEPTED, DUPLICATE, Ingestor
 from .models import RECEIVED
 from .queue import EventQueue, new_token
+from .settings import DEFAULT_LIMITS, ServerLimits
 
 log = logging.getLogger("hookgate.intake")
 
@@ -46,6 +50,10 @@ PREFIX = "/webhooks/"
 #: Seconds a sender is asked to wait before retrying after a 503.
 RETRY_AFTER = "5"
 MAX_ID_LENGTH = 255
+#: Sequences are stored in a signed 64-bit column.
+SEQUENCE_RANGE = range(-(2**63), 2**63)
+#: C0 controls and DEL: no provider puts them in an id or a type, and PostgreSQL refuses NUL.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f]")
 
 
 class Reply(Exception):
@@ -78,11 +86,16 @@ def json_response(status_code: int, content: dict[str, Any], headers: dict[str, 
 class Intake:
     """The webhook endpoint: providers, the batch writer and the delivery metrics."""
 
-    def __init__(self, config: Config, engine: Engine, event_queue: EventQueue) -> None:
+    def __init__(
+        self, config: Config, engine: Engine, event_queue: EventQueue, limits: ServerLimits = DEFAULT_LIMITS
+    ) -> None:
         self.config = config
         self.engine = engine
         self.event_queue = event_queue
-        self.ingestor = Ingestor(engine, event_queue)
+        self.body_timeout = limits.body_timeout_seconds
+        self.ingestor = Ingestor(
+            engine, event_queue, max_waiting_rows=limits.inbox_max_rows, max_waiting_bytes=limits.inbox_max_bytes
+        )
         self.metric_registry = CollectorRegistry()
         self.deliveries = Counter(
             "hookgate_deliveries",
@@ -91,7 +104,14 @@ class Intake:
             registry=self.metric_registry,
         )
         self._counters: dict[tuple[str, str], Any] = {}
-        self._kept_headers = {name: entry.provider.stored_headers() for name, entry in config.providers.items()}
+        #: Per provider: the headers stored with its events, and those of them that must not
+        #: repeat (the ones it verifies or reads an id, a type or a time from), as bytes.
+        self._kept_headers: dict[str, frozenset[bytes]] = {}
+        self._single_headers: dict[str, frozenset[bytes]] = {}
+        for name, entry in config.providers.items():
+            kept = entry.provider.stored_headers()
+            self._kept_headers[name] = frozenset(h.encode() for h in kept)
+            self._single_headers[name] = frozenset(h.encode() for h in kept - COMMON_HEADERS)
         self.requeue_after = config.workers.requeue_after_seconds
 
     def count(self, provider: str, outcome: str) -> None:
@@ -124,7 +144,8 @@ class Intake:
         headers = Headers(scope=scope)
         if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
             raise Reply(415, {"error": "compressed bodies are not accepted"}, outcome="unsupported_encoding")
-        body = await self.read_body(headers, receive, entry.max_body_bytes)
+        stored = self.stored_headers(name, scope["headers"])
+        body = await self.read_body(headers, receive, entry.max_body_bytes, self.body_timeout)
         try:
             url = request_url(scope, headers) if entry.provider.reads_url else ""
             delivery = entry.provider.verify_request(Inbound(body, headers, url, method))
@@ -138,21 +159,21 @@ class Intake:
             return shake.status_code, shake.body, shake.media_type.encode()
         parts = delivery.batch or (delivery,)
         for part in parts:
-            if max(len(part.event_id), len(part.event_type), len(part.resource_id or "")) > MAX_ID_LENGTH:
-                raise Reply(
-                    400,
-                    {"error": f"event id, type or resource id longer than {MAX_ID_LENGTH}"},
-                    outcome="rejected_payload",
-                )
+            problem = storage_problem(part)
+            if problem is not None:
+                log.info("rejected provider=%s status=400 reason=%s", name, problem)
+                raise Reply(400, {"error": problem}, outcome="rejected_payload")
         if not self.ingestor.broker_healthy:
             raise Reply(503, {"error": "broker unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable")
         try:
             # A batch's events are committed each on its own; if any is not, the 503 makes the
             # sender post the batch again, and the ones already stored are then duplicates.
-            kept = self._kept_headers[name]
-            stored = orjson.dumps({k: v for k, v in headers.items() if k in kept}).decode()
             submits = [self.ingestor.submit(self.row(name, entry, part, part.body or body, stored)) for part in parts]
             outcomes = [await submits[0]] if len(submits) == 1 else await asyncio.gather(*submits)
+        except InboxFull:
+            raise Reply(
+                503, {"error": "intake overloaded"}, {"Retry-After": RETRY_AFTER}, outcome="overloaded"
+            ) from None
         except StoreUnavailable:
             raise Reply(
                 503, {"error": "store unavailable"}, {"Retry-After": RETRY_AFTER}, outcome="unavailable"
@@ -170,24 +191,53 @@ class Intake:
         }
         return 200, orjson.dumps(answer), JSON
 
+    def stored_headers(self, name: str, raw: list[tuple[bytes, bytes]]) -> str:
+        """The allowlisted headers as stored (JSON), exactly as the provider type reads them.
+
+        A type reads the first value of a header. A second ``X-GitHub-Event`` or signature would
+        otherwise be stored beside a verified first one, and handlers reading the stored headers
+        would trust the forgery: such a request is refused instead.
+
+        Raises:
+            Reply: 400, a header the type verifies or reads appears more than once.
+        """
+        kept, single = self._kept_headers[name], self._single_headers[name]
+        stored: dict[str, str] = {}
+        for key, value in raw:
+            if key in kept:
+                text = key.decode("latin-1")
+                if text not in stored:
+                    stored[text] = value.decode("latin-1")
+                elif key in single:
+                    raise Reply(400, {"error": f"header {text} appears more than once"}, outcome="rejected_payload")
+        return orjson.dumps(stored).decode()
+
     @staticmethod
-    async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
-        """The body, refused (without reading further) as soon as it passes ``limit`` bytes."""
+    async def read_body(headers: Headers, receive: Receive, limit: int, timeout: float) -> bytes:
+        """The body, refused (without reading further) as soon as it passes ``limit`` bytes, or
+        when it has not all arrived ``timeout`` seconds after the headers (a client trickling it
+        would otherwise hold its connection and its buffers for as long as it likes)."""
         too_large = Reply(413, {"error": "body too large"}, {"Connection": "close"}, outcome="too_large")
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise Reply(400, {"error": "client disconnected"})
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(timeout):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise Reply(400, {"error": "client disconnected"})
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            raise Reply(
+                408, {"error": "body not received in time"}, {"Connection": "close"}, outcome="body_timeout"
+            ) from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def row(self, name: str, entry: ProviderEntry, delivery: Delivery, body: bytes, headers: str) -> dict[str, Any]:
@@ -232,14 +282,45 @@ class Intake:
         return Response(generate_latest(self.metric_registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def storage_problem(delivery: Delivery) -> str | None:
+    """Why a verified event cannot be stored as it is, or ``None``.
+
+    Checked here, before the group commit, because a row the store refuses would fail every
+    delivery committed in the same batch: PostgreSQL refuses a NUL in text and every store a
+    sequence outside 64 bits, which orjson and digit strings produce without complaint.
+    """
+    texts = (delivery.event_id, delivery.event_type, delivery.resource_id or "")
+    if max(map(len, texts)) > MAX_ID_LENGTH:
+        return f"event id, type or resource id longer than {MAX_ID_LENGTH}"
+    if CONTROL_CHARACTERS.search("".join(texts)):
+        return "event id, type or resource id contains control characters"
+    if delivery.sequence is not None and delivery.sequence not in SEQUENCE_RANGE:
+        return "sequence outside the signed 64-bit range"
+    return None
+
+
 def request_url(scope: Scope, headers: Headers) -> str:
     """The URL the sender addressed, for types that read it: a proxy's ``X-Forwarded-Proto`` and
-    ``X-Forwarded-Host`` (their first value) win over the request's own scheme and ``Host``."""
+    ``X-Forwarded-Host`` (their first value) win over the request's own scheme and ``Host``.
+
+    Raises:
+        Reply: 400, the host (or the scheme) does not make a URL: ``[``, a port past 65535...
+    """
     scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip() or scope.get("scheme", "http")
     host = headers.get("x-forwarded-host", "").split(",")[0].strip() or headers.get("host", "")
     query = scope.get("query_string", b"").decode("latin-1")
     path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").partition("?")[0]
-    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+    url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (validates the port)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Reply(
+            400, {"error": "malformed Host, X-Forwarded-Host or X-Forwarded-Proto header"}, outcome="rejected_payload"
+        )
+    return url
 
 
 class HookgateApp:
@@ -261,9 +342,16 @@ class HookgateApp:
             await send_response(send, 500, b'{"error":"internal error"}', {})
 
 
-def create_app(config: Config, engine: Engine, event_queue: EventQueue, *, create_tables: bool = True) -> HookgateApp:
+def create_app(
+    config: Config,
+    engine: Engine,
+    event_queue: EventQueue,
+    *,
+    create_tables: bool = True,
+    limits: ServerLimits = DEFAULT_LIMITS,
+) -> HookgateApp:
     """The intake application; its lifespan starts and stops the batch writer."""
-    intake = Intake(config, engine, event_queue)
+    intake = Intake(config, engine, event_queue, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

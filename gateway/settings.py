@@ -11,6 +11,54 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one ``serve`` process gives a client, before and while it reads a request.
+
+    The defaults hold a sender's ordinary behaviour with room to spare (webhook requests are a
+    few KiB of headers and at most ``max_body_bytes`` of body, sent at once) and bound what a slow
+    or hostile client can hold: connections, time and memory.
+    """
+
+    #: Connections (and requests in progress) at once; a request over it is answered 503.
+    max_connections: int = 1000
+    #: An idle kept-alive connection is closed after this long.
+    keep_alive_seconds: float = 5.0
+    #: A request's headers must arrive within this long of its first byte (else 408, closed).
+    header_timeout_seconds: float = 10.0
+    #: Request line and headers together, in bytes (else 431, closed).
+    max_header_bytes: int = 16 * 1024
+    #: A request's body must arrive within this long of its headers (else 408, closed).
+    body_timeout_seconds: float = 10.0
+    #: Rows waiting for the group commit, and their bytes: past either, new deliveries are
+    #: answered 503 at once instead of piling up in memory while the store stalls.
+    inbox_max_rows: int = 10_000
+    inbox_max_bytes: int = 64 * 1024 * 1024
+    #: Connections the kernel queues before ``accept``.
+    backlog: int = 2048
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServerLimits:
+        """Each field from ``HOOKGATE_<FIELD>`` (upper case) when set."""
+        values: dict[str, float | int] = {}
+        for name in cls.__dataclass_fields__:
+            raw = environ.get(f"HOOKGATE_{name.upper()}")
+            if raw:
+                kind = type(getattr(cls(), name))
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    raise ConfigError([f"HOOKGATE_{name.upper()}={raw!r} is not a number"]) from None
+                if values[name] <= 0:
+                    raise ConfigError([f"HOOKGATE_{name.upper()} must be positive"])
+        return cls(**values)  # type: ignore[arg-type]
+
+
+DEFAULT_LIMITS = ServerLimits()
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -22,6 +70,7 @@ class Settings:
     redis_url: str | None = None
     admin_token: str | None = None
     data_dir: Path = Path(".hookgate")
+    limits: ServerLimits = DEFAULT_LIMITS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -35,4 +84,5 @@ class Settings:
             redis_url=get("REDIS_URL"),
             admin_token=get("ADMIN_TOKEN"),
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            limits=ServerLimits.from_env(environ),
         )

@@ -16,6 +16,9 @@ from typing import Any
 
 import uvicorn
 
+from gateway.server import uvicorn_config
+from gateway.settings import DEFAULT_LIMITS, ServerLimits
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -36,12 +39,13 @@ def wait_for(
 class ServerThread:
     """An ASGI app served by uvicorn on 127.0.0.1 in a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, limits: ServerLimits = DEFAULT_LIMITS) -> None:
+        self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn_config(app, limits, log_level="warning"))  # as ``serve`` runs
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def start(self) -> ServerThread:
