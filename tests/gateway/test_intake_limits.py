@@ -1,0 +1,198 @@
+"""What a slow, bloated or overwhelming client can hold of ``serve``: connections, time, memory.
+
+Each test runs the real intake under uvicorn with the protocol and limits ``serve`` uses, made
+small so that a limit is reached in a second or two, and talks to it over raw sockets.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+import stripe
+
+from gateway.database import create_store_engine
+from gateway.intake import create_app
+from gateway.queue import EventQueue, create_broker
+from gateway.settings import ServerLimits
+from tests.conftest import STRIPE_SECRET, Hookgate
+from tests.gateway.test_hostile_intake import raw_request
+from tests.support.servers import ServerThread, wait_for
+
+TIGHT = ServerLimits(
+    max_connections=8,
+    header_timeout_seconds=1.0,
+    body_timeout_seconds=1.0,
+    max_header_bytes=4096,
+    inbox_max_rows=10,
+    inbox_max_bytes=200_000,
+)
+
+
+@pytest.fixture
+def serve(hookgate: Hookgate) -> Iterator[Callable[[ServerLimits], ServerThread]]:
+    servers: list[ServerThread] = []
+
+    def start(limits: ServerLimits) -> ServerThread:
+        engine = create_store_engine(hookgate.database_url)
+        app = create_app(hookgate.config, engine, EventQueue(create_broker(hookgate.redis_url)), limits=limits)
+        servers.append(ServerThread(app, limits).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def connect(server: ServerThread) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=15)
+
+
+def answer_of(sock: socket.socket) -> tuple[int, bytes]:
+    """Read until the server closes: the status and the body (fails if it never closes)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def signed_stripe(event_id: str, size: int = 0) -> tuple[bytes, list[tuple[str, str]]]:
+    body = orjson.dumps(
+        {"id": event_id, "object": "event", "type": "invoice.paid", "created": 1, "data": {"object": {"id": "in_1"}}}
+    )
+    body = body[:-1] + b',"pad":"' + b"x" * size + b'"}'
+    signature = stripe.WebhookSignature.generate_signature_header(body.decode(), STRIPE_SECRET)
+    return body, [("Stripe-Signature", signature), ("Content-Type", "application/json")]
+
+
+def test_a_body_that_does_not_arrive_is_408_and_the_connection_closed(serve: Any) -> None:
+    server = serve(TIGHT)
+    trickling = []
+    for _ in range(TIGHT.max_connections - 2):
+        sock = connect(server)
+        sock.sendall(b'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"id":')
+        trickling.append(sock)
+    started = time.monotonic()
+    for sock in trickling:
+        status, body = answer_of(sock)
+        assert status == 408
+        assert b"body not received in time" in body
+    assert time.monotonic() - started < 10  # every one was let go, not held until the client quit
+
+
+def test_headers_that_do_not_arrive_are_408_and_the_connection_closed(serve: Any) -> None:
+    server = serve(TIGHT)
+    silent, trickling = connect(server), connect(server)
+    trickling.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\n")
+    for sock in (silent, trickling):
+        status, body = answer_of(sock)
+        assert (status, body) == (408, b'{"error":"headers not received in time"}')
+
+
+@pytest.mark.parametrize("pieces", [1, 16], ids=["at-once", "in-pieces"])
+def test_headers_past_the_limit_are_431(serve: Any, pieces: int) -> None:
+    server = serve(TIGHT)
+    sock = connect(server)
+    head = b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-Pad-%d: %s\r\n" % (i, b"a" * 500) for i in range(20)
+    )
+    step = len(head) // pieces + 1
+    try:
+        for start in range(0, len(head), step):
+            sock.sendall(head[start : start + step])
+        sock.sendall(b"Content-Length: 2\r\n\r\n{}")
+    except OSError:
+        pass  # closed while still sending: the answer is already waiting
+    status, body = answer_of(sock)
+    assert (status, body) == (431, b'{"error":"headers too large"}')
+
+
+def test_headers_within_the_limit_with_the_body_in_the_same_read_are_accepted(serve: Any) -> None:
+    server = serve(TIGHT)
+    body, headers = signed_stripe("evt_padded", size=50_000)
+    headers += [(f"X-Pad-{i}", "a" * 300) for i in range(10)]
+    status, answer = raw_request(server.url, "POST", "/webhooks/stripe", headers, body)
+    assert status == 200, answer
+
+
+def test_connections_past_the_limit_are_answered_503_and_freed_ones_are_served(serve: Any) -> None:
+    limits = ServerLimits(max_connections=4, header_timeout_seconds=30)
+    server = serve(limits)
+    idle = [connect(server) for _ in range(limits.max_connections)]
+    for sock in idle:
+        sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\n")  # holding a connection, headers unfinished
+    body, headers = signed_stripe("evt_capped")
+    wait_for(
+        lambda: raw_request(server.url, "POST", "/webhooks/stripe", headers, body)[0] == 503,
+        10,
+        what="the connection cap to answer 503",
+    )
+    for sock in idle:
+        sock.close()
+    wait_for(
+        lambda: raw_request(server.url, "POST", "/webhooks/stripe", headers, body)[0] == 200,
+        10,
+        what="a freed connection to be served",
+    )
+
+
+def hold_commits(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make the first write of rows wait until ``release`` is set (``entered`` says it waits)."""
+    ingestor = server.app.intake.ingestor
+    entered, release = threading.Event(), threading.Event()
+    commit = ingestor._commit
+
+    def held(rows: list[Any]) -> Any:
+        if rows and not release.is_set():
+            entered.set()
+            release.wait(30)
+        return commit(rows)
+
+    monkeypatch.setattr(ingestor, "_commit", held)
+    return entered, release
+
+
+@pytest.mark.parametrize(
+    ("limits", "size", "waiting"),
+    [
+        (ServerLimits(inbox_max_rows=10), 0, 10),
+        (ServerLimits(inbox_max_bytes=200_000), 60_000, 3),
+    ],
+    ids=["rows", "bytes"],
+)
+def test_while_the_store_stalls_the_inbox_is_bounded_and_the_rest_is_503_at_once(
+    serve: Any, monkeypatch: pytest.MonkeyPatch, limits: ServerLimits, size: int, waiting: int
+) -> None:
+    server = serve(limits)
+    entered, release = hold_commits(server, monkeypatch)
+    ingestor = server.app.intake.ingestor
+
+    def post(event_id: str) -> tuple[int, bytes]:
+        body, headers = signed_stripe(event_id, size)
+        return raw_request(server.url, "POST", "/webhooks/stripe", headers, body)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(waiting + 2) as pool:
+            first = pool.submit(post, "evt_first")
+            assert entered.wait(15)
+            queued = [pool.submit(post, f"evt_{i}") for i in range(waiting)]
+            wait_for(lambda: ingestor.waiting_rows == waiting, 15, what="the inbox to fill")
+            refused = [post(f"evt_over_{i}") for i in range(5)]  # answered while the commit is held
+            assert {status for status, _ in refused} == {503}
+            assert all(b"intake overloaded" in answer for _, answer in refused)
+            assert ingestor.waiting_rows == waiting
+            release.set()
+            assert first.result()[0] == 200
+            assert [future.result()[0] for future in queued] == [200] * waiting
+        assert (ingestor.waiting_rows, ingestor.waiting_bytes) == (0, 0)
+        assert post("evt_after")[0] == 200
+    finally:
+        release.set()
