@@ -130,3 +130,24 @@ def test_worker_and_intake_logs_carry_no_secret_or_api_credential(
         for line in text.splitlines():
             leaked = [secret for secret in secrets if secret in line]
             assert not leaked, f"{name} logged {leaked}: {line}"
+
+
+def test_a_raising_handler_is_logged_at_error_with_its_type_message_and_origin(hookgate: Hookgate) -> None:
+    hookgate.start_intake()
+    worker = hookgate.start_worker()
+    assert hookgate.post("acme", *hookgate.signed("acme", "fail.always", "always")).status_code == 200
+    hookgate.wait_status("acme", "always", "failed")
+    worker.stop()
+    lines = worker.log.read_text().splitlines()
+    raise_line = next(n for n, text in enumerate(HANDLERS.read_text().splitlines(), 1) if "boom on try" in text)
+    origin = f"{HANDLERS}:{raise_line}"
+    for attempt in (1, 2, 3):
+        expected = f"tests.support.handlers.acme_handler raised ValueError: boom on try {attempt} at {origin}"
+        assert f"[ERROR] event acme/always attempt {attempt}: {expected}" in "\n".join(lines)
+    # The retries say when they run; the final failure is an ERROR that carries the error.
+    assert any("[WARNING] event acme/always attempt 1 failed; retry 2 in" in line for line in lines)
+    [final] = [line for line in lines if "acme/always failed on attempt 3, no retry" in line]
+    assert "[ERROR]" in final
+    assert "ValueError: boom on try 3" in final
+    # The traceback of each raise follows its line (exc_info).
+    assert sum(line.startswith("Traceback (most recent call last)") for line in lines) >= 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -25,6 +26,14 @@ from .leases import holds_event
 
 #: ``last_error`` keeps at most this many characters.
 MAX_ERROR = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class FailedTry:
+    """What a failed try left: ``queued`` with the time of the next try, or ``failed`` for good."""
+
+    status: str
+    retry_at: float | None = None
 
 
 class EventLifecycle:
@@ -117,25 +126,25 @@ class EventLifecycle:
         *,
         retry_after: float | None = None,
         permanent: bool = False,
-    ) -> str | None:
+    ) -> FailedTry | None:
         """Record a failed try: ``queued`` again after a backoff, or ``failed`` after the last try.
 
         The backoff is at least ``retry_after`` (an API's ``Retry-After``). The retry is not sent
         to the broker here: clearing ``message_id`` and setting ``sweep_after`` makes the recovery
         sweep send it when it is due, so a retry survives any broker loss. A ``permanent``
         failure is ``failed`` at once. Each round (see :mod:`gateway.eventlog`'s replay) has
-        ``max_attempts`` tries of its own. Returns the new status, or ``None`` if the lease was lost.
+        ``max_attempts`` tries of its own. Returns the new status and, for a retry, when it is due;
+        ``None`` if the lease was lost.
         """
         now = self.clock()
         attempts = row.attempts - row.attempts_before_round
         final = permanent or attempts >= self.settings.max_attempts
         values: dict[str, Any] = {"last_error": error[:MAX_ERROR], "updated_at": now, "lease_expires_at": None}
-        if final:
-            values.update(status=FAILED, sweep_after=None)
-        else:
+        outcome = FailedTry(FAILED)
+        if not final:
             delay = max(self.settings.backoff(attempts), retry_after or 0.0)
-            values.update(status=QUEUED, message_id=None, sweep_after=now + delay)
+            outcome = FailedTry(QUEUED, now + delay)
+            values.update(message_id=None)
+        values.update(status=outcome.status, sweep_after=outcome.retry_at)
         changed = conn.execute(update(events).where(holds_event(row.id, token)).values(**values)).rowcount
-        if not changed:
-            return None
-        return FAILED if final else QUEUED
+        return outcome if changed else None

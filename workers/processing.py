@@ -34,7 +34,7 @@ from providers.base import Clock
 from .calls import HandlerTimeout, TimeLimiter, call_handler, describe_failures
 from .event import Event
 from .leases import EventLeases, Lease, LeaseKeeper, ResourceKey, ResourceLeases
-from .lifecycle import EventLifecycle
+from .lifecycle import EventLifecycle, FailedTry
 from .ordering import due_at, due_prefix, is_superseded
 from .reconcile import Fetched, ReconcileError, Reconciler
 from .registry import Handler, HandlerRegistry
@@ -44,6 +44,37 @@ log = logging.getLogger("hookgate.worker")
 
 #: When another worker holds an event's resource, the sweep looks at the event again this much later.
 BUSY_RETRY_SECONDS = 1.0
+
+
+def log_handler_error(row: Any, name: str, exc: BaseException) -> None:
+    """One ERROR line per handler that raised: the event, the type, the message and the file:line
+    it was raised at, so that the line alone says what to fix; the traceback follows it."""
+    log.error(
+        "event %s/%s attempt %d: %s",
+        row.provider,
+        row.event_id,
+        row.attempts,
+        describe_failures([(name, exc)]),
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+
+
+def log_failed_try(row: Any, outcome: FailedTry, error: str, now: float) -> None:
+    """A try that failed: WARNING with when the retry runs, ERROR once the event is ``failed``."""
+    error = error.replace("\n", "; ")
+    if outcome.status == FAILED:
+        log.error("event %s/%s failed on attempt %d, no retry: %s", row.provider, row.event_id, row.attempts, error)
+        return
+    delay = max(0.0, (outcome.retry_at or now) - now)
+    log.warning(
+        "event %s/%s attempt %d failed; retry %d in %.1f s: %s",
+        row.provider,
+        row.event_id,
+        row.attempts,
+        row.attempts + 1,
+        delay,
+        error,
+    )
 
 
 def to_event(
@@ -251,16 +282,14 @@ class Processor:
     ) -> str | None:
         """Record a failed try in a transaction of its own; the new status, or ``None``."""
         with self.engine.begin() as conn:
-            status = self.lifecycle.fail(conn, row, token, error, retry_after=retry_after, permanent=permanent)
-        log.warning(
-            "event failed provider=%s event=%s attempt=%d now=%s: %s",
-            row.provider,
-            row.event_id,
-            row.attempts,
-            status,
-            error,
-        )
-        return status
+            outcome = self.lifecycle.fail(conn, row, token, error, retry_after=retry_after, permanent=permanent)
+        if outcome is None:
+            log.warning(
+                "event %s/%s: lease lost before its failure was recorded: %s", row.provider, row.event_id, error
+            )
+            return None
+        log_failed_try(row, outcome, error, self.clock())
+        return outcome.status
 
     def run_and_commit(
         self,
@@ -277,9 +306,11 @@ class Processor:
         unrecorded: Exception | None = None
         with self.engine.connect() as conn:
             self.begin(conn, sessions=any(h.takes_session for h in todo))
-            succeeded, failures = self.run_handlers(todo, prepared.event, conn, leases)
+            succeeded, failures = self.run_handlers(todo, prepared.event, conn, leases, row)
             try:
-                status, after = self.record_outcome(conn, prepared, row, token, key, stored, succeeded, failures)
+                status, after, failed = self.record_outcome(
+                    conn, prepared, row, token, key, stored, succeeded, failures
+                )
             except Exception as exc:
                 conn.rollback()
                 unrecorded = exc
@@ -290,8 +321,10 @@ class Processor:
         if status is None:
             log.warning("event %s/%s: lease lost while running handlers", row.provider, row.event_id)
             return None
-        log_outcome = log.warning if failures else log.info
-        log_outcome(
+        if failed is not None:
+            log_failed_try(row, failed, describe_failures(failures), self.clock())
+            return after
+        log.info(
             "%s provider=%s event=%s type=%s attempt=%d",
             status,
             row.provider,
@@ -302,7 +335,7 @@ class Processor:
         return after
 
     def run_handlers(
-        self, todo: list[Handler], event: Event, conn: Connection, leases: list[Lease]
+        self, todo: list[Handler], event: Event, conn: Connection, leases: list[Lease], event_row: Any
     ) -> tuple[list[str], list[tuple[str, BaseException]]]:
         """Call each handler under the time limit; the names that succeeded and the failures."""
         succeeded: list[str] = []
@@ -314,6 +347,7 @@ class Processor:
                 with self.limiter.limit():
                     call_handler(handler, event, conn)
             except (Exception, HandlerTimeout) as exc:
+                log_handler_error(event_row, handler.name, exc)
                 failures.append((handler.name, exc))
             else:
                 succeeded.append(handler.name)
@@ -346,14 +380,17 @@ class Processor:
         stored: StoredResource,
         succeeded: list[str],
         failures: list[tuple[str, BaseException]],
-    ) -> tuple[str | None, StoredResource | None]:
+    ) -> tuple[str | None, StoredResource | None, FailedTry | None]:
         """Write the status, the resource and the handler runs, fenced by the token; commit.
 
-        Returns the new status (``None`` if the lease was lost and nothing was written) and the
-        resource as stored afterwards if the event settled (``None`` if the ones behind must wait).
+        Returns the new status (``None`` if the lease was lost and nothing was written), the
+        resource as stored afterwards if the event settled (``None`` if the ones behind must wait)
+        and, if handlers failed, what the failed try left (for the log).
         """
+        failed: FailedTry | None = None
         if failures:
-            status = self.lifecycle.fail(conn, row, token, describe_failures(failures))
+            failed = self.lifecycle.fail(conn, row, token, describe_failures(failures))
+            status = failed.status if failed else None
             after = stored if status == FAILED else None
         else:
             status = SUPERSEDED if prepared.event.superseded else PROCESSED
@@ -365,7 +402,7 @@ class Processor:
                 status = status if after is not None else None
         if status is None:
             conn.rollback()
-            return None, None
+            return None, None, None
         self.lifecycle.record_handlers(conn, row, succeeded)  # only once the fence has held
         conn.commit()
-        return status, after
+        return status, after, failed
