@@ -18,6 +18,9 @@ from gateway.cli import main
 from gateway.embedded_redis import EmbeddedRedis
 from tests.support.servers import ROOT, wait_for
 
+#: The tests' own copy of the example configuration: a user's edits to providers.yaml never reach them.
+EXAMPLE_CONFIG = ROOT / "tests" / "support" / "example_providers.yaml"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -40,10 +43,11 @@ def children(pid: int, running: str = "") -> list[int]:
 
 
 class QuickStart:
-    """``hookgate <command>`` in a fresh directory holding only the example providers.yaml."""
+    """``hookgate <command>`` in a fresh directory holding only the tests' copy of the example
+    providers.yaml."""
 
     def __init__(self, directory: Path, command: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        shutil.copy(ROOT / "providers.yaml", directory / "providers.yaml")
+        shutil.copy(EXAMPLE_CONFIG, directory / "providers.yaml")
         for name in ("HOOKGATE_REDIS_URL", "HOOKGATE_DATABASE_URL", "HOOKGATE_CONFIG", "HOOKGATE_DATA_DIR"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.chdir(directory)
@@ -167,7 +171,7 @@ def test_embedded_redis_dies_with_a_killed_intake(quick_start) -> None:  # type:
 
 
 def test_send_reports_an_unknown_provider(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["send", "nope", "--type", "x", "--config", str(ROOT / "providers.yaml")]) == 2
+    assert main(["send", "nope", "--type", "x", "--config", str(EXAMPLE_CONFIG)]) == 2
     assert "no provider 'nope'" in capsys.readouterr().err
 
 
