@@ -6,11 +6,12 @@ Every problem is reported together, each as ``file:line: field: message`` so tha
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from .errors import ConfigError
 #: ``${NAME}``, or ``${NAME:-default}`` for an explicit fallback (used by the quick start).
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-COMMON_KEYS = {"type", "secrets", "tolerance_seconds", "max_body_bytes", "api", "ordering"}
+COMMON_KEYS = ("type", "secrets", "tolerance_seconds", "max_body_bytes", "api", "ordering")
+SECTIONS = ("defaults", "providers", "handlers", "workers")
+DEFAULTS_KEYS = ("tolerance_seconds", "max_body_bytes", "ordering")
 #: How long fresh events of a resource are held so that stragglers are applied in order.
 DEFAULT_WINDOW_MS = 2000
 Path_ = tuple[str | int, ...]
@@ -74,6 +77,18 @@ class Config:
     providers: dict[str, ProviderEntry]
     handlers: tuple[str, ...] = ()
     workers: WorkerSettings = WorkerSettings()
+    #: Line numbers of the file's entries, so that problems found later (a handler module that
+    #: cannot be imported) point at their line like the loader's own problems do.
+    lines: _Lines | None = field(default=None, compare=False, repr=False)
+
+    def where(self, path: Path_) -> str:
+        """``file:line: dotted.path``, the prefix of every problem about the entry at ``path``."""
+        return _where(self.path, self.lines, path)
+
+    @property
+    def provider_types(self) -> dict[str, str]:
+        """Each configured provider's built-in type, by name."""
+        return {name: entry.provider.type_name for name, entry in self.providers.items()}
 
 
 class _Lines:
@@ -108,6 +123,25 @@ def _dotted(path: Path_) -> str:
     return text
 
 
+def _where(file: Path, lines: _Lines | None, path: Path_) -> str:
+    line = lines.line(path) if lines else 1
+    return f"{file}:{line}: {_dotted(path)}" if path else f"{file}:{line}"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The choice ``word`` is probably a typo of, if one is close enough (difflib's ratio >= 0.6)."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return close[0] if close else None
+
+
+def unknown(what: str, word: str, known: Iterable[str], *, label: str = "known", always_list: bool = False) -> str:
+    """``unknown key: did you mean 'type'?``: the near match, else (or also) the known choices."""
+    known = list(known)
+    near = did_you_mean(word, known)
+    message = f"{what}: did you mean {near!r}?" if near else what
+    return f"{message} ({label}: {', '.join(known)})" if always_list or not near else message
+
+
 def _field_path(field_name: str) -> Path_:
     """``secrets[0]`` or ``signature.header`` from a provider's problem, as a path."""
     path: list[str | int] = []
@@ -127,9 +161,7 @@ class _Loader:
         self.unresolved: set[Path_] = set()
 
     def problem(self, path: Path_, message: str) -> None:
-        line = self.lines.line(path) if self.lines else 1
-        where = f"{_dotted(path)}: " if path else ""
-        self.problems.append(f"{self.path}:{line}: {where}{message}")
+        self.problems.append(f"{_where(self.path, self.lines, path)}: {message}")
 
     def substitute(self, value: Any, path: Path_) -> Any:
         """Replace ``${NAME}`` in every string; a missing variable is a problem, never ''."""
@@ -175,10 +207,11 @@ class _Loader:
         if not isinstance(data, dict):
             raise ConfigError([f"{self.path}:1: the file must be a mapping with a providers: section"])
         for key in data:
-            if key not in ("defaults", "providers", "handlers", "workers"):
-                self.problem((key,), "unknown section (expected defaults, providers, handlers, workers)")
+            if key not in SECTIONS:
+                self.problem((key,), unknown("unknown section", str(key), SECTIONS, always_list=True))
         data = self.substitute(data, ())
         defaults = data.get("defaults") or {}
+        self.unknown_keys(defaults, ("defaults",), DEFAULTS_KEYS)
         tolerance = self.positive_int(defaults, "tolerance_seconds", ("defaults",), 300)
         max_body = self.positive_int(defaults, "max_body_bytes", ("defaults",), 1_048_576)
         window_ms = self.window_ms(defaults, ("defaults",), DEFAULT_WINDOW_MS)
@@ -198,16 +231,36 @@ class _Loader:
         workers = self.workers(data.get("workers") or {})
         if self.problems:
             raise ConfigError(self.problems)
-        return Config(self.path, providers, tuple(handlers), workers)
+        return Config(self.path, providers, tuple(handlers), workers, self.lines)
+
+    def unknown_keys(self, section: Any, path: Path_, known: Iterable[str], what: str = "unknown key") -> set[str]:
+        """Report each key of ``section`` not in ``known``, naming the near match; returns them."""
+        known = list(known)
+        found = [key for key in section if key not in known] if isinstance(section, dict) else []
+        for key in found:
+            self.problem((*path, key), unknown(what, str(key), known))
+        return set(found)
+
+    def type_problem(self, raw: dict[Any, Any], path: Path_) -> None:
+        """A missing or unknown ``type:``; the type's own keys cannot be judged without it, but a
+        misspelt ``type`` key (``tpye``) is named as such."""
+        type_name = raw.get("type")
+        built_in = sorted(PROVIDER_TYPES)
+        if type_name is None:
+            for key in raw:
+                if did_you_mean(str(key), ["type"]):
+                    self.problem((*path, key), "unknown key: did you mean 'type'?")
+            self.problem((*path, "type"), "required: one of the built-in types, e.g. type: stripe")
+        else:
+            what = f"unknown type {type_name!r}"
+            self.problem((*path, "type"), unknown(what, str(type_name), built_in, label="built in", always_list=True))
 
     def window_ms(self, section: Mapping[str, Any], path: Path_, default: int) -> int:
         ordering = section.get("ordering") or {}
         if not isinstance(ordering, dict):
             self.problem((*path, "ordering"), "must be a mapping, e.g. {window_ms: 2000}")
             return default
-        for key in ordering:
-            if key != "window_ms":
-                self.problem((*path, "ordering", key), "unknown key (known: window_ms)")
+        self.unknown_keys(ordering, (*path, "ordering"), ["window_ms"])
         return self.positive_int(ordering, "window_ms", (*path, "ordering"), default)
 
     def provider(self, name: str, raw: Any, tolerance: int, max_body: int, window_ms: int) -> ProviderEntry | None:
@@ -220,9 +273,10 @@ class _Loader:
         type_name = raw.get("type")
         cls = PROVIDER_TYPES.get(type_name) if isinstance(type_name, str) else None
         if cls is None:
-            known = ", ".join(sorted(PROVIDER_TYPES))
-            self.problem((*path, "type"), f"unknown type {type_name!r} (built in: {known})")
+            self.type_problem(raw, path)
             return None
+        known = [*COMMON_KEYS, *sorted(cls.option_keys)]
+        unknown_keys = self.unknown_keys(raw, path, known, f"unknown key for type {cls.type_name!r}")
         secrets = raw.get("secrets", [])
         if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
             self.problem((*path, "secrets"), "must be a list of strings")
@@ -239,7 +293,7 @@ class _Loader:
             type=str(type_name),
             secrets=tuple(secrets),
             tolerance_seconds=self.positive_int(raw, "tolerance_seconds", path, tolerance),
-            options={k: v for k, v in raw.items() if k not in COMMON_KEYS},
+            options={k: v for k, v in raw.items() if k not in COMMON_KEYS and k not in unknown_keys},
         )
         try:
             provider = cls(settings, clock=self.clock)
@@ -251,6 +305,8 @@ class _Loader:
         if raw_api is not None:
             api, problems = ApiSettings.parse(raw_api, cls.api_base_url)
             for field_name, message in problems:
+                if message == "unknown key":
+                    message = unknown(message, field_name.removeprefix("api."), ApiSettings.KEYS)
                 self.problem((*path, *_field_path(field_name)), message)
         return ProviderEntry(provider, self.positive_int(raw, "max_body_bytes", path, max_body), api, window / 1000)
 
@@ -260,10 +316,11 @@ class _Loader:
             return WorkerSettings()
         known = {f.name: f for f in fields(WorkerSettings)}
         values: dict[str, Any] = {}
+        unknown_keys = self.unknown_keys(raw, ("workers",), known)
         for key, value in raw.items():
-            if key not in known:
-                self.problem(("workers", key), f"unknown key (known: {', '.join(known)})")
-            elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if key in unknown_keys:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 self.problem(("workers", key), "must be a number > 0")
             else:
                 values[key] = int(value) if key == "max_attempts" else float(value)

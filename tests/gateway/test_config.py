@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.config import ENV_REFERENCE, load_config
 from gateway.errors import ConfigError
+from providers import PROVIDER_TYPES
+from tests.support.servers import ROOT
+from tests.test_cli import EXAMPLE_CONFIG
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -126,8 +130,26 @@ def test_hookgate_check_passes_on_the_example(
 ) -> None:
     monkeypatch.setenv("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp_path}/db.sqlite")
     monkeypatch.delenv("HOOKGATE_REDIS_URL", raising=False)
-    assert main(["check", "--config", str(Path(__file__).parents[2] / "providers.yaml")]) == 0
+    assert main(["check", "--config", str(EXAMPLE_CONFIG)]) == 0
     assert "4 providers" in capsys.readouterr().out
+
+
+def test_the_shipped_example_as_committed_passes_check_with_nothing_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """About the shipped example only: providers.yaml *as committed* (``git show HEAD:``), so that a
+    user's edits to their working copy, which the README invites, never fail this test."""
+    try:
+        shipped = subprocess.run(
+            ["git", "show", "HEAD:providers.yaml"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the shipped providers.yaml is checked from the repository's HEAD")
+    for name, _ in ENV_REFERENCE.findall(shipped):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp_path}/db.sqlite")
+    monkeypatch.delenv("HOOKGATE_REDIS_URL", raising=False)
+    assert main(["check", "--config", str(write(tmp_path, shipped))]) == 0, capsys.readouterr().err
 
 
 def test_api_and_ordering_settings(tmp_path: Path) -> None:
@@ -196,3 +218,52 @@ def test_type_specific_keys_are_checked_with_their_lines(tmp_path: Path) -> None
         "providers.sms.public_url",
     ]
     assert [line.split(": ")[0].rsplit(":", 1)[1] for line in found] == ["4", "5", "11"]
+
+
+def test_a_misspelt_key_is_named_with_the_key_it_probably_meant(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        providers:
+          stripe:
+            tpye: stripe
+            secrets: [whsec_12345678]
+          gh: {type: githb, secrets: [github-secret]}
+          sms: {type: twilio, secrets: [an-auth-token], public_ulr: "https://hooks.example.com/sms"}
+          acme:
+            type: hmac
+            secrets: [acme-secret]
+            signature: {header: X-Sig}
+            event: {id: "header:X-Id", type: "body:type"}
+            api: {base_url: "https://api.acme.example", tokn: abc}
+        defaults: {tolerence_seconds: 60, max_body_bytes: 1024}
+        workers: {lease_secs: 5}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:13: defaults.tolerence_seconds: unknown key: did you mean 'tolerance_seconds'?",
+        f"{path}:3: providers.stripe.tpye: unknown key: did you mean 'type'?",
+        f"{path}:2: providers.stripe.type: required: one of the built-in types, e.g. type: stripe",
+        f"{path}:5: providers.gh.type: unknown type 'githb': did you mean 'github'? (built in: "
+        + ", ".join(sorted(PROVIDER_TYPES))
+        + ")",
+        f"{path}:6: providers.sms.public_ulr: unknown key for type 'twilio': did you mean 'public_url'?",
+        f"{path}:12: providers.acme.api.tokn: unknown key: did you mean 'token'?",
+        f"{path}:14: workers.lease_secs: unknown key: did you mean 'lease_seconds'?",
+    ]
+
+
+def test_a_misspelt_section_is_named_with_the_section_it_probably_meant(tmp_path: Path) -> None:
+    path = write(tmp_path, "provders:\n  stripe: {type: stripe, secrets: [whsec_12345678]}\n")
+    assert problems(path) == [
+        f"{path}:1: provders: unknown section: did you mean 'providers'? "
+        "(known: defaults, providers, handlers, workers)",
+        f"{path}:1: providers: at least one provider is required",
+    ]
+
+
+def test_an_unknown_key_with_no_near_match_lists_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "providers:\n  stripe: {type: stripe, secrets: [whsec_12345678], colour: blue}\n")
+    (problem,) = problems(path)
+    assert problem.startswith(f"{path}:2: providers.stripe.colour: unknown key for type 'stripe' (known: ")
+    assert "secrets" in problem
