@@ -6,12 +6,14 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -19,6 +21,9 @@ from .config import Config, load_config
 from .errors import ConfigError, HookgateError
 from .processes import Supervised, exit_on_sigterm, run_forwarding_signals
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from workers.registry import Finding
 
 
 def _when(timestamp: float | None) -> str:
@@ -72,44 +77,52 @@ def _worker_command(processes: int, threads: int) -> list[str]:
     return [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes), "--threads", str(threads)]
 
 
-def _handler_import_problem(config: Config) -> str | None:
-    """Import the handler modules as the worker will, in a short child process; any failure, in one line.
+def _handler_findings(config: Config) -> list[Finding]:
+    """Import the handler modules as the worker will, in a short child process, and look at what
+    they registered (see :func:`workers.registry.check_modules`).
 
     The intake never imports users' handler modules, so this runs in its own interpreter with the
-    worker's environment and working directory, the latter first on ``sys.path`` as Dramatiq's CLI
-    puts it (``--path .``). A module that fails here would crash every worker start.
+    worker's environment and working directory; :func:`workers.registry.load_handler_modules`
+    decides the import path there as it does in the worker. A module that fails here would crash
+    every worker start.
     """
     import subprocess
 
+    from workers.registry import Finding
+
     if not config.handlers:
-        return None
-    code = (
-        "import sys; sys.path.insert(0, '.'); from workers.registry import import_problem; "
-        "problem = import_problem(sys.argv[1:]); problem and print(problem); sys.exit(problem is not None)"
-    )
+        return []
+    code = "import sys; from workers.registry import print_findings; print_findings(*sys.argv[1:])"
+    argv = [sys.executable, "-c", code, orjson.dumps(config.provider_types).decode(), *config.handlers]
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", code, *config.handlers], capture_output=True, text=True, timeout=120
-        )
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
-        return f"{config.path}: handlers: importing {', '.join(config.handlers)} took longer than 120s"
-    if done.returncode == 0:
-        return None
-    # 1 with the problem as the last line printed; otherwise it died before it could say.
+        return [Finding(f"importing {', '.join(config.handlers)} took longer than 120s", module="")]
+    # The findings are the last line printed; without them, the child died before it could say.
     out, err = done.stdout.strip().splitlines(), done.stderr.strip().splitlines()
-    if done.returncode == 1 and out:
-        problem = out[-1]
-    else:
-        problem = f"the import check exited with code {done.returncode}" + (f": {err[-1]}" if err else "")
-    return f"{config.path}: handlers: {problem}"
+    if done.returncode == 0 and out:
+        with contextlib.suppress(ValueError):
+            return [Finding(**found) for found in orjson.loads(out[-1])]
+    message = f"the import check exited with code {done.returncode}" + (f": {err[-1]}" if err else "")
+    return [Finding(message, module="")]
+
+
+def _finding_line(config: Config, finding: Finding) -> str:
+    """One line per finding: at the ``handlers:`` entry of a module that cannot be imported, else
+    at the ``@on`` in the handler's source; warnings say so."""
+    if finding.module is not None:
+        index = config.handlers.index(finding.module) if finding.module in config.handlers else None
+        return f"{config.where(('handlers',) if index is None else ('handlers', index))}: {finding.message}"
+    return f"{finding.where}: {'' if finding.fatal else 'warning: '}{finding.message}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = _config(settings)
-    problem = _handler_import_problem(config)
-    if problem is not None:
-        print(f"hookgate run: not starting: {problem}", file=sys.stderr)
+    # Only modules that cannot be imported stop it; the worker logs registrations that never run.
+    problems = [_finding_line(config, f) for f in _handler_findings(config) if f.module is not None]
+    if problems:
+        print("\n".join(f"hookgate run: not starting: {problem}" for problem in problems), file=sys.stderr)
         return 1
     exit_on_sigterm()
     with _redis_url(settings) as url:
@@ -138,6 +151,51 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return run_forwarding_signals(_worker_command(args.processes, args.threads))
 
 
+#: psycopg's ``connection to server at "host" (address), port 5432 failed: FATAL:  reason``.
+_PG_FAILED = re.compile(
+    r'connection to server (?:at "(?P<host>[^"]*)"(?: \([^)]*\))?, port (?P<port>\d+)|on socket "(?P<socket>[^"]*)")'
+    r" failed: (?:FATAL:\s*)?(?P<reason>.+)"
+)
+#: redis-py's ``Error 111 connecting to host:port. Connection refused.``
+_REDIS_FAILED = re.compile(r"Error -?\d+ connecting to (?P<at>\S+?)\.? (?P<reason>.+?)\.?$")
+
+
+def _unanswered(variable: str, url: str, what: str, exc: Exception) -> str:
+    """Why the store or broker at ``url`` did not answer, in one line naming where it was looked
+    for (the reason and the host, or the SQLite file), never its password: drivers' errors are
+    terse (``OperationalError``) and URLs may hold credentials."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return f"{variable} is not a valid URL: {type(exc).__name__}"
+    secrets = [s for s in (parsed.password, parsed.query.get("password")) if isinstance(s, str) and s]
+    shown = parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        file = os.path.abspath(parsed.database)
+        reason = f"cannot open {file}" if "unable to open" in first else f"{first}: {file}"
+    elif found := _PG_FAILED.search(first):
+        reason = _at(found["reason"], found["socket"] or f"{found['host']}:{found['port']}")
+    elif found := _REDIS_FAILED.match(first):
+        reason = _at(found["reason"], found["at"])
+    else:
+        host = f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+        reason = f"{type(exc).__name__}: {first}" + (f" (at {host})" if host else "")
+    for secret in secrets:
+        reason = reason.replace(secret, "***")
+    return f"{variable}={shown}: {what} does not answer: {reason}"
+
+
+def _at(reason: str, where: str) -> str:
+    """``connection refused at host:port``; any other reason with ``(at host:port)`` after it."""
+    reason = reason.strip()
+    reason = reason[:1].lower() + reason[1:] if reason[1:2].islower() else reason
+    return f"{reason} at {where}" if reason.startswith("connection refused") else f"{reason} (at {where})"
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     problems: list[str] = []
@@ -146,34 +204,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems += exc.problems
         config = None
+    warnings: list[str] = []
     if config is not None:
-        from workers.registry import load_handler_modules
-
-        for module in config.handlers:
-            try:
-                load_handler_modules([module])
-            except Exception as exc:
-                problems.append(
-                    f"{settings.config_path}: handlers: cannot import {module}: {type(exc).__name__}: {exc}"
-                )
+        for finding in _handler_findings(config):
+            (problems if finding.fatal else warnings).append(_finding_line(config, finding))
     from .database import create_store_engine, ping
 
     try:
         ping(create_store_engine(settings.database_url))
     except Exception as exc:
-        problems.append(f"HOOKGATE_DATABASE_URL: the store does not answer: {type(exc).__name__}")
+        problems.append(_unanswered("HOOKGATE_DATABASE_URL", settings.database_url, "the store", exc))
     if settings.redis_url:
         from .queue import EventQueue, create_broker
 
         try:
             EventQueue(create_broker(settings.redis_url)).ping()
         except Exception as exc:
-            problems.append(f"HOOKGATE_REDIS_URL: the broker does not answer: {type(exc).__name__}")
+            problems.append(_unanswered("HOOKGATE_REDIS_URL", settings.redis_url, "the broker", exc))
+    if problems or warnings:
+        print("\n".join(problems + warnings), file=sys.stderr)
     if problems:
-        print("\n".join(problems), file=sys.stderr)
         return 1
     assert config is not None
-    print(f"{settings.config_path}: {len(config.providers)} providers, {len(config.handlers)} handler modules: OK")
+    counts = f"{len(config.providers)} providers, {len(config.handlers)} handler modules"
+    print(f"{settings.config_path}: {counts}: OK" + (f" ({len(warnings)} warnings)" if warnings else ""))
     return 0
 
 

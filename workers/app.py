@@ -25,7 +25,7 @@ from .leases import LeaseKeeper
 from .processing import Processor
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
-from .registry import HandlerRegistry, load_handler_modules, registry
+from .registry import HandlerRegistry, load_handler_modules, registry, warn_about_registrations
 
 log = logging.getLogger("hookgate.worker")
 
@@ -142,6 +142,7 @@ def build_worker_broker(
     create_schema(schema_engine)
     schema_engine.dispose()
     load_handler_modules(config.handlers)
+    warn_about_registrations(handlers, config.provider_types)
     # Handler retries are scheduled in the store (see lifecycle.fail) and the time limit applies
     # per handler call (see workers.calls): Dramatiq retries nothing and limits no message.
     broker = create_broker(redis_url, middleware=[Retries(max_retries=0)])
