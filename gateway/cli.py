@@ -305,6 +305,33 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
     return 1 if done.refused else 0
 
 
+#: What ``hookgate send --data FILE`` does with the file's JSON object, per provider type, as each
+#: type's ``sample()`` builds its event (tests/test_send_data.py checks every line against it).
+SEND_DATA = {
+    "discord": "replaces data (of an interaction; of other events, event.data)",
+    "github": "replaces the whole payload (its action is set from --type if absent)",
+    "gitlab": "replaces object_attributes",
+    "hmac": "replaces data",
+    "hubspot": "is merged into the event (the body is a batch of one)",
+    "intercom": "replaces data.item",
+    "linear": "is merged into data",
+    "mailgun": "is merged into event-data",
+    "meta": "replaces entry[0].changes[0].value",
+    "msgraph": "is merged into the notification (value[0])",
+    "paddle": "replaces data",
+    "pagerduty": "replaces event.data",
+    "sendgrid": "is merged into the event (the body is a batch of one)",
+    "shopify": "replaces the whole payload",
+    "slack": "replaces event (type: --type unless the file has one; a slash_command's form fields are merged)",
+    "square": "replaces data.object.<kind> (kind: --type up to its first dot)",
+    "standard": "replaces data",
+    "stripe": "replaces data.object",
+    "twilio": "is merged into the form fields",
+    "twitch": "replaces event",
+    "zoom": "replaces payload.object",
+}
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import httpx
 
@@ -317,7 +344,14 @@ def cmd_send(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    data = orjson.loads(Path(args.data).read_bytes()) if args.data else None
+    try:
+        data = orjson.loads(Path(args.data).read_bytes()) if args.data else None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        print(f"--data {args.data}: {exc}", file=sys.stderr)
+        return 2
+    if data is not None and not isinstance(data, dict):
+        print(f"--data {args.data}: must hold a JSON object (see hookgate send --help)", file=sys.stderr)
+        return 2
     event_id = args.id or f"evt_{uuid.uuid4().hex[:24]}"
     url = args.url or f"http://127.0.0.1:8000/webhooks/{args.provider}"
     key = Path(args.key).read_text().strip() if args.key else None
@@ -380,7 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("send", cmd_send, "sign a sample event as the provider would and POST it")
     p.add_argument("provider")
     p.add_argument("--type", required=True, help="event type, e.g. invoice.paid or issues.opened")
-    p.add_argument("--data", help="JSON file with the event's data object")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="a JSON object for the sample event: what it replaces depends on the provider's type (below)",
+    )
     p.add_argument("--id", help="event id (default: a new random one)")
     p.add_argument("--url", help="default: http://127.0.0.1:8000/webhooks/PROVIDER")
     p.add_argument(
@@ -388,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the key to sign with (default: the first secret); sendgrid and discord "
         "need the private half of their public_key (PEM for sendgrid, the 64-hex seed for discord)",
     )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "--data FILE, by provider type:\n" + "\n".join(f"  {t:<10} {text}" for t, text in SEND_DATA.items())
     return parser
 
 
