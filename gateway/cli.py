@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -23,6 +23,8 @@ from .processes import Supervised, exit_on_sigterm, run_forwarding_signals
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from workers.registry import Finding
 
 
@@ -231,10 +233,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace) -> Engine:
     from .database import create_store_engine
 
     return create_store_engine(_settings(args).database_url)
+
+
+def _next(row: Any) -> str:
+    """What a waiting event waits for, from the columns :mod:`gateway.eventlog` computes; the
+    event ahead of it first, since a scheduled retry also waits for that one."""
+    if row.waiting_behind is not None:
+        return f"waiting behind event {row.waiting_behind}"
+    if row.retry_at is not None:
+        return f"retry {row.next_attempt} at {_when(row.retry_at)}"
+    return "-"
 
 
 def cmd_events_list(args: argparse.Namespace) -> int:
@@ -243,10 +255,12 @@ def cmd_events_list(args: argparse.Namespace) -> int:
     rows = list_events(
         _engine(args), provider=args.provider, status=args.status, event_type=args.type, limit=args.limit
     )
-    print(f"{'ID':>7}  {'RECEIVED':19}  {'PROVIDER':10}  {'STATUS':10}  {'TRIES':>5}  {'TYPE':28}  EVENT ID")
+    head = f"{'ID':>7}  {'RECEIVED':19}  {'PROVIDER':10}  {'STATUS':10}  {'TRIES':>5}  {'NEXT':31}  {'TYPE':28}"
+    print(f"{head}  EVENT ID")
     for r in rows:
-        when = _when(r.received_at)
-        print(f"{r.id:>7}  {when:19}  {r.provider:10}  {r.status:10}  {r.attempts:>5}  {r.event_type:28}  {r.event_id}")
+        when, step = _when(r.received_at), _next(r)
+        line = f"{r.id:>7}  {when:19}  {r.provider:10}  {r.status:10}  {r.attempts:>5}  {step:31}  {r.event_type:28}"
+        print(f"{line}  {r.event_id}")
     return 0
 
 
@@ -266,6 +280,7 @@ def cmd_events_show(args: argparse.Namespace) -> int:
         ("resource", row.resource_id or "-"),
         ("sequence", row.sequence if row.sequence is not None else "-"),
         ("status", row.status),
+        ("next", _next(row)),
         ("attempts", row.attempts),
         ("received", _when(row.received_at)),
         ("processed", _when(row.processed_at)),

@@ -1,4 +1,11 @@
-"""Reading and replaying the event log (the CLI and, later, the admin API use these)."""
+"""Reading and replaying the event log (the CLI and, later, the admin API use these).
+
+Besides its status, a listed event says what it waits for, computed by the store in the same
+query: ``retry_at`` (with ``next_attempt``) when a failed try scheduled a retry, and
+``waiting_behind``, the store id of the event of the same resource that the per-resource order
+applies first and that is not finished (see ``workers.ordering``; that module is not imported
+here: the gateway never loads the workers).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,62 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import ColumnElement, Engine, ScalarSelect, Select, and_, case, or_, select, update
 
 from .errors import ReplayError
-from .models import FAILED, QUEUED, STATUSES, UNFINISHED, events, handler_runs
+from .models import FAILED, QUEUED, RECEIVED, STATUSES, UNFINISHED, events, handler_runs
+
+
+def applied_before(ahead: Any, event: Any) -> ColumnElement[bool]:
+    """Whether the per-resource order puts ``ahead`` before ``event`` (two aliases of the events
+    table): by sequence, an event without one first, then by arrival (the store id)."""
+    return or_(
+        and_(ahead.c.sequence.is_(None), event.c.sequence.is_not(None)),
+        ahead.c.sequence < event.c.sequence,
+        and_(
+            or_(ahead.c.sequence == event.c.sequence, and_(ahead.c.sequence.is_(None), event.c.sequence.is_(None))),
+            ahead.c.id < event.c.id,
+        ),
+    )
+
+
+def waiting_behind(event: Any = events) -> ScalarSelect[Any]:
+    """The store id of the first unfinished event of ``event``'s resource that is applied before
+    it, while ``event`` waits (``received``/``queued``); NULL otherwise. A correlated subquery."""
+    ahead = events.alias("ahead")
+    return (
+        select(ahead.c.id)
+        .where(
+            event.c.status.in_((RECEIVED, QUEUED)),
+            ahead.c.provider == event.c.provider,
+            ahead.c.resource_id == event.c.resource_id,
+            ahead.c.status.in_(UNFINISHED),
+            applied_before(ahead, event),
+        )
+        .order_by(ahead.c.sequence.asc().nulls_first(), ahead.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def retry_at() -> ColumnElement[Any]:
+    """When the next try of an event runs, if a failed try of its current round scheduled it:
+    ``queued``, no broker message yet, and ``sweep_after`` the time (see ``workers.lifecycle``)."""
+    retrying = and_(
+        events.c.status == QUEUED,
+        events.c.message_id.is_(None),
+        events.c.attempts > events.c.attempts_before_round,
+    )
+    return case((retrying, events.c.sweep_after), else_=None)
+
+
+def _with_next(query: Select[Any]) -> Select[Any]:
+    """``query`` with what each event waits for: ``retry_at``, ``next_attempt``, ``waiting_behind``."""
+    return query.add_columns(
+        retry_at().label("retry_at"),
+        (events.c.attempts + 1).label("next_attempt"),
+        waiting_behind().label("waiting_behind"),
+    )
 
 
 def list_events(
@@ -21,17 +80,19 @@ def list_events(
     event_type: str | None = None,
     limit: int = 50,
 ) -> Sequence[Any]:
-    """Newest first, without bodies."""
+    """Newest first, without bodies, with what each event waits for (see :func:`_with_next`)."""
     query = (
-        select(
-            events.c.id,
-            events.c.provider,
-            events.c.event_id,
-            events.c.event_type,
-            events.c.status,
-            events.c.attempts,
-            events.c.received_at,
-            events.c.last_error,
+        _with_next(
+            select(
+                events.c.id,
+                events.c.provider,
+                events.c.event_id,
+                events.c.event_type,
+                events.c.status,
+                events.c.attempts,
+                events.c.received_at,
+                events.c.last_error,
+            )
         )
         .order_by(events.c.id.desc())
         .limit(limit)
@@ -47,8 +108,9 @@ def list_events(
 
 
 def find_event(engine: Engine, ref: str, provider: str | None = None) -> tuple[Any, list[Any]] | None:
-    """An event by store id or by the provider's event id, with its handler runs."""
-    query = select(events)
+    """An event by store id or by the provider's event id, with its handler runs and what it
+    waits for (see :func:`_with_next`)."""
+    query = _with_next(select(events))
     if ref.isdigit() and provider is None:
         query = query.where(events.c.id == int(ref))
     else:
