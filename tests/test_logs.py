@@ -7,21 +7,29 @@ and for the secrets test also of ``hookgate serve`` run as its own process.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
+from sqlalchemy import insert
 
+from gateway.config import WorkerSettings
+from gateway.models import QUEUED, RECEIVED, events
+from gateway.queue import EventQueue, create_broker, new_token
 from tests.conftest import Hookgate
 from tests.support.fake_api import Answer, FakeApi
 from tests.support.servers import ROOT, wait_for
+from workers.recovery import RecoverySweep
 
 HANDLERS = ROOT / "tests" / "support" / "handlers.py"
 QUERY_KEY = "qk-9f31c0ffee-query-credential"
@@ -151,3 +159,108 @@ def test_a_raising_handler_is_logged_at_error_with_its_type_message_and_origin(h
     assert "ValueError: boom on try 3" in final
     # The traceback of each raise follows its line (exc_info).
     assert sum(line.startswith("Traceback (most recent call last)") for line in lines) >= 3
+
+
+def recovery_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "[hookgate.recovery]" in line]
+
+
+def test_events_held_by_the_ordering_window_or_a_retry_are_not_reported_as_sent_again(hookgate: Hookgate) -> None:
+    # The retry waits longer than requeue_after_seconds: the sweep looks at the events behind it
+    # several times while they wait.
+    hookgate.configure_workers(min_backoff_seconds=2.5, max_backoff_seconds=2.5)
+    hookgate.configure_provider("acme", ordering={"window_ms": 300})
+    hookgate.start_intake()
+    worker = hookgate.start_worker(processes=2, threads=2)
+    sent = [
+        (f"held-{resource}-{version}", "thing.updated", resource, version)
+        for resource in "abc"
+        for version in (3, 1, 2)
+    ]
+    sent += [
+        ("retried-1", "fail.once", "r", 1),
+        ("retried-2", "thing.updated", "r", 2),
+        ("retried-3", "thing.updated", "r", 3),
+    ]
+    for event_id, event_type, resource, version in sent:
+        body, headers = hookgate.signed("acme", event_type, event_id, {"id": f"obj-{resource}", "version": version})
+        assert hookgate.post("acme", body, headers).status_code == 200
+    wait_for(lambda: set(hookgate.statuses().values()) == {"processed"}, 30, what="every event processed")
+    assert hookgate.event("acme", "retried-1").attempts == 2
+    assert [line[2] for line in hookgate.effects() if line[5] == "obj-r"] == ["retried-1", "retried-2", "retried-3"]
+    worker.stop()
+    # Held events coming due are routine: DEBUG, which the worker's default INFO level leaves out.
+    assert recovery_lines(worker.log) == []
+
+
+def test_events_whose_broker_message_was_lost_are_reported_as_recovered(hookgate: Hookgate) -> None:
+    hookgate.start_intake()
+    ids = [f"lost-{n}" for n in range(5)]
+    for event_id in ids:  # one resource each: no pass applies another's event
+        body, headers = hookgate.signed("acme", "thing.updated", event_id, {"id": f"obj-{event_id}", "version": 1})
+        assert hookgate.post("acme", body, headers).status_code == 200
+    client = redis.Redis.from_url(hookgate.redis_url)
+    wait_for(lambda: client.llen("hookgate:hookgate") == len(ids), 10, what="all events enqueued")
+    client.flushall()
+    worker = hookgate.start_worker()
+    wait_for(lambda: set(hookgate.statuses().values()) == {"processed"}, 30, what="every event processed")
+    worker.stop()
+    lines = recovery_lines(worker.log)
+    assert all("[WARNING] sent" in line and "whose broker message was lost" in line for line in lines), lines
+    assert sum(int(re.findall(r"sent (\d+) events again", line)[0]) for line in lines) == len(ids)
+
+
+def insert_waiting(
+    engine: Any, event_id: str, message_id: str | None, now: float, *, resource: str | None = None, due: bool = True
+) -> int:
+    """A waiting event as the intake, a worker or the sweep leaves it; ``due`` for the sweep now."""
+    with engine.begin() as conn:
+        return conn.execute(
+            insert(events)
+            .values(
+                provider="acme",
+                event_id=event_id,
+                event_type="thing.updated",
+                resource_id=resource,
+                body=b"{}",
+                headers="{}",
+                received_at=now - 10,
+                status=QUEUED if message_id else RECEIVED,
+                attempts=0,
+                message_id=message_id,
+                sweep_after=now - 1 if due else now + 3600,
+                updated_at=now - 10,
+            )
+            .returning(events.c.id)
+        ).scalar_one()
+
+
+def test_the_sweep_logs_held_events_at_debug_and_lost_messages_at_warning(
+    redis_url: str, engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hookgate.recovery")
+
+    def logged() -> list[tuple[int, str]]:
+        records = [(r.levelno, r.getMessage()) for r in caplog.records]
+        caplog.clear()
+        return records
+
+    now = time.time()
+    for n in range(3):
+        insert_waiting(engine, f"held-{n}", None, now)
+    sweep = RecoverySweep(engine, EventQueue(create_broker(redis_url)), WorkerSettings())
+    assert sweep.run_once() == 3
+    assert logged() == [(logging.DEBUG, "3 held events came due")]
+    # A retry an hour away, and a later event of its resource whose message a worker used up.
+    insert_waiting(engine, "retrying", None, now, resource="r1", due=False)
+    insert_waiting(engine, "behind", new_token(), now, resource="r1")
+    assert sweep.run_once() == 1
+    assert logged() == [(logging.DEBUG, "1 events waiting behind an earlier event of their resource were sent again")]
+    # Messages that never reached Redis: one alone, and two of one resource (the first was lost).
+    insert_waiting(engine, "lost", new_token(), now)
+    insert_waiting(engine, "lost-first", new_token(), now, resource="r2")
+    insert_waiting(engine, "lost-second", new_token(), now, resource="r2")
+    assert sweep.run_once() == 3
+    [(level, message)] = logged()
+    assert level == logging.WARNING
+    assert message.startswith("sent 3 events again whose broker message was lost")

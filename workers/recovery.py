@@ -4,28 +4,37 @@ Redis can lose messages (a restart without persistence, ``FLUSHALL``), and Drama
 worker's messages back only after its heartbeat timeout, on a random maintenance pass. Each
 worker process therefore runs this sweep every ``sweep_interval_seconds``. It (re)sends:
 
-* events whose retry is due (``message_id`` cleared by a failed try);
+* held events that came due (``message_id`` cleared by a failed try for its retry, or by the
+  intake for a fresh event of a resource, until its ordering window has passed);
 * ``received``/``queued`` events older than ``requeue_after_seconds`` whose message the broker
   no longer holds, or holds only in the prefetch of a consumer silent for longer than that (a
   killed worker's); those it still holds otherwise are looked at again later;
 * ``processing`` events whose lease expired, by the store's clock: their worker died or stalled.
 
-Events that are held (no message, ``sweep_after`` in the future: a retry's backoff, or a fresh
-event of a resource waiting out its ordering window) are sent when they come due; the sweep
-wakes up for the earliest of them rather than at its next interval.
+Events that are held (no message, ``sweep_after`` in the future) are sent when they come due;
+the sweep wakes up for the earliest of them rather than at its next interval.
 
 Every re-send first swaps the event's token in one compare-and-set UPDATE, so when several
 sweeps race only one sends, and the old message, if it ever runs, claims nothing.
+
+The log tells routine from recovery. Normal operation is DEBUG: held events coming due, and
+events whose message a worker used up while the event waited behind an earlier, unfinished event
+of its resource (a retry, a window): the pass that applies that one applies them too, and the
+sweep only looks again. A lost message (with no earlier event to wait for, or behind one whose
+message was lost too) and an expired lease are recoveries, each a WARNING that says which.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, or_, select, update
 
 from gateway.config import WorkerSettings
+from gateway.eventlog import waiting_behind
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
@@ -36,6 +45,16 @@ from .periodic import Periodic
 log = logging.getLogger("hookgate.recovery")
 
 BATCH = 500
+
+
+@dataclass(slots=True)
+class Pass:
+    """What one pass sent, by why it sent it."""
+
+    held: int = 0
+    behind: int = 0
+    lost: int = 0
+    expired: int = 0
 
 
 class RecoverySweep(Periodic):
@@ -73,7 +92,7 @@ class RecoverySweep(Periodic):
         now = self.clock()
         with self.engine.connect() as conn:
             waiting = conn.execute(
-                select(events.c.id, events.c.status, events.c.message_id)
+                select(events.c.id, events.c.status, events.c.message_id, waiting_behind().label("behind"))
                 .where(events.c.status.in_((RECEIVED, QUEUED)), events.c.sweep_after <= now)
                 .order_by(events.c.sweep_after)
                 .limit(BATCH)
@@ -81,6 +100,8 @@ class RecoverySweep(Periodic):
             expired = conn.execute(
                 select(
                     events.c.id,
+                    events.c.provider,
+                    events.c.event_id,
                     events.c.status,
                     events.c.message_id,
                     (events.c.attempts - events.c.attempts_before_round).label("tries"),
@@ -93,7 +114,12 @@ class RecoverySweep(Periodic):
         lost = missing | self.event_queue.orphaned(held, self.settings.requeue_after_seconds)
         present = [row for row in waiting if row.message_id and row.message_id not in lost]
         resend = [row for row in waiting if row.message_id is None or row.message_id in lost]
+        # An event whose message was used up while it waited behind an earlier event of its
+        # resource is routine, unless that event's message was lost too (a flushed broker).
+        lost_first = {row.id for row in resend if row.message_id is not None and row.behind is None}
         sent: list[tuple[int, str]] = []
+        counts = Pass()
+        given_up: list[tuple[Any, str]] = []
         later = now + self.settings.requeue_after_seconds
         with self.engine.begin() as conn:
             if present:
@@ -131,7 +157,36 @@ class RecoverySweep(Periodic):
                 changed = conn.execute(update(events).where(*guard).values(**values)).rowcount
                 if changed and token:
                     sent.append((row.id, token))
+                    if row.status == PROCESSING:
+                        counts.expired += 1
+                    elif row.message_id is None:
+                        counts.held += 1
+                    elif row.behind is not None and row.behind not in lost_first:
+                        counts.behind += 1
+                    else:
+                        counts.lost += 1
+                elif changed:
+                    given_up.append((row, str(values["last_error"])))
+        for row, error in given_up:
+            log.error("event %s/%s failed: %s", row.provider, row.event_id, error)
         if sent:
             self.event_queue.send(sent)
-            log.info("recovery sweep sent %d events again", len(sent))
+            self.report(counts)
         return len(sent)
+
+    def report(self, counts: Pass) -> None:
+        """Log what a pass sent: events that were held or waiting behind another are routine
+        (DEBUG); lost messages and expired leases are recoveries (WARNING)."""
+        if counts.held:
+            log.debug("%d held events came due", counts.held)
+        if counts.behind:
+            log.debug("%d events waiting behind an earlier event of their resource were sent again", counts.behind)
+        if counts.lost:
+            log.warning(
+                "sent %d events again whose broker message was lost (gone from the broker, or "
+                "prefetched by a consumer silent for over %.1f s)",
+                counts.lost,
+                self.settings.requeue_after_seconds,
+            )
+        if counts.expired:
+            log.warning("sent %d events again whose lease expired: their worker died or stalled", counts.expired)
