@@ -234,9 +234,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    from .database import create_store_engine
+    """The store of the event commands; :class:`~gateway.database.NoStore` (exit 1, one line)
+    if there is none, which is then not created."""
+    from .database import open_existing_store
 
-    return create_store_engine(_settings(args).database_url)
+    return open_existing_store(_settings(args).database_url)
 
 
 def _next(row: Any) -> str:
@@ -452,10 +454,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away (``| head``) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except HookgateError as exc:
         print(f"hookgate: {exc}", file=sys.stderr)
         return 1
+
+
+#: The exit status of a process that wrote to a pipe nobody reads: killed by SIGPIPE (128 + 13).
+EXIT_PIPE_CLOSED = 141
+
+
+def _reader_gone() -> int:
+    """``hookgate events list | head -1``: the reader has what it wanted. Stop quietly, with the
+    status a shell reports for ``cat`` or ``seq`` there; stdout goes to /dev/null so that the
+    interpreter's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

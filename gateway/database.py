@@ -6,15 +6,19 @@ the fsync is paid once per batch, not per request.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlmodel import SQLModel
 
-from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from . import models  # also registers the tables on SQLModel.metadata
+from .errors import HookgateError
 
 #: How long SQLite waits for another process's write lock before the store counts as unavailable.
 SQLITE_BUSY_SECONDS = 5.0
@@ -50,6 +54,61 @@ def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -
         cursor.close()
 
     return engine
+
+
+class NoStore(HookgateError):
+    """The store that ``HOOKGATE_DATABASE_URL`` names does not exist, has no Hookgate tables or
+    does not answer; the message names it (without a password)."""
+
+
+#: What to do about a store that is not there, or has no tables.
+WHERE_STORES_ARE = "set HOOKGATE_DATABASE_URL, or run this where hookgate run or serve runs"
+CREATES_TABLES = "hookgate serve, worker or run creates them"
+
+
+def open_existing_store(url: str) -> Engine:
+    """An engine for a store that already holds Hookgate's tables, for the commands that read or
+    replay events; nothing is created when there is none.
+
+    Run outside a project directory, the default ``sqlite:///./hookgate.db`` names a file that is
+    not there, and SQLite would create it empty. So a SQLite file must exist, and its tables are
+    looked up on a read-only connection before the engine (which sets WAL mode) ever opens it.
+
+    Raises:
+        NoStore: no such file, no Hookgate tables, or the database does not answer.
+    """
+    parsed = make_url(url)
+    table = models.EventRecord.__tablename__
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise NoStore(f"no store in {_shown(parsed)}: an in-memory SQLite database holds no events")
+        path = Path(parsed.database).absolute()
+        if not path.is_file():
+            raise NoStore(f"no store at {path}; {WHERE_STORES_ARE}")
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+                found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+                has_table = found.fetchone() is not None
+        except sqlite3.DatabaseError as exc:
+            raise NoStore(f"cannot read the store at {path}: {exc}") from None
+        if not has_table:
+            raise NoStore(f"no Hookgate tables in {path}; {CREATES_TABLES}")
+        return create_store_engine(url)
+    engine = create_store_engine(url)
+    try:
+        has_table = inspect(engine).has_table(table)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise NoStore(f"the store at {_shown(parsed)} does not answer: {reason}") from None
+    if not has_table:
+        engine.dispose()
+        raise NoStore(f"no Hookgate tables in {_shown(parsed)}; {CREATES_TABLES}")
+    return engine
+
+
+def _shown(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
 
 
 #: Advisory lock key that serialises schema creation across processes on PostgreSQL.
