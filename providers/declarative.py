@@ -28,7 +28,7 @@ from .base import (
     required_header,
 )
 from .errors import PayloadRejected
-from .payload import as_sequence, as_text, dig, parse_json_object
+from .payload import as_sequence, checked_dig, checked_text, parse_json_object
 
 ALGORITHMS = ("sha1", "sha256", "sha512")
 ENCODINGS = ("hex", "base64")
@@ -115,17 +115,18 @@ class DeclarativeHmacProvider(BaseProvider):
         check_mac(self.settings.secrets, self._signed_bytes(body, timestamp), [offered], **self._mac_options)
         payload = parse_json_object(body)
         values = {name: self._extract(name, payload, headers) for name in EVENT_FIELDS}
-        event_id, event_type = as_text(values["id"]), as_text(values["type"])
+        event_id, event_type = checked_text(values["id"], "event id"), checked_text(values["type"], "event type")
         if not event_id or not event_type:
             raise PayloadRejected("the event's id or type is missing")
-        return Delivery(event_id, event_type, as_text(values["resource"]), as_sequence(values["sequence"]), payload)
+        resource_id = checked_text(values["resource"], "resource id")
+        return Delivery(event_id, event_type, resource_id, as_sequence(values["sequence"]), payload)
 
     def _extract(self, name: str, payload: Any, headers: Mapping[str, str]) -> Any:
         source = self.settings.options["event"].get(name)
         if source is None:
             return None
         kind, _, where = source.partition(":")
-        return headers.get(where) if kind == "header" else dig(payload, where)
+        return headers.get(where) if kind == "header" else checked_dig(payload, where)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
         signed: dict[str, str] = {}

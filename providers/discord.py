@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .base import Delivery, Handshake, KeyPairProvider, parse_unix_timestamp, required_header
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_text, dig, parse_json_object
+from .payload import checked_dig, checked_text, parse_json_object
 
 SIGNATURE = "x-signature-ed25519"
 TIMESTAMP = "x-signature-timestamp"
@@ -58,11 +58,13 @@ class DiscordProvider(KeyPairProvider):
             raise SignatureRejected("signature does not match") from None
         payload = parse_json_object(body)
         kind = payload.get("type")
+        if not isinstance(kind, int) or isinstance(kind, bool):
+            raise PayloadRejected("type is not an integer")
         if "event" in payload or (kind == 0 and "token" not in payload):
             return self._webhook_event(payload, body)
         if kind == 1:
             return Delivery("ping", "ping", payload=payload, handshake=Handshake(200, b'{"type":1}'))
-        interaction_id = as_text(payload.get("id"))
+        interaction_id = checked_text(payload.get("id"), "event id")
         if kind not in INTERACTIONS or not interaction_id:
             raise PayloadRejected("not a known interaction type, or no id")
         event_type, answer = INTERACTIONS[kind]
@@ -72,7 +74,7 @@ class DiscordProvider(KeyPairProvider):
     def _webhook_event(payload: Mapping[str, Any], body: bytes) -> Delivery:
         if payload.get("type") == 0:
             return Delivery("ping", "ping", payload=payload, handshake=NO_CONTENT)
-        event_type = as_text(dig(payload, "event.type"))
+        event_type = checked_text(checked_dig(payload, "event.type"), "event type")
         if not event_type:
             raise PayloadRejected("webhook event without event.type")
         event_id = f"event-{hashlib.sha256(body).hexdigest()[:40]}"

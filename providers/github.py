@@ -15,7 +15,7 @@ import orjson
 from .api import ResourceRef
 from .base import BaseProvider, Delivery, Handshake, check_mac, mac_text, required_header
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_sequence, parse_json_object
+from .payload import as_sequence, as_text, checked_text, parse_json_object
 
 HEADER = "x-hub-signature-256"
 PREFIX = "sha256="
@@ -39,12 +39,28 @@ RESOURCE_KEYS = (
 
 
 def _named_object(payload: Any) -> tuple[str, Mapping[str, Any]] | None:
-    """The most specific object the payload is about, with its key."""
+    """The most specific object the payload is about, with its key (lenient: for stored payloads)."""
     for key in RESOURCE_KEYS:
         obj = payload.get(key) if isinstance(payload, Mapping) else None
-        if isinstance(obj, Mapping) and obj.get("id") is not None:
+        if isinstance(obj, Mapping) and as_text(obj.get("id")):
             return key, obj
     return None
+
+
+def _resource(payload: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """The resource id (``issue:<id>``) and sequence of a body being verified: the object
+    :func:`_named_object` finds, but a named object that is not an object, or whose id is not
+    text, is a 400 rather than passed over."""
+    for key in RESOURCE_KEYS:
+        obj = payload.get(key)
+        if obj is None:
+            continue
+        if not isinstance(obj, Mapping):
+            raise PayloadRejected(f"{key} is not an object")
+        object_id = checked_text(obj.get("id"), "resource id")
+        if object_id:
+            return f"{key}:{object_id}", as_sequence(obj.get("updated_at"))
+    return None, None
 
 
 class GitHubProvider(BaseProvider):
@@ -67,20 +83,16 @@ class GitHubProvider(BaseProvider):
         if not offered.startswith(PREFIX) or len(offered) != len(PREFIX) + 64:
             raise SignatureRejected(f"malformed {HEADER} header")
         check_mac(self.settings.secrets, body, [offered], prefix=PREFIX)
-        event, delivery_id = headers.get("x-github-event"), headers.get("x-github-delivery")
+        event = checked_text(headers.get("x-github-event"), "event type")
+        delivery_id = checked_text(headers.get("x-github-delivery"), "event id")
         if not event or not delivery_id:
             raise PayloadRejected("missing X-GitHub-Event or X-GitHub-Delivery header")
         payload = parse_json_object(body)
         if event == "ping":
             return Delivery(event_id=delivery_id, event_type="ping", payload=payload, handshake=PONG)
-        action = payload.get("action")
-        event_type = f"{event}.{action}" if isinstance(action, str) and action else event
-        resource_id, sequence = None, None
-        found = _named_object(payload)
-        if found is not None:
-            key, obj = found
-            resource_id = f"{key}:{obj['id']}"
-            sequence = as_sequence(obj.get("updated_at"))
+        action = checked_text(payload.get("action"), "action")
+        event_type = f"{event}.{action}" if action else event
+        resource_id, sequence = _resource(payload)
         return Delivery(delivery_id, event_type, resource_id, sequence, payload)
 
     def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:

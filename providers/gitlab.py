@@ -21,7 +21,7 @@ import orjson
 from .api import ResourceRef, fill_path
 from .base import BaseProvider, Delivery, any_match, required_header
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_sequence, as_text, dig, parse_json_object
+from .payload import as_sequence, as_text, checked_text, dig, parse_json_object
 
 TOKEN_HEADER = "x-gitlab-token"  # noqa: S105 (a header name, not a secret)
 #: object_kind → the REST collection of the project that holds it, addressed by ``iid``.
@@ -39,18 +39,25 @@ class GitLabProvider(BaseProvider):
         offered = required_header(headers, TOKEN_HEADER).encode()
         if not any_match((s.encode() for s in self.settings.secrets), [offered]):
             raise SignatureRejected("token does not match")
-        event_id = headers.get("idempotency-key") or headers.get("x-gitlab-webhook-uuid")
+        event_id = checked_text(headers.get("idempotency-key"), "event id") or checked_text(
+            headers.get("x-gitlab-webhook-uuid"), "event id"
+        )
         if not event_id:
             raise PayloadRejected("missing Idempotency-Key or X-Gitlab-Webhook-UUID header")
         payload = parse_json_object(body)
-        kind = as_text(payload.get("object_kind")) or as_text(payload.get("event_name"))
+        kind = checked_text(payload.get("object_kind"), "event type") or checked_text(
+            payload.get("event_name"), "event type"
+        )
         if not kind:
             raise PayloadRejected("body lacks object_kind")
         attributes = payload.get("object_attributes")
-        attributes = attributes if isinstance(attributes, Mapping) else {}
-        action = as_text(attributes.get("action"))
+        if attributes is None:
+            attributes = {}
+        elif not isinstance(attributes, Mapping):
+            raise PayloadRejected("object_attributes is not an object")
+        action = checked_text(attributes.get("action"), "action")
         event_type = f"{kind}.{action}" if action else kind
-        object_id = as_text(attributes.get("id"))
+        object_id = checked_text(attributes.get("id"), "resource id")
         resource_id = f"{kind}:{object_id}" if object_id and kind != "push" else None
         sequence = as_sequence(attributes.get("updated_at")) if resource_id else None
         return Delivery(event_id, event_type, resource_id, sequence, payload)

@@ -30,7 +30,7 @@ from .base import (
     required_header,
 )
 from .errors import PayloadRejected
-from .payload import as_sequence, as_text, parse_json_array, typed_id
+from .payload import as_sequence, checked_text, parse_json_array, typed_id
 
 SIGNATURE = "x-hubspot-signature-v3"
 TIMESTAMP = "x-hubspot-request-timestamp"
@@ -65,7 +65,8 @@ class HubSpotProvider(SignsUrl):
 
     @staticmethod
     def _event(event: Mapping[str, Any]) -> Delivery:
-        event_id, event_type = as_text(event.get("eventId")), as_text(event.get("subscriptionType"))
+        event_id = checked_text(event.get("eventId"), "event id")
+        event_type = checked_text(event.get("subscriptionType"), "event type")
         if not event_id or not event_type:
             raise PayloadRejected("an event lacks eventId or subscriptionType")
         resource_id = typed_id(event_type.partition(".")[0], event.get("objectId"))

@@ -18,7 +18,7 @@ import orjson
 from .api import ResourceRef, collection_ref
 from .base import BaseProvider, Delivery, Handshake, check_mac, mac_text, required_header
 from .errors import PayloadRejected
-from .payload import as_sequence, as_text, dig, parse_json_object, typed_id
+from .payload import as_sequence, checked_dig, checked_text, parse_json_object, typed_id
 
 SIGNATURE = "x-hub-signature"
 #: ``data.item.type`` → its REST collection.
@@ -33,15 +33,15 @@ class IntercomProvider(BaseProvider):
     def verify(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
         check_mac(self.settings.secrets, body, [required_header(headers, SIGNATURE)], algorithm="sha1", prefix="sha1=")
         payload = parse_json_object(body)
-        event_id, topic = as_text(payload.get("id")), as_text(payload.get("topic"))
+        event_id, topic = checked_text(payload.get("id"), "event id"), checked_text(payload.get("topic"), "event type")
         if not event_id or not topic:
             raise PayloadRejected("body lacks id or topic")
         if topic == "ping":
             return Delivery(
                 event_id, topic, payload=payload, handshake=Handshake(200, b'{"status":"handshake","event":"ping"}')
             )
-        resource_id = typed_id(dig(payload, "data.item.type"), dig(payload, "data.item.id"))
-        sequence = as_sequence(dig(payload, "data.item.updated_at")) if resource_id else None
+        resource_id = typed_id(checked_dig(payload, "data.item.type"), checked_dig(payload, "data.item.id"))
+        sequence = as_sequence(checked_dig(payload, "data.item.updated_at")) if resource_id else None
         return Delivery(event_id, topic, resource_id, sequence, payload)
 
     def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:

@@ -17,7 +17,7 @@ import orjson
 
 from .base import BaseProvider, Delivery, check_mac, mac_text, required_header
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_sequence, as_text, dig, parse_json_object
+from .payload import as_sequence, checked_dig, checked_text, parse_json_object
 
 SIGNATURE = "linear-signature"
 
@@ -33,12 +33,15 @@ class LinearProvider(BaseProvider):
         if not isinstance(sent_at, int) or isinstance(sent_at, bool):
             raise SignatureRejected("body lacks webhookTimestamp")
         self.check_timestamp(sent_at / 1000)
-        entity, action = as_text(payload.get("type")), as_text(payload.get("action"))
+        entity, action = checked_text(payload.get("type"), "event type"), checked_text(payload.get("action"), "action")
         if not entity or not action:
             raise PayloadRejected("body lacks type or action")
-        object_id, updated = as_text(dig(payload, "data.id")), as_text(dig(payload, "data.updatedAt"))
+        object_id = checked_text(checked_dig(payload, "data.id"), "resource id")
+        updated = checked_text(checked_dig(payload, "data.updatedAt"), "data.updatedAt")
         event_id = (
-            f"{entity}:{action}:{object_id}:{updated}" if object_id and updated else headers.get("linear-delivery")
+            f"{entity}:{action}:{object_id}:{updated}"
+            if object_id and updated
+            else checked_text(headers.get("linear-delivery"), "event id")
         )
         if not event_id:
             raise PayloadRejected("body lacks data.id and data.updatedAt, and no Linear-Delivery header")

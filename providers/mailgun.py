@@ -18,7 +18,7 @@ import orjson
 
 from .base import BaseProvider, Delivery, check_mac, mac_text, parse_unix_timestamp
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_text, dig, parse_json_object
+from .payload import checked_dig, checked_text, parse_json_object
 
 
 class MailgunProvider(BaseProvider):
@@ -34,7 +34,8 @@ class MailgunProvider(BaseProvider):
         timestamp = parse_unix_timestamp(block["timestamp"], "signature.timestamp")
         self.check_timestamp(timestamp)
         check_mac(self.settings.secrets, (block["timestamp"] + block["token"]).encode(), [block["signature"]])
-        event_id, event_type = as_text(dig(payload, "event-data.id")), as_text(dig(payload, "event-data.event"))
+        event_id = checked_text(checked_dig(payload, "event-data.id"), "event id")
+        event_type = checked_text(checked_dig(payload, "event-data.event"), "event type")
         if not event_id or not event_type:
             raise PayloadRejected("body lacks event-data.id or event-data.event")
         return Delivery(event_id, event_type, payload=payload)

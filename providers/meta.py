@@ -32,12 +32,26 @@ from .base import (
     required_header,
 )
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_sequence, as_text, dig, parse_json_object
+from .payload import as_sequence, checked_dig, checked_text, parse_json_object
 
 SIGNATURE = "x-hub-signature-256"
 
 
-def _changes(payload: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], str, Any]]:
+def _objects(value: Any, reason: str) -> list[Mapping[str, Any]]:
+    """``value`` when it is a list of objects; absent or null is an empty list.
+
+    Raises:
+        PayloadRejected: with ``reason``, for anything else (``"abc"`` would be iterated letter
+            by letter, ``5`` not at all).
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise PayloadRejected(reason)
+    return value
+
+
+def _changes(payload: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], str, Mapping[str, Any]]]:
     """Each change of each entry, with its entry and its field name."""
     entries = payload.get("entry")
     if not isinstance(entries, list):
@@ -45,9 +59,11 @@ def _changes(payload: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], st
     for entry in entries:
         if not isinstance(entry, Mapping):
             raise PayloadRejected("an entry is not an object")
-        for change in entry.get("changes") or ():
-            yield entry, as_text(dig(change, "field")) or "change", change
-        for message in entry.get("messaging") or ():
+        reason = "an entry's changes or messaging is not a list of objects"
+        changes, messaging = _objects(entry.get("changes"), reason), _objects(entry.get("messaging"), reason)
+        for change in changes:
+            yield entry, checked_text(change.get("field"), "event type") or "change", change
+        for message in messaging:
             yield entry, "messaging", message
 
 
@@ -82,14 +98,14 @@ class MetaProvider(BaseProvider):
     def verify(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
         check_mac(self.settings.secrets, body, [required_header(headers, SIGNATURE)], prefix="sha256=")
         payload = parse_json_object(body)
-        kind = as_text(payload.get("object")) or "unknown"
+        kind = checked_text(payload.get("object"), "event type") or "unknown"
         changes = _changes(payload)
         return batch_delivery(
             body, payload, (self._event(kind, entry, field, change) for entry, field, change in changes)
         )
 
     @staticmethod
-    def _event(kind: str, entry: Mapping[str, Any], field: str, change: Any) -> Delivery:
+    def _event(kind: str, entry: Mapping[str, Any], field: str, change: Mapping[str, Any]) -> Delivery:
         event = {
             "object": kind,
             "entry_id": entry.get("id"),
@@ -99,18 +115,17 @@ class MetaProvider(BaseProvider):
         }
         body = orjson.dumps(event)
         event_type = f"{kind}.{field}"
-        value = dig(change, "value")
-        messages = value.get("messages") if isinstance(value, Mapping) else None
-        statuses = value.get("statuses") if isinstance(value, Mapping) else None
-        message_id = as_text(dig(messages[0], "id")) if isinstance(messages, list) and messages else None
+        messages = _objects(checked_dig(change, "value.messages"), "value.messages is not a list of objects")
+        statuses = _objects(checked_dig(change, "value.statuses"), "value.statuses is not a list of objects")
+        message_id = checked_text(messages[0].get("id"), "event id") if messages else None
         if message_id:
             return Delivery(message_id, event_type, payload=event, body=body)
-        if isinstance(statuses, list) and statuses and as_text(dig(statuses[0], "id")):
-            status = statuses[0]
-            message_id, state = as_text(status.get("id")), as_text(status.get("status")) or "unknown"
-            sequence = as_sequence(status.get("timestamp"))
+        status_id = checked_text(statuses[0].get("id"), "event id") if statuses else None
+        if status_id:
+            state = checked_text(statuses[0].get("status"), "event type") or "unknown"
+            sequence = as_sequence(statuses[0].get("timestamp"))
             return Delivery(
-                f"{message_id}:{state}", f"{event_type}.{state}", f"message:{message_id}", sequence, event, body=body
+                f"{status_id}:{state}", f"{event_type}.{state}", f"message:{status_id}", sequence, event, body=body
             )
         digest = hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS)).hexdigest()[:40]
         return Delivery(f"change-{digest}", event_type, payload=event, body=body)

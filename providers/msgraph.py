@@ -24,7 +24,7 @@ import orjson
 from .api import ResourceRef, fill_path
 from .base import MAX_SIGNATURE_HEADER, BaseProvider, Delivery, Handshake, Inbound, any_match, batch_delivery
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_text, parse_json_object
+from .payload import checked_text, parse_json_object
 
 
 class MicrosoftGraphProvider(BaseProvider):
@@ -54,13 +54,13 @@ class MicrosoftGraphProvider(BaseProvider):
     @staticmethod
     def _change(change: Mapping[str, Any]) -> Delivery:
         body = orjson.dumps(change)
-        lifecycle = as_text(change.get("lifecycleEvent"))
-        event_type = f"lifecycle.{lifecycle}" if lifecycle else as_text(change.get("changeType"))
+        lifecycle = checked_text(change.get("lifecycleEvent"), "event type")
+        event_type = f"lifecycle.{lifecycle}" if lifecycle else checked_text(change.get("changeType"), "event type")
         if not event_type:
             raise PayloadRejected("a notification lacks changeType or lifecycleEvent")
         digest = hashlib.sha256(orjson.dumps(change, option=orjson.OPT_SORT_KEYS)).hexdigest()[:40]
-        event_id = as_text(change.get("id")) or f"change-{digest}"
-        resource = None if lifecycle else as_text(change.get("resource"))
+        event_id = checked_text(change.get("id"), "event id") or f"change-{digest}"
+        resource = None if lifecycle else checked_text(change.get("resource"), "resource id")
         return Delivery(event_id, event_type, resource, payload=change, body=body)
 
     def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:

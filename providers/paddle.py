@@ -18,7 +18,7 @@ import orjson
 from .api import ResourceRef, fill_path
 from .base import BaseProvider, Delivery, check_mac, mac_text, parse_unix_timestamp, required_header
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_sequence, as_text, dig, parse_json_object
+from .payload import as_sequence, checked_dig, checked_text, parse_json_object
 
 SIGNATURE = "paddle-signature"
 #: Entities whose events Hookgate can reconcile: ``GET /<entity>s/<id>``.
@@ -49,12 +49,15 @@ class PaddleProvider(BaseProvider):
         self.check_timestamp(timestamp)
         check_mac(self.settings.secrets, b"%d:" % timestamp + body, offered)
         payload = parse_json_object(body)
-        event_id, event_type = as_text(payload.get("event_id")), as_text(payload.get("event_type"))
+        event_id = checked_text(payload.get("event_id"), "event id")
+        event_type = checked_text(payload.get("event_type"), "event type")
         if not event_id or not event_type:
             raise PayloadRejected("body lacks event_id or event_type")
-        resource_id = as_text(dig(payload, "data.id"))
-        sequence = as_sequence(dig(payload, "data.updated_at")) or as_sequence(payload.get("occurred_at"))
-        return Delivery(event_id, event_type, resource_id, sequence if resource_id else None, payload)
+        resource_id = checked_text(checked_dig(payload, "data.id"), "resource id")
+        sequence = None
+        if resource_id:
+            sequence = as_sequence(checked_dig(payload, "data.updated_at")) or as_sequence(payload.get("occurred_at"))
+        return Delivery(event_id, event_type, resource_id, sequence, payload)
 
     def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
         entity = event_type.partition(".")[0]

@@ -17,7 +17,7 @@ import orjson
 from .api import ResourceRef, collection_ref
 from .base import BaseProvider, Delivery, check_mac, mac_text, required_header
 from .errors import PayloadRejected
-from .payload import as_sequence, as_text, dig, parse_json_object, typed_id
+from .payload import as_sequence, checked_dig, checked_text, parse_json_object, typed_id
 
 SIGNATURE = "x-pagerduty-signature"
 #: ``event.resource_type`` values whose state can be fetched, and their collections.
@@ -34,11 +34,12 @@ class PagerDutyProvider(BaseProvider):
         offered = [item.strip().removeprefix("v1=") for item in required_header(headers, SIGNATURE).split(",")]
         check_mac(self.settings.secrets, body, offered)
         payload = parse_json_object(body)
-        event_id, event_type = as_text(dig(payload, "event.id")), as_text(dig(payload, "event.event_type"))
+        event_id = checked_text(checked_dig(payload, "event.id"), "event id")
+        event_type = checked_text(checked_dig(payload, "event.event_type"), "event type")
         if not event_id or not event_type:
             raise PayloadRejected("body lacks event.id or event.event_type")
-        resource_id = typed_id(dig(payload, "event.resource_type"), dig(payload, "event.data.id"))
-        sequence = as_sequence(dig(payload, "event.occurred_at")) if resource_id else None
+        resource_id = typed_id(checked_dig(payload, "event.resource_type"), checked_dig(payload, "event.data.id"))
+        sequence = as_sequence(checked_dig(payload, "event.occurred_at")) if resource_id else None
         return Delivery(event_id, event_type, resource_id, sequence, payload)
 
     def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:

@@ -7,8 +7,9 @@ an exception instead of a crash, which is what a receiver facing the internet ne
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -66,7 +67,11 @@ def is_form(headers: Mapping[str, str]) -> bool:
 
 
 def dig(payload: Any, path: str) -> Any:
-    """Follow a dotted ``path`` (``data.object.id``) into nested objects; ``None`` if absent."""
+    """Follow a dotted ``path`` (``data.object.id``) into nested objects; ``None`` if absent.
+
+    Lenient, for reading stored payloads (``resource_ref``): it never raises. Verification uses
+    :func:`checked_dig`, which refuses a body of the wrong shape.
+    """
     value = payload
     for part in path.split("."):
         if not isinstance(value, Mapping):
@@ -75,8 +80,29 @@ def dig(payload: Any, path: str) -> Any:
     return value
 
 
+def checked_dig(payload: Any, path: str) -> Any:
+    """:func:`dig` for a body being verified: ``None`` if a step is absent (or null), but a step
+    that is there and is not an object means the sender's body has a shape we do not understand.
+
+    Raises:
+        PayloadRejected: a step of ``path`` is present and is not an object.
+    """
+    value, seen = payload, ""
+    for part in path.split("."):
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise PayloadRejected(f"{seen or 'body'} is not an object")
+        value = value.get(part)
+        seen = f"{seen}.{part}" if seen else part
+    return value
+
+
 def as_text(value: Any) -> str | None:
-    """An id-like value as text (ids arrive as strings or numbers); ``None`` for anything else."""
+    """An id-like value as text (ids arrive as strings or numbers); ``None`` for anything else.
+
+    Lenient, for reading stored payloads; verification uses :func:`checked_text`.
+    """
     if isinstance(value, str) and value:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
@@ -84,27 +110,88 @@ def as_text(value: Any) -> str | None:
     return None
 
 
+#: C0 and C1 control characters and DEL: NUL is refused by PostgreSQL's text, and the others
+#: rewrite logs and terminals (``\x1b`` and ``\x9b`` start escape sequences) where ids are shown.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def checked_text(value: Any, what: str) -> str | None:
+    """An id, type or resource id from a verified body or header, as text: a string, or an
+    integer (ids arrive as both); ``None`` when absent, null or empty.
+
+    ``what`` names the value in the reason (``"event id"``), which the sender sees.
+
+    Raises:
+        PayloadRejected: the value is there but is not a string or an integer (a list, an
+            object, a bool, a float), or it contains control characters.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise PayloadRejected(f"{what} contains control characters")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise PayloadRejected(f"{what} is not a string or an integer")
+
+
 def typed_id(kind: Any, object_id: Any) -> str | None:
-    """A resource id written ``<kind>:<id>`` (``incident:PGR0VU2``), if both parts are there."""
-    kind, object_id = as_text(kind), as_text(object_id)
+    """A resource id written ``<kind>:<id>`` (``incident:PGR0VU2``), if both parts are there.
+
+    Raises:
+        PayloadRejected: a part is of the wrong type or contains control characters.
+    """
+    kind, object_id = checked_text(kind, "resource type"), checked_text(object_id, "resource id")
     return f"{kind}:{object_id}" if kind and object_id else None
 
 
+#: What a sequence must fit: the store keeps it in a signed 64-bit (BIGINT) column.
+SEQUENCE_MIN, SEQUENCE_MAX = -(2**63), 2**63 - 1
+#: A decimal integer in ASCII (``str.isdigit`` also takes "²", which ``int()`` refuses).
+_DECIMAL = re.compile("-?[0-9]+")
+#: More significant digits than any 64-bit integer has: out of range without calling ``int()``,
+#: which raises past 4300 digits and is quadratic before that.
+_MAX_DIGITS = 19
+
+
 def as_sequence(value: Any) -> int | None:
-    """A sequence number from a version, a unix time or an ISO-8601 time (as milliseconds)."""
-    if isinstance(value, bool):
+    """A sequence number from a version, a unix time or an ISO-8601 time (as milliseconds).
+
+    ``None`` when absent, or for text that is neither a number nor a time this reads (a
+    sender's own format is not worth a 400); a time without a zone is UTC, whatever the host's.
+
+    Raises:
+        PayloadRejected: a bool, a list or an object ("sequence is not a number or a time"), or a
+            number outside the signed 64-bit range (NaN and infinities included): "sequence out
+            of range". A sequence the store cannot keep, or that wrapped around, would order
+            the resource's events wrongly; the sender is told instead.
+    """
+    if value is None:
         return None
-    if isinstance(value, int):
-        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise PayloadRejected("sequence is not a number or a time")
     if isinstance(value, float):
-        return int(value)
-    if isinstance(value, str):
-        if value.lstrip("-").isdigit():
-            return int(value)
-        try:
-            # GitLab writes "2013-12-03 17:23:34 UTC"; everyone else ISO 8601.
-            moment = datetime.fromisoformat(value.removesuffix(" UTC") + ("+00:00" if value.endswith(" UTC") else ""))
-        except ValueError:
-            return None
-        return int(moment.timestamp() * 1000)
-    return None
+        if not (SEQUENCE_MIN <= value < SEQUENCE_MAX + 1):  # exact comparisons; False for NaN
+            raise PayloadRejected("sequence out of range")
+        value = int(value)
+    elif isinstance(value, str):
+        if not _DECIMAL.fullmatch(value):
+            return _milliseconds(value)
+        if len(value.lstrip("-").lstrip("0")) > _MAX_DIGITS:
+            raise PayloadRejected("sequence out of range")
+        value = int(value)
+    if not SEQUENCE_MIN <= value <= SEQUENCE_MAX:
+        raise PayloadRejected("sequence out of range")
+    return value
+
+
+def _milliseconds(value: str) -> int | None:
+    """An ISO-8601 time (or GitLab's ``2013-12-03 17:23:34 UTC``) as unix milliseconds."""
+    try:
+        moment = datetime.fromisoformat(value.removesuffix(" UTC") + ("+00:00" if value.endswith(" UTC") else ""))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)  # years 1 to 9999: always within range

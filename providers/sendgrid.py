@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .base import Delivery, KeyPairProvider, batch_delivery, parse_unix_timestamp, required_header
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_text, parse_json_array
+from .payload import checked_text, parse_json_array
 
 SIGNATURE = "x-twilio-email-event-webhook-signature"
 TIMESTAMP = "x-twilio-email-event-webhook-timestamp"
@@ -63,7 +63,8 @@ class SendGridProvider(KeyPairProvider):
 
     @staticmethod
     def _event(event: dict[str, Any]) -> Delivery:
-        event_id, event_type = as_text(event.get("sg_event_id")), as_text(event.get("event"))
+        event_id = checked_text(event.get("sg_event_id"), "event id")
+        event_type = checked_text(event.get("event"), "event type")
         if not event_id or not event_type:
             raise PayloadRejected("an event lacks sg_event_id or event")
         return Delivery(event_id, event_type, payload=event, body=orjson.dumps(event))

@@ -20,7 +20,7 @@ import orjson
 from .api import ResourceRef, fill_path
 from .base import BaseProvider, Delivery, check_mac, mac_text, required_header
 from .errors import PayloadRejected
-from .payload import as_sequence, as_text, parse_json_object
+from .payload import as_sequence, checked_text, parse_json_object
 
 SIGNATURE_HEADERS = ("shopify-hmac-sha256", "x-shopify-hmac-sha256")
 API_VERSION = "2025-10"
@@ -52,14 +52,18 @@ class ShopifyProvider(BaseProvider):
     def verify(self, body: bytes, headers: Mapping[str, str]) -> Delivery:
         name = SIGNATURE_HEADERS[0] if headers.get(SIGNATURE_HEADERS[0]) else SIGNATURE_HEADERS[1]
         check_mac(self.settings.secrets, body, [required_header(headers, name)], encoding="base64")
-        topic = _header(headers, "topic")
-        event_id = _header(headers, "event-id") or _header(headers, "webhook-id")
+        topic = checked_text(_header(headers, "topic"), "event type")
+        event_id = checked_text(_header(headers, "event-id"), "event id") or checked_text(
+            _header(headers, "webhook-id"), "event id"
+        )
         if not topic or not event_id:
             raise PayloadRejected("missing X-Shopify-Topic or X-Shopify-Event-Id/X-Shopify-Webhook-Id header")
         payload = parse_json_object(body)
-        resource_id = as_text(payload.get("admin_graphql_api_id"))
-        sequence = as_sequence(payload.get("updated_at")) or as_sequence(_header(headers, "triggered-at"))
-        return Delivery(event_id, topic, resource_id, sequence if resource_id else None, payload)
+        resource_id = checked_text(payload.get("admin_graphql_api_id"), "resource id")
+        sequence = None
+        if resource_id:
+            sequence = as_sequence(payload.get("updated_at")) or as_sequence(_header(headers, "triggered-at"))
+        return Delivery(event_id, topic, resource_id, sequence, payload)
 
     def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
         """REST ``/admin/api/<version>/<topic's resource>/<id>.json`` (``orders/create`` → orders)."""

@@ -30,7 +30,7 @@ from .base import (
     required_header,
 )
 from .errors import PayloadRejected
-from .payload import FORM, as_text, is_form, parse_form, parse_json_object
+from .payload import FORM, checked_text, is_form, parse_form, parse_json_object
 
 SIGNATURE = "x-slack-signature"
 TIMESTAMP = "x-slack-request-timestamp"
@@ -62,22 +62,24 @@ class SlackProvider(BaseProvider):
         if is_form(headers):
             return self._form_delivery(payload)
         event = payload.get("event")
-        event_id = as_text(payload.get("event_id"))
-        if not event_id or not isinstance(event, Mapping) or not isinstance(event.get("type"), str):
+        event_id = checked_text(payload.get("event_id"), "event id")
+        event_type = checked_text(event.get("type"), "event type") if isinstance(event, Mapping) else None
+        if not event_id or not event_type:
             raise PayloadRejected("body lacks event_id or event.type")
-        return Delivery(event_id, event["type"], payload=payload)
+        return Delivery(event_id, event_type, payload=payload)
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> Any:
         return parse_slack_form(body) if is_form(headers) else parse_json_object(body)
 
     @staticmethod
     def _form_delivery(payload: Mapping[str, Any]) -> Delivery:
-        trigger = as_text(payload.get("trigger_id"))
+        trigger = checked_text(payload.get("trigger_id"), "event id")
         if not trigger:
             raise PayloadRejected("form without a trigger_id")
         if "command" in payload:
             return Delivery(trigger, "slash_command", payload=payload)
-        return Delivery(trigger, f"interactive.{as_text(payload.get('type')) or 'unknown'}", payload=payload)
+        kind = checked_text(payload.get("type"), "event type") or "unknown"
+        return Delivery(trigger, f"interactive.{kind}", payload=payload)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
         signature = mac_text(secret, b"v0:%d:" % timestamp + body, prefix="v0=")

@@ -19,7 +19,7 @@ import orjson
 from .api import ResourceRef, fill_path
 from .base import Delivery, Inbound, SignsUrl, check_mac, mac_text, required_header
 from .errors import PayloadRejected
-from .payload import as_sequence, as_text, dig, parse_json_object
+from .payload import as_sequence, checked_dig, checked_text, dig, parse_json_object
 
 SIGNATURE = "x-square-hmacsha256-signature"
 #: ``data.type`` values Hookgate can reconcile: ``GET /v2/<type>s/<id>``.
@@ -37,14 +37,19 @@ class SquareProvider(SignsUrl):
         offered = required_header(request.headers, SIGNATURE)
         check_mac(self.settings.secrets, self.signed_url(request).encode() + request.body, [offered], encoding="base64")
         payload = parse_json_object(request.body)
-        event_id, event_type = as_text(payload.get("event_id")), as_text(payload.get("type"))
+        event_id = checked_text(payload.get("event_id"), "event id")
+        event_type = checked_text(payload.get("type"), "event type")
         if not event_id or not event_type:
             raise PayloadRejected("body lacks event_id or type")
-        kind = as_text(dig(payload, "data.type")) or ""
-        resource_id = as_text(dig(payload, "data.id"))
-        state = dig(payload, f"data.object.{kind}") if kind.isidentifier() else None
-        sequence = as_sequence(dig(state, "version")) or as_sequence(dig(state, "updated_at"))
-        return Delivery(event_id, event_type, resource_id, sequence if resource_id else None, payload)
+        kind = checked_text(checked_dig(payload, "data.type"), "data.type") or ""
+        resource_id = checked_text(checked_dig(payload, "data.id"), "resource id")
+        sequence = None
+        if resource_id and kind.isidentifier():
+            state = f"data.object.{kind}"
+            sequence = as_sequence(checked_dig(payload, f"{state}.version")) or as_sequence(
+                checked_dig(payload, f"{state}.updated_at")
+            )
+        return Delivery(event_id, event_type, resource_id, sequence, payload)
 
     def resource_ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
         kind = dig(payload, "data.type")

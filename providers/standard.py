@@ -25,7 +25,7 @@ from .base import (
     required_header,
 )
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_text, dig, parse_json_object
+from .payload import checked_text, dig, parse_json_object
 
 #: The specification asks for secrets of 24 to 64 random bytes.
 MIN_KEY_BYTES = 24
@@ -74,12 +74,17 @@ class StandardProvider(BaseProvider):
         expected = (base64.b64encode(hmac_digest(key, signed)) for key in self._keys)
         if not any_match(expected, offered):
             raise SignatureRejected("signature does not match")
+        event_id = checked_text(msg_id, "event id")
         payload = parse_json_object(body)
-        event_type = payload.get("type")
-        if not isinstance(event_type, str) or not event_type:
+        event_type = checked_text(payload.get("type"), "event type")
+        if not event_id or not event_type:
             raise PayloadRejected("body lacks the event's type")
-        resource_id = as_text(dig(payload, "data.id"))
-        return Delivery(msg_id, event_type, resource_id, timestamp * 1000, payload)
+        # Only ``type`` is the standard's; ``data`` is each sender's own, so a data.id that is not
+        # text names no resource rather than refusing the event (text with control characters is
+        # still refused, like any id).
+        data_id = dig(payload, "data.id")
+        resource_id = checked_text(data_id, "resource id") if isinstance(data_id, str | int) else None
+        return Delivery(event_id, event_type, resource_id, timestamp * 1000, payload)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
         msg_id = headers["webhook-id"]

@@ -23,7 +23,7 @@ from .base import (
     required_header,
 )
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_sequence, as_text, dig, parse_json_object
+from .payload import as_sequence, as_text, checked_dig, checked_text, dig, parse_json_object
 
 HEADER = "stripe-signature"
 
@@ -38,13 +38,15 @@ class StripeProvider(BaseProvider):
         self.check_timestamp(timestamp)
         check_mac(self.settings.secrets, b"%d." % timestamp + body, offered)
         payload = parse_json_object(body)
-        event_id, event_type = as_text(payload.get("id")), payload.get("type")
-        if not event_id or not isinstance(event_type, str):
+        event_id = checked_text(payload.get("id"), "event id")
+        event_type = checked_text(payload.get("type"), "event type")
+        if not event_id or not event_type:
             raise PayloadRejected("body lacks the event's id or type")
         return Delivery(
             event_id=event_id,
             event_type=event_type,
-            resource_id=as_text(dig(payload, "data.object.id")) or as_text(dig(payload, "related_object.id")),
+            resource_id=checked_text(checked_dig(payload, "data.object.id"), "resource id")
+            or checked_text(checked_dig(payload, "related_object.id"), "resource id"),
             sequence=as_sequence(payload.get("created")),
             payload=payload,
         )

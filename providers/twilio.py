@@ -27,7 +27,7 @@ from urllib.parse import SplitResult, urlencode
 from .api import ResourceRef, fill_path
 from .base import Delivery, Inbound, SignsUrl, check_any_mac, mac_text, required_header, split_url
 from .errors import PayloadRejected, SignatureRejected
-from .payload import FORM, as_sequence, is_form, parse_form, parse_json_object
+from .payload import FORM, as_sequence, checked_text, is_form, parse_form, parse_json_object
 
 SIGNATURE = "x-twilio-signature"
 IDEMPOTENCY = "i-twilio-idempotency-token"
@@ -92,15 +92,19 @@ class TwilioProvider(SignsUrl):
 
     @staticmethod
     def _delivery(fields: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery:
-        if fields.get("MessageSid"):
-            kind, sid = "message", str(fields["MessageSid"])
-            status = fields.get("MessageStatus") or fields.get("SmsStatus") or "received"
-        elif fields.get("CallSid"):
-            kind, sid, status = "call", str(fields["CallSid"]), fields.get("CallStatus") or "received"
+        message_sid = checked_text(fields.get("MessageSid"), "resource id")
+        call_sid = None if message_sid else checked_text(fields.get("CallSid"), "resource id")
+        if message_sid:
+            kind, sid = "message", message_sid
+            status = checked_text(fields.get("MessageStatus"), "event type") or checked_text(
+                fields.get("SmsStatus"), "event type"
+            )
+        elif call_sid:
+            kind, sid, status = "call", call_sid, checked_text(fields.get("CallStatus"), "event type")
         else:
             raise PayloadRejected("neither MessageSid nor CallSid in the request")
-        status = str(status)
-        event_id = headers.get(IDEMPOTENCY) or f"{sid}:{status}"
+        status = status or "received"
+        event_id = checked_text(headers.get(IDEMPOTENCY), "event id") or f"{sid}:{status}"
         sequence = as_sequence(fields.get("SequenceNumber"))
         return Delivery(
             event_id, f"{kind}.{status}", sid, sequence if sequence is not None else STAGES.get(status, 0), fields

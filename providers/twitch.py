@@ -20,7 +20,7 @@ import orjson
 
 from .base import BaseProvider, Delivery, Handshake, check_mac, mac_text, required_header
 from .errors import PayloadRejected, SignatureRejected
-from .payload import as_text, dig, parse_json_object
+from .payload import checked_dig, checked_text, parse_json_object
 
 PREFIX = "twitch-eventsub-"
 MESSAGE_ID, TIMESTAMP, SIGNATURE = (PREFIX + name for name in ("message-id", "message-timestamp", "message-signature"))
@@ -62,21 +62,24 @@ class TwitchProvider(BaseProvider):
         offered = required_header(headers, SIGNATURE)
         self.check_timestamp(parse_rfc3339(timestamp))
         check_mac(self.settings.secrets, (message_id + timestamp).encode() + body, [offered], prefix="sha256=")
+        event_id = checked_text(message_id, "event id")
+        if not event_id:  # never: required_header refused an empty one
+            raise SignatureRejected(f"missing {MESSAGE_ID} header")
         payload = parse_json_object(body)
         kind = headers.get(MESSAGE_TYPE, "notification")
         if kind == "webhook_callback_verification":
             challenge = payload.get("challenge")
             if not isinstance(challenge, str):
                 raise PayloadRejected("webhook_callback_verification without a challenge")
-            return Delivery(
-                message_id, kind, payload=payload, handshake=Handshake(200, challenge.encode(), "text/plain")
-            )
+            return Delivery(event_id, kind, payload=payload, handshake=Handshake(200, challenge.encode(), "text/plain"))
         if kind == "revocation":
-            return Delivery(message_id, "revocation", payload=payload)
-        event_type = headers.get(PREFIX + "subscription-type") or as_text(dig(payload, "subscription.type"))
+            return Delivery(event_id, "revocation", payload=payload)
+        event_type = checked_text(headers.get(PREFIX + "subscription-type"), "event type") or checked_text(
+            checked_dig(payload, "subscription.type"), "event type"
+        )
         if not event_type:
             raise PayloadRejected("no subscription type in the headers or the body")
-        return Delivery(message_id, event_type, payload=payload)
+        return Delivery(event_id, event_type, payload=payload)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
         when = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")

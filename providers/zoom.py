@@ -19,7 +19,7 @@ import orjson
 from .api import ResourceRef, fill_path
 from .base import BaseProvider, Delivery, Handshake, check_mac, mac_text, parse_unix_timestamp, required_header
 from .errors import PayloadRejected
-from .payload import as_sequence, as_text, dig, parse_json_object
+from .payload import as_sequence, as_text, checked_dig, checked_text, dig, parse_json_object
 
 SIGNATURE = "x-zm-signature"
 TIMESTAMP = "x-zm-request-timestamp"
@@ -38,19 +38,21 @@ class ZoomProvider(BaseProvider):
         self.check_timestamp(timestamp)
         secret = check_mac(self.settings.secrets, b"v0:%d:" % timestamp + body, [offered], prefix="v0=")
         payload = parse_json_object(body)
-        event = as_text(payload.get("event"))
+        event = checked_text(payload.get("event"), "event type")
         if not event:
             raise PayloadRejected("body lacks event")
         if event == "endpoint.url_validation":
-            plain = dig(payload, "payload.plainToken")
+            plain = checked_dig(payload, "payload.plainToken")
             if not isinstance(plain, str) or not plain:
                 raise PayloadRejected("endpoint.url_validation without payload.plainToken")
             # Answered under the secret that signed it: during a rotation, the one Zoom holds.
             encrypted = mac_text(secret, plain.encode())
             answer = Handshake(200, orjson.dumps({"plainToken": plain, "encryptedToken": encrypted}))
             return Delivery(event, event, payload=payload, handshake=answer)
-        object_id = as_text(dig(payload, "payload.object.uuid")) or as_text(dig(payload, "payload.object.id"))
-        event_ts = as_text(payload.get("event_ts"))
+        object_id = checked_text(checked_dig(payload, "payload.object.uuid"), "resource id") or checked_text(
+            checked_dig(payload, "payload.object.id"), "resource id"
+        )
+        event_ts = checked_text(payload.get("event_ts"), "event_ts")
         if not event_ts:
             raise PayloadRejected("body lacks event_ts")
         kind = event.partition(".")[0]
