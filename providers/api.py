@@ -5,15 +5,22 @@ Reconciliation fetches a resource's current state from the provider. Payloads ar
 can be aimed at Redis on localhost or a cloud metadata address. So every URL the workers fetch
 goes through :func:`api_url`: a path is joined to the configured ``base_url``, and an absolute
 URL is accepted only if its scheme, host and port equal the base's and its path lies under the
-base's path. Ids put into paths are percent-encoded and may not be ``.`` or ``..``.
+base's path.
+
+Paths are also read the way a lenient server might read them: a segment that decodes (once,
+twice) to ``.`` or ``..``, or to anything with a slash or a backslash, and any control character,
+would let a payload walk out of the base path on a server that decodes ``%2e%2e`` or ``%2f``, or
+treats ``\\`` as ``/``; such URLs are refused. Ids put into paths are percent-encoded as one
+segment each, and refused by the same rule.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from .errors import HookgateError
 
@@ -111,12 +118,37 @@ class ApiSettings:
         return settings, []
 
 
+#: Control characters (C0, DEL, C1): never part of a URL a provider's API gives out.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: How many times a segment is decoded when looking for a disguised ``..`` or slash.
+_DECODINGS = 3
+
+
+def unsafe_segment(segment: str) -> bool:
+    """Whether one path segment, as written or decoded up to three times, is empty-ish (``.``,
+    ``..``), holds a slash or a backslash, or a control character: what some server between us and
+    the API could read as a step out of the path. A segment still encoded after three decodings
+    is refused too (no API needs that)."""
+    for _ in range(_DECODINGS):
+        if segment in (".", "..") or "/" in segment or "\\" in segment or _CONTROL.search(segment):
+            return True
+        decoded = unquote(segment)
+        if decoded == segment:
+            return False
+        segment = decoded
+    return True
+
+
 def fill_path(template: str, **values: str) -> str:
-    """``template`` with each ``{name}`` replaced by its value, percent-encoded as one segment."""
+    """``template`` with each ``{name}`` replaced by its value, percent-encoded as one segment.
+
+    Raises:
+        UnsafeUrl: a value is empty or would change the path's shape (see :func:`unsafe_segment`).
+    """
     path = template
     for name, value in values.items():
-        if value in (".", ".."):
-            raise UnsafeUrl(f"refused to put {value!r} into an API path")
+        if not value or unsafe_segment(value):
+            raise UnsafeUrl(f"refused to put {value[:100]!r} into an API path")
         path = path.replace("{" + name + "}", quote(value, safe=""))
     return path
 
@@ -138,26 +170,43 @@ def api_url(base_url: str, target: str) -> str:
     absolute URL (from a payload) must already lie under it.
 
     Raises:
-        UnsafeUrl: ``target`` points at another scheme, host or port, or outside the base path.
+        UnsafeUrl: ``target`` cannot be parsed, points at another scheme, host or port, or outside
+            the base path, or has a path segment that could be read as one (see
+            :func:`unsafe_segment`).
     """
     base = urlsplit(base_url)
     if target.startswith("/") and not target.startswith("//"):
         target = base_url.rstrip("/") + target
-    parts = urlsplit(target)
-    try:
-        same_origin = (parts.scheme, parts.hostname, parts.port or _default_port(parts.scheme)) == (
-            base.scheme,
-            base.hostname,
-            base.port or _default_port(base.scheme),
-        )
-    except ValueError:  # an invalid port
-        same_origin = False
-    segments = parts.path.split("/")
+    parts = _split(target)
+    if parts is None:
+        raise UnsafeUrl(f"refused to fetch {_shown(target)}: it is not a valid URL")
+    same_origin = (parts.scheme, parts.hostname, parts.port or _default_port(parts.scheme)) == (
+        base.scheme,
+        base.hostname,
+        base.port or _default_port(base.scheme),
+    )
     if not same_origin or parts.username or parts.password:
         raise UnsafeUrl(f"refused to fetch {_shown(target)}: it is not on the configured API host {base.netloc}")
-    if ".." in segments or "." in segments or not (parts.path + "/").startswith(base.path.rstrip("/") + "/"):
+    # urlsplit drops tabs and newlines from what it returns: look at the text as it will be sent.
+    segments = parts.path.split("/")[1:]
+    if (
+        _CONTROL.search(target)
+        or "\\" in target
+        or any(unsafe_segment(segment) for segment in segments if segment)
+        or not (parts.path + "/").startswith(base.path.rstrip("/") + "/")
+    ):
         raise UnsafeUrl(f"refused to fetch {_shown(target)}: it is outside the configured API path {base.path or '/'}")
     return target
+
+
+def _split(url: str) -> SplitResult | None:
+    """``url`` split, its port checked; ``None`` if either raises (``[`` in the host, port 99999)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return None
+    return parts
 
 
 def _default_port(scheme: str) -> int | None:
@@ -165,11 +214,15 @@ def _default_port(scheme: str) -> int | None:
 
 
 def _shown(url: str) -> str:
-    """A URL as it may appear in ``last_error``: without credentials or query, and short."""
-    parts = urlsplit(url)
+    """A URL as it may appear in ``last_error``: without credentials or query, control characters
+    escaped, and short."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that cannot be parsed)"
     host = parts.hostname or ""
     shown = f"{parts.scheme}://{host}{':' + str(parts.port) if _port_or_none(parts) else ''}{parts.path}"
-    return shown[:200]
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], shown[:200])
 
 
 def _port_or_none(parts: Any) -> int | None:

@@ -58,7 +58,10 @@ class StripeProvider(BaseProvider):
         obj = dig(payload, "data.object")
         if isinstance(obj, Mapping) and isinstance(obj.get("object"), str) and obj.get("id") == resource_id:
             kind = obj["object"]
-            return ResourceRef(kind, fill_path("/v1/" + kind.replace(".", "/") + "s/{id}", id=resource_id))
+            # Each dotted part of the type is one path segment, encoded (and checked) like an id.
+            parts = {f"part{index}": part for index, part in enumerate(kind.split("."))}
+            template = "/v1/" + "/".join(f"{{{name}}}" for name in parts) + "s/{id}"
+            return ResourceRef(kind, fill_path(template, **parts, id=resource_id))
         related = payload.get("related_object") if isinstance(payload, Mapping) else None
         if isinstance(related, Mapping) and isinstance(related.get("url"), str):
             return ResourceRef(as_text(related.get("type")), url=related["url"])

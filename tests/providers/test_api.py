@@ -18,7 +18,13 @@ from workers.reconcile import MAX_RETRY_AFTER, parse_retry_after
         ("https://api.github.com", "https://api.github.com/repos/o/r", "https://api.github.com/repos/o/r"),
         ("https://api.github.com", "https://api.github.com:443/repos/o/r", "https://api.github.com:443/repos/o/r"),
         ("https://ghe.example.com/api/v3", "https://ghe.example.com/api/v3/repos/o/r", None),
-        ("http://127.0.0.1:8080", "/v1/things/a%2Fb", "http://127.0.0.1:8080/v1/things/a%2Fb"),
+        ("http://127.0.0.1:8080", "/v1/things/a%3Fb%20c", "http://127.0.0.1:8080/v1/things/a%3Fb%20c"),
+        (
+            "https://api.github.com",
+            "/repos/o/r/labels/good%20first%20issue",
+            "https://api.github.com/repos/o/r/labels/good%20first%20issue",
+        ),
+        ("https://api.github.com", "/repos/o/r/issues/1?page=1", "https://api.github.com/repos/o/r/issues/1?page=1"),
     ],
 )
 def test_urls_on_the_configured_api_are_allowed(base: str, target: str, expected: str | None) -> None:
@@ -45,6 +51,36 @@ def test_urls_elsewhere_are_refused(target: str) -> None:
         api_url("https://api.github.com", target)
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://api.github.com/repos/%2e%2e/%2e%2e/admin",  # dot segments, percent-encoded
+        "https://api.github.com/repos/%2E%2E/admin",
+        "https://api.github.com/repos/.%2e/admin",
+        "https://api.github.com/repos/%252e%252e/admin",  # encoded twice, for a server that decodes twice
+        "https://api.github.com/repos/o%2f..%2f..%2fadmin",  # an encoded slash
+        "https://api.github.com/repos/o%2F..%2F..%2Fadmin",
+        "https://api.github.com/repos\\..\\..\\admin",  # backslashes, which some servers take as slashes
+        "https://api.github.com/repos/o%5c..%5cadmin",
+        "https://api.github.com/repos/o\x00/r",  # control characters
+        "https://api.github.com/repos/o%00/r",
+        "https://api.github.com/repos/o/r\nHost: evil.example",
+        "/repos/%2e%2e/%2e%2e/admin",  # the same as paths
+        "/v1/things/a%2Fb",
+        "/v1/things/a\\b",
+    ],
+)
+def test_disguised_dot_segments_slashes_and_control_characters_are_refused(target: str) -> None:
+    with pytest.raises(UnsafeUrl, match="refused to fetch"):
+        api_url("https://api.github.com", target)
+
+
+@pytest.mark.parametrize("target", ["https://[/repos", "https://api.github.com:99999/repos", "http://[::1/x"])
+def test_unparseable_urls_are_refused(target: str) -> None:
+    with pytest.raises(UnsafeUrl, match="refused to fetch"):
+        api_url("https://api.github.com", target)
+
+
 def test_urls_outside_the_base_path_are_refused() -> None:
     with pytest.raises(UnsafeUrl, match="outside the configured API path /api/v3"):
         api_url("https://ghe.example.com/api/v3", "https://ghe.example.com/api/v30/repos")
@@ -53,10 +89,16 @@ def test_urls_outside_the_base_path_are_refused() -> None:
 
 
 def test_ids_are_one_encoded_path_segment() -> None:
-    assert fill_path("/v1/things/{resource}", resource="a/b?c#d") == "/v1/things/a%2Fb%3Fc%23d"
-    for dots in (".", ".."):
-        with pytest.raises(UnsafeUrl):
-            fill_path("/v1/things/{resource}", resource=dots)
+    assert fill_path("/v1/things/{resource}", resource="a?c#d e:f") == "/v1/things/a%3Fc%23d%20e%3Af"
+    assert fill_path("/v1/things/{resource}", resource="caf\u00e9") == "/v1/things/caf%C3%A9"
+
+
+@pytest.mark.parametrize(
+    "value", ["", ".", "..", "a/b", "../../admin", "a\\b", "%2e%2e", "%2E.", "a%2fb", "a\x00", "a\nb"]
+)
+def test_ids_that_would_change_the_path_are_refused(value: str) -> None:
+    with pytest.raises(UnsafeUrl, match="refused to put"):
+        fill_path("/v1/things/{resource}", resource=value)
 
 
 def test_api_settings_report_every_problem() -> None:
@@ -94,6 +136,25 @@ def test_stripe_references_the_object_an_event_names() -> None:
     assert stripe_ref(snapshot, "cs_1") == ResourceRef("checkout.session", "/v1/checkout/sessions/cs_1")
     thin = {"related_object": {"id": "mtr_1", "type": "billing.meter", "url": "/v1/billing/meters/mtr_1"}}
     assert stripe_ref(thin, "mtr_1") == ResourceRef("billing.meter", url="/v1/billing/meters/mtr_1")
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("charge?expand[]=customer#", "/v1/charge%3Fexpand%5B%5D%3Dcustomer%23s/ch_1"),  # no query smuggled in
+        ("a b", "/v1/a%20bs/ch_1"),
+    ],
+)
+def test_stripe_object_type_is_encoded_segment_by_segment(kind: str, path: str) -> None:
+    ref = stripe_ref({"data": {"object": {"id": "ch_1", "object": kind}}}, "ch_1")
+    assert ref == ResourceRef(kind, path)
+    assert api_url("https://api.stripe.com", path) == "https://api.stripe.com" + path
+
+
+@pytest.mark.parametrize("kind", ["x/../../admin", "checkout..session", "%2e%2e", "a\\b", ".session"])
+def test_stripe_object_type_that_would_change_the_path_is_refused(kind: str) -> None:
+    with pytest.raises(UnsafeUrl):
+        stripe_ref({"data": {"object": {"id": "ch_1", "object": kind}}}, "ch_1")
 
 
 def test_retry_after_in_seconds_or_as_a_date() -> None:
