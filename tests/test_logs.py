@@ -21,13 +21,12 @@ import httpx
 import pytest
 import redis
 import yaml
-from sqlalchemy import insert
 
 from gateway.config import WorkerSettings
-from gateway.models import QUEUED, RECEIVED, events
 from gateway.queue import EventQueue, create_broker, new_token
 from tests.conftest import Hookgate
 from tests.support.fake_api import Answer, FakeApi
+from tests.support.rows import insert_waiting
 from tests.support.servers import ROOT, wait_for
 from workers.recovery import RecoverySweep
 
@@ -208,31 +207,6 @@ def test_events_whose_broker_message_was_lost_are_reported_as_recovered(hookgate
     lines = recovery_lines(worker.log)
     assert all("[WARNING] sent" in line and "whose broker message was lost" in line for line in lines), lines
     assert sum(int(re.findall(r"sent (\d+) events again", line)[0]) for line in lines) == len(ids)
-
-
-def insert_waiting(
-    engine: Any, event_id: str, message_id: str | None, now: float, *, resource: str | None = None, due: bool = True
-) -> int:
-    """A waiting event as the intake, a worker or the sweep leaves it; ``due`` for the sweep now."""
-    with engine.begin() as conn:
-        return conn.execute(
-            insert(events)
-            .values(
-                provider="acme",
-                event_id=event_id,
-                event_type="thing.updated",
-                resource_id=resource,
-                body=b"{}",
-                headers="{}",
-                received_at=now - 10,
-                status=QUEUED if message_id else RECEIVED,
-                attempts=0,
-                message_id=message_id,
-                sweep_after=now - 1 if due else now + 3600,
-                updated_at=now - 10,
-            )
-            .returning(events.c.id)
-        ).scalar_one()
 
 
 def test_the_sweep_logs_held_events_at_debug_and_lost_messages_at_warning(

@@ -5,11 +5,8 @@ client would refuse to write most of them."""
 from __future__ import annotations
 
 import concurrent.futures
-import socket
-import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -18,6 +15,7 @@ from sqlalchemy import select
 
 from gateway.models import events
 from tests.conftest import GITHUB_SECRET, STRIPE_SECRET, Hookgate
+from tests.support.raw_http import hold_commits, raw_request
 from tests.support.servers import wait_for
 
 URL_READERS = {
@@ -27,22 +25,6 @@ URL_READERS = {
     "msgraph": {"type": "msgraph", "secrets": ["graph-client-state"]},
     "meta": {"type": "meta", "secrets": ["meta-app-secret-1"], "verify_token": "meta-verify-token"},
 }
-
-
-def raw_request(
-    base_url: str, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
-) -> tuple[int, bytes]:
-    """Send one request exactly as written (repeats and odd values kept); the status and body."""
-    parts = urlsplit(base_url)
-    lines = [f"{method} {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
-    lines += [f"Content-Length: {len(body)}", "Connection: close"]
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), payload
 
 
 @pytest.fixture
@@ -164,16 +146,7 @@ def test_one_poison_row_does_not_fail_the_deliveries_committed_with_it(
                 "BEGIN SELECT RAISE(ABORT, 'poison'); END"
             )
     ingestor = intake.server.app.intake.ingestor  # type: ignore[union-attr]
-    entered, release = threading.Event(), threading.Event()
-    commit = ingestor._commit
-
-    def held_once(rows: list[Any]) -> Any:
-        if rows and not release.is_set():
-            entered.set()
-            release.wait(30)
-        return commit(rows)
-
-    monkeypatch.setattr(ingestor, "_commit", held_once)
+    entered, release = hold_commits(ingestor, monkeypatch)
 
     def post(event_id: str) -> int:
         body, signature = stripe_body(event_id, id=f"cus_{event_id}")

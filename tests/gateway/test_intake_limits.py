@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,7 +21,7 @@ from gateway.intake import create_app
 from gateway.queue import EventQueue, create_broker
 from gateway.settings import ServerLimits
 from tests.conftest import STRIPE_SECRET, Hookgate
-from tests.gateway.test_hostile_intake import raw_request
+from tests.support.raw_http import hold_commits, raw_request
 from tests.support.servers import ServerThread, wait_for
 
 TIGHT = ServerLimits(
@@ -144,22 +143,6 @@ def test_connections_past_the_limit_are_answered_503_and_freed_ones_are_served(s
     )
 
 
-def hold_commits(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Make the first write of rows wait until ``release`` is set (``entered`` says it waits)."""
-    ingestor = server.app.intake.ingestor
-    entered, release = threading.Event(), threading.Event()
-    commit = ingestor._commit
-
-    def held(rows: list[Any]) -> Any:
-        if rows and not release.is_set():
-            entered.set()
-            release.wait(30)
-        return commit(rows)
-
-    monkeypatch.setattr(ingestor, "_commit", held)
-    return entered, release
-
-
 @pytest.mark.parametrize(
     ("limits", "size", "waiting"),
     [
@@ -172,8 +155,8 @@ def test_while_the_store_stalls_the_inbox_is_bounded_and_the_rest_is_503_at_once
     serve: Any, monkeypatch: pytest.MonkeyPatch, limits: ServerLimits, size: int, waiting: int
 ) -> None:
     server = serve(limits)
-    entered, release = hold_commits(server, monkeypatch)
     ingestor = server.app.intake.ingestor
+    entered, release = hold_commits(ingestor, monkeypatch)
 
     def post(event_id: str) -> tuple[int, bytes]:
         body, headers = signed_stripe(event_id, size)

@@ -9,19 +9,9 @@ import hmac
 import pytest
 
 from providers import ProviderConfigError
-from tests.providers.helpers import NOW, make, rejected, verify
+from tests.providers.helpers import HMAC_OPTIONS, NOW, make, rejected, verify
 
-OPTIONS = {
-    "signature": {"header": "X-Acme-Signature", "algorithm": "sha256", "encoding": "hex", "prefix": "sha256="},
-    "timestamp": {"header": "X-Acme-Timestamp"},
-    "signed_payload": "{timestamp}.{body}",
-    "event": {
-        "id": "header:X-Acme-Event-Id",
-        "type": "body:type",
-        "resource": "body:data.id",
-        "sequence": "body:data.version",
-    },
-}
+OPTIONS = HMAC_OPTIONS
 BODY = b'{"type":"thing.updated","data":{"id":"t-1","version":7}}'
 
 

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from gateway.config import WorkerSettings
-from gateway.models import QUEUED, events
+from gateway.models import events
 from gateway.queue import NAMESPACE, QUEUE_NAME, EventQueue, create_broker, new_token
 from tests.conftest import Hookgate
+from tests.support.rows import insert_waiting
 from tests.support.servers import wait_for
 from workers.recovery import RecoverySweep
 
@@ -75,32 +76,10 @@ class RaceWithAFailedTry(EventQueue):
         return super().missing(tokens)
 
 
-def waiting_event(engine: Any, event_id: str, token: str, now: float) -> int:
-    """A queued event whose recheck is due, as the intake and an earlier sweep left it."""
-    with engine.begin() as conn:
-        return conn.execute(
-            insert(events)
-            .values(
-                provider="acme",
-                event_id=event_id,
-                event_type="thing.updated",
-                body=b"{}",
-                headers="{}",
-                received_at=now - 10,
-                status=QUEUED,
-                attempts=1,
-                message_id=token,
-                sweep_after=now - 1,
-                updated_at=now - 10,
-            )
-            .returning(events.c.id)
-        ).scalar_one()
-
-
 def test_the_sweep_keeps_a_retry_time_set_after_it_read_the_event(redis_url: str, engine: Any) -> None:
     now = time.time()
     tokens = [new_token() for _ in range(3)]
-    pk, *others = [waiting_event(engine, f"retry-{n}", token, now) for n, token in enumerate(tokens)]
+    pk, *others = [insert_waiting(engine, f"retry-{n}", token, now, attempts=1) for n, token in enumerate(tokens)]
     broker = create_broker(redis_url)
     EventQueue(broker).send(zip([pk, *others], tokens, strict=True))  # Redis holds every message
     retry_at = now + 3600
