@@ -50,6 +50,9 @@ PREFIX = "/webhooks/"
 #: Seconds a sender is asked to wait before retrying after a 503.
 RETRY_AFTER = "5"
 MAX_ID_LENGTH = 255
+#: Sent with an answer given before the body was read: the connection is not reused, so that the
+#: rest of the body is not left for the client to trickle on it.
+UNREAD = {"Connection": "close"}
 #: Sequences are stored in a signed 64-bit column.
 SEQUENCE_RANGE = range(-(2**63), 2**63)
 #: C0 controls and DEL: no provider puts them in an id or a type, and PostgreSQL refuses NUL.
@@ -136,14 +139,14 @@ class Intake:
         """The answer to a webhook request: status, body and media type (refusals raise Reply)."""
         entry = self.config.providers.get(name)
         if entry is None:
-            raise Reply(404, {"error": "unknown provider"})
+            raise Reply(404, {"error": "unknown provider"}, UNREAD)
         method = scope["method"]
         if method != "POST" and not (method == "GET" and entry.provider.accepts_get):
             allowed = "GET, POST" if entry.provider.accepts_get else "POST"
-            raise Reply(405, {"error": "method not allowed"}, {"Allow": allowed})
+            raise Reply(405, {"error": "method not allowed"}, {"Allow": allowed, **UNREAD})
         headers = Headers(scope=scope)
         if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
-            raise Reply(415, {"error": "compressed bodies are not accepted"}, outcome="unsupported_encoding")
+            raise Reply(415, {"error": "compressed bodies are not accepted"}, UNREAD, outcome="unsupported_encoding")
         stored = self.stored_headers(name, scope["headers"])
         body = await self.read_body(headers, receive, entry.max_body_bytes, self.body_timeout)
         try:
@@ -209,7 +212,9 @@ class Intake:
                 if text not in stored:
                     stored[text] = value.decode("latin-1")
                 elif key in single:
-                    raise Reply(400, {"error": f"header {text} appears more than once"}, outcome="rejected_payload")
+                    raise Reply(
+                        400, {"error": f"header {text} appears more than once"}, UNREAD, outcome="rejected_payload"
+                    )
         return orjson.dumps(stored).decode()
 
     @staticmethod

@@ -10,6 +10,7 @@ bounded time. The body is bounded by the intake itself (``max_body_bytes`` and t
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import uvicorn
@@ -17,39 +18,76 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .settings import DEFAULT_LIMITS, ServerLimits
 
+#: After refusing a request, how long the connection is kept half-closed while what the client
+#: still sends is read and dropped: closing at once would make the kernel answer that data with a
+#: reset, which can destroy the refusal before the client has read it.
+LINGER_SECONDS = 2.0
+
 
 def reply_and_close(transport: asyncio.Transport, status: bytes, message: bytes) -> None:
-    """Answer a request the app never saw (``status`` such as ``b"408 Request Timeout"``)."""
+    """Answer a request the app never saw (``status`` such as ``b"408 Request Timeout"``), then
+    close our side at once and the connection after :data:`LINGER_SECONDS`."""
     transport.write(
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
         b"content-length: " + str(len(message)).encode() + b"\r\n\r\n" + message
     )
-    transport.close()
+    if not transport.can_write_eof():
+        transport.close()
+        return
+    transport.write_eof()
+    asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+
+
+HEADERS_TOO_LARGE = (b"431 Request Header Fields Too Large", b'{"error":"headers too large"}')
+HEADERS_TOO_SLOW = (b"408 Request Timeout", b'{"error":"headers not received in time"}')
+
+#: Chunked framing a request may carry per body chunk (size line, extensions, CRLFs), beyond
+#: ``max_header_bytes`` for its trailers: more than that is a client feeding bytes that are
+#: neither headers nor body, which the parser would buffer without bound.
+FRAMING_BYTES_PER_CHUNK = 64
 
 
 class GuardedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol, with a deadline and a size cap on each request's headers.
 
-    The size is counted twice: exactly, from the parser's callbacks, when the headers complete in
-    one read; and as raw bytes read while the headers are still incomplete, so that a client
-    sending endless headers is stopped after the limit plus one read, not when it stops.
+    - The header clock starts at the first byte of a request (or of anything sent between
+      requests, such as blank lines the parser skips) and stops when its headers are complete.
+      While an earlier request on the connection is still being answered, the clock does not
+      run out: reading is paused then, so the delay is ours, not the client's.
+    - The size is counted twice: exactly, from the parser's callbacks, when the headers complete
+      in one read; and as raw bytes read while they are incomplete, so that a client sending
+      endless headers is stopped after the limit plus one read.
+    - Trailers of a chunked body are dropped (the intake has no use for them) and, with the
+      chunk framing, may not exceed ``max_header_bytes`` plus a little per chunk.
+    - A refusal (408, 431) due while an earlier request is still being answered is sent after
+      that answer, so that a pipelined client never reads it as the answer to another request.
     """
 
     limits: ServerLimits = DEFAULT_LIMITS
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._refused = False
+        self._refusal: tuple[bytes, bytes] | None = None
         self._header_timer: asyncio.TimerHandle | None = None
+        self._in_body = False
+        self._messages = self._body_bytes = self._body_chunks = self._framing_bytes = 0
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._await_headers()
+
+    def _busy(self) -> bool:
+        """Whether a request on this connection is still being answered (or waits its turn)."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def _await_headers(self) -> None:
         self._header_bytes = 0
         self._raw_header_bytes = 0
         self._reading_headers = True
+        self._arm(self.limits.header_timeout_seconds)
+
+    def _arm(self, delay: float) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
-        self._header_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._headers_too_slow)
+        self._header_timer = self.loop.call_later(delay, self._headers_too_slow)
 
     def _headers_done(self) -> None:
         self._reading_headers = False
@@ -59,34 +97,67 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        if self._reading_headers and not self.transport.is_closing():
-            reply_and_close(self.transport, b"408 Request Timeout", b'{"error":"headers not received in time"}')
+        if not self._reading_headers or self.transport.is_closing():
+            return
+        if self._busy():
+            self._arm(self.limits.header_timeout_seconds)
+            return
+        self._refuse(*HEADERS_TOO_SLOW)
 
-    def _refuse_headers(self) -> None:
+    def _refuse(self, status: bytes, message: bytes) -> None:
+        """Answer ``status`` and close, now or once the request being answered is done; every
+        byte the client sends from now on is dropped."""
         self._headers_done()
-        self._refused = True
-        reply_and_close(self.transport, b"431 Request Header Fields Too Large", b'{"error":"headers too large"}')
+        self._refusal = (status, message)
+        if not self._busy():
+            reply_and_close(self.transport, status, message)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None and not self._busy() and not self.transport.is_closing():
+            reply_and_close(self.transport, *self._refusal)
+        elif self._in_body and self._drain_timer is None:
+            # Answered before its body was read (404, 405, 415...): the rest of the body gets
+            # the body timeout to arrive, else the connection is closed.
+            self._drain_timer = self.loop.call_later(self.limits.body_timeout_seconds, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._headers_done()
+        self._stop_draining()
         super().connection_lost(exc)
 
+    def _stop_draining(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refusal is not None:
             return
+        if not self._reading_headers and not self._in_body and not self._busy():
+            self._await_headers()  # the first byte of the next request, or of anything else
         if self._reading_headers:
             if self._raw_header_bytes > self.limits.max_header_bytes:
-                self._refuse_headers()
+                self._refuse(*HEADERS_TOO_LARGE)
                 return
             self._raw_header_bytes += len(data)
+        message, body_before, in_body = self._messages, self._body_bytes, self._in_body
         super().data_received(data)
+        if self._refusal is not None:
+            return
         if self._reading_headers and self._header_bytes > self.limits.max_header_bytes:
-            self._refuse_headers()
+            self._refuse(*HEADERS_TOO_LARGE)
+        elif in_body and self._in_body and message == self._messages:  # a read wholly inside one body
+            self._framing_bytes += len(data) - (self._body_bytes - body_before)
+            allowed = self.limits.max_header_bytes + FRAMING_BYTES_PER_CHUNK * self._body_chunks
+            if self._framing_bytes > allowed:
+                self._refusal = (b"", b"")
+                self.transport.close()
 
     # -- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if not self._reading_headers:  # the next request on a kept-alive connection
+        if not self._reading_headers:  # a request that began in the same read as the last one
             self._await_headers()
         super().on_message_begin()
 
@@ -95,22 +166,31 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._reading_headers:
+            return  # a trailer: counted as framing by data_received, never kept
         self._header_bytes += len(name) + len(value) + 4
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._header_bytes > self.limits.max_header_bytes:
-            self._refused = True  # answered by data_received once the parser returns
+            self._refuse(*HEADERS_TOO_LARGE)
             return
         self._headers_done()
+        self._messages += 1
+        self._in_body = True
+        self._body_bytes = self._body_chunks = self._framing_bytes = 0
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        if not self._refused:
+        if self._refusal is None:
+            self._body_bytes += len(body)
+            self._body_chunks += 1
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._refused:
+        if self._refusal is None:
+            self._in_body = False
+            self._stop_draining()
             super().on_message_complete()
 
 
@@ -124,8 +204,10 @@ def uvicorn_config(
         host=host,
         port=port,
         http=protocol,
-        limit_concurrency=limits.max_connections,
-        timeout_keep_alive=int(limits.keep_alive_seconds),
+        # uvicorn counts the connection asking among the open ones: + 1 lets exactly N serve.
+        limit_concurrency=limits.max_connections + 1,
+        timeout_keep_alive=math.ceil(limits.keep_alive_seconds),
+        ws="none",  # the intake speaks plain HTTP; an Upgrade is not handed to a WebSocket stack
         backlog=limits.backlog,
         log_level=log_level,
         access_log=False,

@@ -179,3 +179,88 @@ def test_while_the_store_stalls_the_inbox_is_bounded_and_the_rest_is_503_at_once
         assert post("evt_after")[0] == 200
     finally:
         release.set()
+
+
+def test_endless_chunked_trailers_are_cut_off(serve: Any) -> None:
+    """Trailers come after the headers are done; they are dropped and, with the chunk framing,
+    capped, where the parser would otherwise buffer all of them (1.3 GB in 4 s was seen)."""
+    server = serve(TIGHT)
+    sock = connect(server)
+    sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n")
+    sent, closed = 0, False
+    for index in range(10_000):  # 10 MB of trailers at most
+        try:
+            sent += sock.send(b"X-Trailer-%d: %s\r\n" % (index, b"a" * 1000))
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+    assert closed
+    assert sent < 2 * 1024 * 1024
+
+
+def test_blank_lines_between_requests_do_not_hold_a_connection(serve: Any) -> None:
+    server = serve(TIGHT)
+    sock = connect(server)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    sock.settimeout(0.2)
+    started, answer = time.monotonic(), None
+    while answer is None and time.monotonic() - started < 10:
+        try:
+            sock.sendall(b"\r\n")  # skipped by the parser: no request ever begins
+            answer = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            answer = b"reset"
+    assert answer is not None
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "extra"),
+    [
+        ("/webhooks/nope", "POST", b""),
+        ("/webhooks/stripe", "PUT", b""),
+        ("/webhooks/stripe", "POST", b"Content-Encoding: gzip\r\n"),
+        ("/healthz", "POST", b""),
+    ],
+    ids=["404", "405", "415", "not-read-by-starlette"],
+)
+def test_an_answer_before_the_body_does_not_leave_the_body_to_trickle(
+    serve: Any, path: str, method: str, extra: bytes
+) -> None:
+    server = serve(TIGHT)
+    sock = connect(server)
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n".encode() + extra + b"\r\n{")
+    started = time.monotonic()
+    status, _ = answer_of(sock)  # read until the server closes
+    assert status in (404, 405, 415)
+    assert time.monotonic() - started < 5
+
+
+def test_a_pipelined_request_is_never_answered_in_place_of_a_slow_one(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request waits for its commit longer than the header timeout, while the second,
+    pipelined behind it, is incomplete: the first gets its own 200, then the second its 408."""
+    server = serve(TIGHT)
+    entered, release = hold_commits(server.app.intake.ingestor, monkeypatch)
+    body, headers = signed_stripe("evt_pipelined")
+    first = b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        f"{name}: {value}\r\n".encode() for name, value in headers
+    )
+    first += f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    sock = connect(server)
+    sock.sendall(first + b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\n")
+    assert entered.wait(15)
+    time.sleep(TIGHT.header_timeout_seconds * 2)  # a clock that must not run out: this is the point
+    release.set()
+    answers = b""
+    while chunk := sock.recv(65536):
+        answers += chunk
+    assert answers.startswith(b"HTTP/1.1 200")
+    assert b'"status":"accepted"' in answers
+    assert answers.count(b"HTTP/1.1 408") == 1
+    assert answers.index(b"HTTP/1.1 408") > answers.index(b'"status":"accepted"')

@@ -212,7 +212,10 @@ def test_a_stored_body_the_provider_cannot_decode_fails_at_once_with_the_reason(
         assert "JSON" in row.last_error, row.last_error
 
 
-def test_a_payload_url_httpx_refuses_fails_the_event_with_the_reason(hookgate: Hookgate, fake_api: FakeApi) -> None:
+def test_a_payload_url_with_a_control_character_fails_the_event_at_once_with_the_reason(
+    hookgate: Hookgate, fake_api: FakeApi
+) -> None:
+    """httpx would refuse this URL (InvalidURL); the API guard refuses it first, by name."""
     hookgate.configure_provider("stripe", api={"base_url": fake_api.url, "token": "sk_test_123"})
     hookgate.start_intake()
     hookgate.start_worker()
@@ -229,7 +232,8 @@ def test_a_payload_url_httpx_refuses_fails_the_event_with_the_reason(hookgate: H
     assert hookgate.post("stripe", body, {"Stripe-Signature": header}).status_code == 200
     row = hookgate.wait_status("stripe", "evt_badurl", "failed", timeout=30)
     assert row.attempts == 1
-    assert row.last_error.startswith("reconciliation: InvalidURL"), row.last_error
+    assert row.last_error.startswith("reconciliation: refused to fetch"), row.last_error
+    assert "/v1/billing/meters/m\\x01tr" in row.last_error  # the control character escaped, not written
 
 
 def test_a_commit_the_database_refuses_is_recorded_as_the_events_failure(hookgate: Hookgate) -> None:
