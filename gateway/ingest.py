@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from .errors import InboxFull, StoreUnavailable
 from .models import QUEUED, RECEIVED, events
@@ -255,12 +255,15 @@ class Ingestor:
                 return {}, set(keys)
         inserted: dict[tuple[str, str], int] = {}
         refused: set[tuple[str, str]] = set()
-        for pending, key in zip(batch, keys, strict=True):
+        for index, (pending, key) in enumerate(zip(batch, keys, strict=True)):
             try:
                 inserted |= self._commit([pending.row])
             except Exception as exc:
                 _log_failure(exc, [key])
                 refused.add(key)
+                if not _refused_for_content(exc):  # the store went away meanwhile: stop there
+                    refused.update(keys[index + 1 :])
+                    break
         return inserted, refused
 
     def _commit(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -313,21 +316,36 @@ class Ingestor:
         self.broker_healthy = True
 
 
+#: SQLSTATE classes and codes that judge what was written: data exceptions (a NUL, a number out
+#: of range), integrity violations, and an exception raised by a trigger or function.
+CONTENT_SQLSTATES = ("22", "23", "P0001")
+
+
 def _refused_for_content(exc: Exception) -> bool:
     """Whether the store turned down what was written (a value, a constraint, a trigger) rather
-    than being unreachable, locked or out of time: only then can another try of fewer rows help."""
-    return not isinstance(exc, OperationalError) and not getattr(exc, "connection_invalidated", False)
+    than being unreachable, read-only, locked, out of connections or out of time: only then can a
+    try of fewer rows help. Unknown errors count as unavailability, which costs one 503 per row
+    instead of one transaction per row."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        state = getattr(exc.orig, "sqlstate", None)  # psycopg
+        if state is not None:
+            return state.startswith(CONTENT_SQLSTATES)
+        return isinstance(exc, IntegrityError | DataError)  # sqlite3 (a trigger's RAISE is one)
+    # The driver refused to bind a value before sending it (sqlite3: an int past 64 bits).
+    return isinstance(exc, OverflowError | ValueError | TypeError)
 
 
 def _log_failure(exc: Exception, keys: list[tuple[str, str]]) -> None:
-    if not _refused_for_content(exc):
-        log.warning("store unavailable: %s", type(exc).__name__)
-        return
     # The driver's first line only: SQLAlchemy's own text lists the parameters (bodies, headers).
     cause = exc.orig if isinstance(exc, DBAPIError) else exc
     reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
-    if len(keys) == 1:
-        log.error("the store refused event %s of %s: %s", keys[0][1], keys[0][0], reason)
+    if not _refused_for_content(exc):
+        # A driver's or the pool's error is the store being unavailable; anything else is a bug.
+        log.warning("store unavailable: %s", reason, exc_info=not isinstance(exc, SQLAlchemyError))
+    elif len(keys) == 1:
+        log.error("the store refused event %r of %s: %s", keys[0][1], keys[0][0], reason)
     else:
         log.error("the store refused a batch of %d events: %s", len(keys), reason)
 

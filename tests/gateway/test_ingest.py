@@ -9,10 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy.exc
 from dramatiq.brokers.stub import StubBroker
 
+from gateway.database import create_store_engine
 from gateway.errors import StoreUnavailable
-from gateway.ingest import Ingestor
+from gateway.ingest import Ingestor, _refused_for_content
+from gateway.models import events
 from gateway.queue import QUEUE_NAME, EventQueue, new_token
 
 
@@ -83,3 +86,32 @@ def test_new_events_are_handed_to_the_broker_once(ingestor: Ingestor) -> None:
     while broker.queues[QUEUE_NAME].qsize() < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert broker.queues[QUEUE_NAME].qsize() == 5
+
+
+def store_error(engine: Any, statement: str) -> Exception:
+    """The exception the store raises for ``statement`` (run in a transaction that is undone)."""
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.exec_driver_sql(statement)
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"{statement!r} did not fail")
+
+
+def test_only_a_refusal_of_the_rows_themselves_retries_a_batch_row_by_row(engine: Any) -> None:
+    """A row-by-row retry helps when the store judged what was written; when it is read-only
+    (a failover), out of connections or gone, it would cost a transaction and an ERROR per row."""
+    table = events.name
+    postgres = engine.dialect.name == "postgresql"
+    content = [store_error(engine, f"INSERT INTO {table} (id) VALUES (NULL)")]  # noqa: S608 (NOT NULL)
+    unavailable = [sqlalchemy.exc.TimeoutError("QueuePool limit reached")]
+    if postgres:
+        content.append(store_error(engine, "SELECT 'a'::int"))  # a data exception
+        content.append(store_error(engine, "DO $$ BEGIN RAISE EXCEPTION 'poison'; END $$"))
+        unavailable.append(store_error(engine, f"SET TRANSACTION READ ONLY; DELETE FROM {table}"))  # noqa: S608
+        unavailable.append(store_error(engine, "SET LOCAL statement_timeout = 10; SELECT pg_sleep(1)"))
+    else:
+        unavailable.append(store_error(create_store_engine("sqlite:////nonexistent/dir/x.db"), "SELECT 1"))
+    content.append(OverflowError("Python int too large to convert to SQLite INTEGER"))
+    assert [_refused_for_content(exc) for exc in content] == [True] * len(content), content
+    assert [_refused_for_content(exc) for exc in unavailable] == [False] * len(unavailable), unavailable
