@@ -38,7 +38,7 @@ from providers.base import COMMON_HEADERS
 
 from .config import Config, ProviderEntry
 from .database import create_schema, ping
-from .errors import InboxFull, StoreUnavailable
+from .errors import ConfigError, InboxFull, StoreUnavailable
 from .ingest import ACCEPTED, DUPLICATE, Ingestor
 from .models import RECEIVED
 from .queue import EventQueue, new_token
@@ -96,6 +96,12 @@ class Intake:
         self.engine = engine
         self.event_queue = event_queue
         self.body_timeout = limits.body_timeout_seconds
+        self.largest_body = max((entry.max_body_bytes for entry in config.providers.values()), default=0)
+        too_large = [name for name, entry in config.providers.items() if entry.max_body_bytes > limits.inbox_max_bytes]
+        if too_large:
+            raise ConfigError(
+                [f"max_body_bytes of {', '.join(too_large)} is larger than HOOKGATE_INBOX_MAX_BYTES: raise the latter"]
+            )
         self.ingestor = Ingestor(
             engine, event_queue, max_waiting_rows=limits.inbox_max_rows, max_waiting_bytes=limits.inbox_max_bytes
         )
@@ -274,6 +280,8 @@ class Intake:
 
     async def readyz(self, request: Request) -> Response:
         problems = {}
+        if self.ingestor.inbox_full(self.largest_body):  # the writer is stuck or far behind
+            problems["intake"] = "InboxFull"
         for part, check in (("store", lambda: ping(self.engine)), ("broker", self.event_queue.ping)):
             try:
                 await run_in_threadpool(check)

@@ -6,6 +6,7 @@ are: the configuration file, the database, the broker and the admin token.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ class ServerLimits:
     or hostile client can hold: connections, time and memory.
     """
 
-    #: Connections (and requests in progress) at once; a request over it is answered 503.
+    #: Open connections (idle kept-alive ones included) that are served at once; a request on
+    #: one more is answered 503.
     max_connections: int = 1000
     #: An idle kept-alive connection is closed after this long.
     keep_alive_seconds: float = 5.0
@@ -52,8 +54,8 @@ class ServerLimits:
                     values[name] = kind(raw)
                 except ValueError:
                     raise ConfigError([f"HOOKGATE_{name.upper()}={raw!r} is not a number"]) from None
-                if values[name] <= 0:
-                    raise ConfigError([f"HOOKGATE_{name.upper()} must be positive"])
+                if not math.isfinite(values[name]) or values[name] <= 0:
+                    raise ConfigError([f"HOOKGATE_{name.upper()}={raw!r}: give a positive, finite number"])
         return cls(**values)  # type: ignore[arg-type]
 
 

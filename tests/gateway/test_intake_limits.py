@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import stripe
 
 from gateway.database import create_store_engine
+from gateway.errors import ConfigError
 from gateway.intake import create_app
 from gateway.queue import EventQueue, create_broker
 from gateway.settings import ServerLimits
@@ -172,6 +174,8 @@ def test_while_the_store_stalls_the_inbox_is_bounded_and_the_rest_is_503_at_once
             assert {status for status, _ in refused} == {503}
             assert all(b"intake overloaded" in answer for _, answer in refused)
             assert ingestor.waiting_rows == waiting
+            ready = httpx.get(f"{server.url}/readyz", timeout=10)  # a balancer sends traffic elsewhere
+            assert (ready.status_code, ready.json()["problems"]) == (503, {"intake": "InboxFull"})
             release.set()
             assert first.result()[0] == 200
             assert [future.result()[0] for future in queued] == [200] * waiting
@@ -264,3 +268,16 @@ def test_a_pipelined_request_is_never_answered_in_place_of_a_slow_one(
     assert b'"status":"accepted"' in answers
     assert answers.count(b"HTTP/1.1 408") == 1
     assert answers.index(b"HTTP/1.1 408") > answers.index(b'"status":"accepted"')
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "ten"])
+def test_a_limit_that_is_not_a_positive_finite_number_is_refused_by_name(value: str) -> None:
+    with pytest.raises(ConfigError, match="HOOKGATE_BODY_TIMEOUT_SECONDS"):
+        ServerLimits.from_env({"HOOKGATE_BODY_TIMEOUT_SECONDS": value})
+
+
+def test_an_inbox_smaller_than_one_body_is_refused_at_start(hookgate: Hookgate) -> None:
+    limits = ServerLimits(inbox_max_bytes=1000)  # the test configuration allows 64 KiB bodies
+    engine = create_store_engine(hookgate.database_url)
+    with pytest.raises(ConfigError, match="HOOKGATE_INBOX_MAX_BYTES"):
+        create_app(hookgate.config, engine, EventQueue(create_broker(hookgate.redis_url)), limits=limits)
