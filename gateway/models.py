@@ -97,3 +97,25 @@ class ResourceRecord(SQLModel, table=True):
 events = SQLModel.metadata.tables[EventRecord.__tablename__]
 handler_runs = SQLModel.metadata.tables[HandlerRun.__tablename__]
 resources = SQLModel.metadata.tables[ResourceRecord.__tablename__]
+
+# The head of each resource's unfinished events in the order they are applied (sequence, an event
+# without one first, then arrival): "waiting behind event N" is one probe of it, however long the
+# resource's backlog. Partial, so finished events (nearly all of them) cost it nothing. SQLite
+# sorts NULL first by itself and accepts no NULLS FIRST in an index; PostgreSQL needs it said.
+_unfinished = events.c.status.in_(UNFINISHED)
+Index(
+    "ix_hookgate_events_unfinished_order",
+    events.c.provider,
+    events.c.resource_id,
+    events.c.sequence.asc().nulls_first(),
+    events.c.id,
+    postgresql_where=_unfinished,
+).ddl_if(dialect="postgresql")
+Index(
+    "ix_hookgate_events_unfinished_order_sqlite",
+    events.c.provider,
+    events.c.resource_id,
+    events.c.sequence,
+    events.c.id,
+    sqlite_where=_unfinished,
+).ddl_if(dialect="sqlite")
