@@ -1,4 +1,4 @@
-""" "Waiting behind event N" costs one index probe per listed event, however long the backlog.
+"""The "waiting behind event N" of events list and the sweep: one index probe per event, however long the backlog.
 
 Measured before: with 20,000 unfinished events on one resource among 300,000, ``events list``
 took 280 ms and a sweep pass 2.3 s on SQLite (1.6 s on PostgreSQL), every pass of every worker;
