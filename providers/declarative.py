@@ -14,7 +14,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -28,7 +28,7 @@ from .base import (
     required_header,
 )
 from .errors import PayloadRejected
-from .payload import as_sequence, checked_dig, checked_text, parse_json_object
+from .payload import as_sequence, as_text, checked_dig, checked_text, dig, parse_json_object
 
 ALGORITHMS = ("sha1", "sha256", "sha512")
 ENCODINGS = ("hex", "base64")
@@ -114,19 +114,26 @@ class DeclarativeHmacProvider(BaseProvider):
             self.check_timestamp(seconds / 1000 if self._timestamp.get("unit") == "milliseconds" else seconds)
         check_mac(self.settings.secrets, self._signed_bytes(body, timestamp), [offered], **self._mac_options)
         payload = parse_json_object(body)
-        values = {name: self._extract(name, payload, headers) for name in EVENT_FIELDS}
-        event_id, event_type = checked_text(values["id"], "event id"), checked_text(values["type"], "event type")
+        event_id = checked_text(self._extract("id", payload, headers, checked_dig), "event id")
+        event_type = checked_text(self._extract("type", payload, headers, checked_dig), "event type")
         if not event_id or not event_type:
             raise PayloadRejected("the event's id or type is missing")
-        resource_id = checked_text(values["resource"], "resource id")
-        return Delivery(event_id, event_type, resource_id, as_sequence(values["sequence"]), payload)
+        # The resource and its sequence are optional: where a sender's body does not have them in
+        # the shape configured, the event is kept without per-resource order rather than refused
+        # (a refusal would be retried until the sender disables the endpoint).
+        resource_id = as_text(self._extract("resource", payload, headers, dig))
+        sequence = self._extract("sequence", payload, headers, dig) if resource_id else None
+        if isinstance(sequence, bool | list | dict):
+            sequence = None
+        return Delivery(event_id, event_type, resource_id, as_sequence(sequence), payload)
 
-    def _extract(self, name: str, payload: Any, headers: Mapping[str, str]) -> Any:
+    def _extract(self, name: str, payload: Any, headers: Mapping[str, str], follow: Callable[[Any, str], Any]) -> Any:
+        """The configured source of ``name``: a header, or a body path read with ``follow``."""
         source = self.settings.options["event"].get(name)
         if source is None:
             return None
         kind, _, where = source.partition(":")
-        return headers.get(where) if kind == "header" else checked_dig(payload, where)
+        return headers.get(where) if kind == "header" else follow(payload, where)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, secret: str, timestamp: int) -> dict[str, str]:
         signed: dict[str, str] = {}

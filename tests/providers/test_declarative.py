@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 
+import orjson
 import pytest
 
 from providers import ProviderConfigError
@@ -77,3 +78,21 @@ def test_invalid_options_name_the_field(options: dict[str, object], field: str) 
 def test_short_secret_is_refused() -> None:
     with pytest.raises(ProviderConfigError, match="secrets\\[0\\]: secret is shorter"):
         make("hmac", "short", **OPTIONS)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[{"id": "r-1"}], {"id": 1.5, "version": 3}, {"id": {"nested": "r-1"}}, "a string", {"id": "r-1", "version": [1]}],
+    ids=["data-a-list", "float-id", "object-id", "data-a-string", "list-version"],
+)
+def test_a_resource_of_another_shape_is_kept_without_order_not_refused(data: object) -> None:
+    """Id and type are required and checked; the resource and its sequence are optional, so an
+    event whose body does not have them in the configured shape is stored without them (a 400
+    would be retried until the sender disables the endpoint)."""
+    body = orjson.dumps({"type": "thing.updated", "data": data})
+    delivery = verify(make("hmac", "acme-secret", **OPTIONS), body, by_hand("acme-secret", NOW, body))
+    assert delivery.event_type == "thing.updated"
+    if isinstance(data, dict) and data.get("version") == [1]:
+        assert (delivery.resource_id, delivery.sequence) == ("r-1", None)
+    else:
+        assert (delivery.resource_id, delivery.sequence) == (None, None)
