@@ -167,6 +167,10 @@ class Intake:
             shake = delivery.handshake
             return shake.status_code, shake.body, shake.media_type.encode()
         parts = delivery.batch or (delivery,)
+        if len(parts) > self.ingestor.max_waiting_rows:  # could never be stored whole: not worth a retry
+            raise Reply(
+                413, {"error": f"more than {self.ingestor.max_waiting_rows} events in one request"}, outcome="too_large"
+            )
         for part in parts:
             problem = storage_problem(part)
             if problem is not None:

@@ -281,3 +281,22 @@ def test_an_inbox_smaller_than_one_body_is_refused_at_start(hookgate: Hookgate) 
     engine = create_store_engine(hookgate.database_url)
     with pytest.raises(ConfigError, match="HOOKGATE_INBOX_MAX_BYTES"):
         create_app(hookgate.config, engine, EventQueue(create_broker(hookgate.redis_url)), limits=limits)
+
+
+def test_a_batch_larger_than_the_inbox_is_413_not_an_endless_503(hookgate: Hookgate, serve: Any) -> None:
+    """A request whose events could never all wait for one commit would be answered 503 on every
+    retry, part of it stored each time: it is refused as too large instead."""
+    hookgate.configure_provider("graph", type="msgraph", secrets=["graph-client-state"])
+    server = serve(ServerLimits(inbox_max_rows=2))
+    changes = [
+        {"changeType": "updated", "resource": f"Users/u/Messages/m{i}", "clientState": "graph-client-state"}
+        for i in range(3)
+    ]
+    status, answer = raw_request(
+        server.url, "POST", "/webhooks/graph", [("Host", "hooks.example.com")], orjson.dumps({"value": changes})
+    )
+    assert (status, orjson.loads(answer)) == (413, {"error": "more than 2 events in one request"})
+    status, _ = raw_request(
+        server.url, "POST", "/webhooks/graph", [("Host", "hooks.example.com")], orjson.dumps({"value": changes[:2]})
+    )
+    assert status == 200
