@@ -134,6 +134,10 @@ class Ingestor:
             relay.join(timeout=30)
             self._threads = []
 
+    def inbox_full(self, adding: int = 0) -> bool:
+        """Whether a row of ``adding`` body bytes would pass either bound of the inbox."""
+        return self.waiting_rows >= self.max_waiting_rows or self.waiting_bytes + adding > self.max_waiting_bytes
+
     async def submit(self, row: dict[str, Any]) -> str:
         """Store ``row`` (unless its event id is known); returns ``accepted`` or ``duplicate``.
 
@@ -144,7 +148,7 @@ class Ingestor:
         """
         size = len(row["body"])
         with self._waiting_lock:
-            if self.waiting_rows >= self.max_waiting_rows or self.waiting_bytes + size > self.max_waiting_bytes:
+            if self.inbox_full(size):
                 raise InboxFull("too many deliveries wait for the store")
             self.waiting_rows += 1
             self.waiting_bytes += size
