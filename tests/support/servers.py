@@ -57,6 +57,11 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
+        # The intake's pool stays open otherwise; its lifespan freezes the heap (gc.freeze), so
+        # the garbage collector never closes it either, and PostgreSQL runs out of connections.
+        engine = getattr(getattr(self.app, "intake", None), "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 class WorkerProcess:
