@@ -121,7 +121,8 @@ class DeclarativeHmacProvider(BaseProvider):
         # The resource and its sequence are optional: where a sender's body does not have them in
         # the shape configured, the event is kept without per-resource order rather than refused
         # (a refusal would be retried until the sender disables the endpoint).
-        resource_id = as_text(self._extract("resource", payload, headers, dig))
+        resource = self._extract("resource", payload, headers, dig)
+        resource_id = checked_text(resource, "resource id") if isinstance(resource, str) else as_text(resource)
         sequence = self._extract("sequence", payload, headers, dig) if resource_id else None
         if isinstance(sequence, bool | list | dict):
             sequence = None

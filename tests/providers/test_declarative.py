@@ -96,3 +96,9 @@ def test_a_resource_of_another_shape_is_kept_without_order_not_refused(data: obj
         assert (delivery.resource_id, delivery.sequence) == ("r-1", None)
     else:
         assert (delivery.resource_id, delivery.sequence) == (None, None)
+
+
+def test_a_resource_id_with_a_control_character_is_still_refused() -> None:
+    body = orjson.dumps({"type": "thing.updated", "data": {"id": "r\x1f1", "version": 2}})
+    failure = rejected(make("hmac", "acme-secret", **OPTIONS), body, by_hand("acme-secret", NOW, body))
+    assert (failure.status_code, failure.reason) == (400, "resource id contains control characters")
