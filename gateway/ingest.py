@@ -348,10 +348,8 @@ def _log_failure(exc: Exception, keys: list[tuple[str, str]]) -> None:
     if not _refused_for_content(exc):
         # A driver's or the pool's error is the store being unavailable; anything else is a bug.
         log.warning("store unavailable: %s", reason, exc_info=not isinstance(exc, SQLAlchemyError))
-    elif len(keys) == 1:
+    else:  # a refusal for content is only ever of one row: a larger batch is retried row by row
         log.error("the store refused event %r of %s: %s", keys[0][1], keys[0][0], reason)
-    else:
-        log.error("the store refused a batch of %d events: %s", len(keys), reason)
 
 
 @functools.cache
