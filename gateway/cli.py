@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from workers.registry import Finding
 
+    from .schema import Migration
+
 
 def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "-"
@@ -118,6 +120,50 @@ def _finding_line(config: Config, finding: Finding) -> str:
     return f"{finding.where}: {'' if finding.fatal else 'warning: '}{finding.message}"
 
 
+def _prepare_store(settings: Settings, *, upgrade: bool) -> Migration:
+    """Create an empty store and check the schema of one that exists (upgrading it when
+    ``upgrade``). A schema this release does not run on, or a store that does not answer, is
+    one line and exit 1 (:class:`~gateway.errors.HookgateError`), before any process starts."""
+    from sqlalchemy.exc import OperationalError
+
+    from .database import create_store_engine
+    from .schema import prepare_store
+
+    engine = create_store_engine(settings.database_url)
+    try:
+        return prepare_store(engine, upgrade=upgrade)
+    except OperationalError as exc:
+        raise HookgateError(_unanswered("HOOKGATE_DATABASE_URL", settings.database_url, "the store", exc)) from None
+    finally:
+        engine.dispose()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.sql:
+        from .schema import upgrade_sql
+
+        sys.stdout.write(upgrade_sql(settings.database_url, args.start))
+        return 0
+    if args.start:
+        raise HookgateError("--from only goes with --sql: a store's own revision is read from it")
+    done = _prepare_store(settings, upgrade=True)
+    where = _shown_url(settings.database_url)
+    if done.before is None:
+        print(f"created the store at {where} at schema revision {done.after}")
+    elif done.changed:
+        print(f"upgraded the store at {where} from schema revision {done.before} to {done.after}")
+    else:
+        print(f"the store at {where} is at schema revision {done.after}, the newest: nothing to do")
+    return 0
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = _config(settings)
@@ -126,6 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         print("\n".join(f"hookgate run: not starting: {problem}" for problem in problems), file=sys.stderr)
         return 1
+    done = _prepare_store(settings, upgrade=True)  # the all-in-one upgrades its own store
+    if done.before is not None and done.changed:
+        logging.getLogger("hookgate").info("store upgraded from schema revision %s to %s", done.before, done.after)
     exit_on_sigterm()
     with _redis_url(settings) as url:
         worker = Supervised(_worker_command(1, args.threads), name="worker")
@@ -140,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = _config(settings)
+    _prepare_store(settings, upgrade=False)
     exit_on_sigterm()
     with _redis_url(settings) as url:
         _serve(config, settings, url, args.host, args.port)
@@ -149,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _config(settings)
+    _prepare_store(settings, upgrade=False)
     with _redis_url(settings):
         return run_forwarding_signals(_worker_command(args.processes, args.threads))
 
@@ -409,6 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--threads", type=int, default=8)
     command("check", cmd_check, "validate the configuration and the environment")
+    p = command("migrate", cmd_migrate, "upgrade the store's schema to this release's (create it when empty)")
+    p.add_argument("--sql", action="store_true", help="print the SQL instead, for a DBA; touch no database")
+    p.add_argument(
+        "--from",
+        dest="start",
+        metavar="REVISION",
+        help="with --sql: the store's current revision (0001 for a release 0.1 store); default: an empty database",
+    )
 
     events = sub.add_parser("events", help="the event log").add_subparsers(dest="events_command", required=True)
     p = command("list", cmd_events_list, "list events, newest first", events)

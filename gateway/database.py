@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlmodel import SQLModel
+from sqlalchemy.exc import OperationalError
 
-from . import models  # also registers the tables on SQLModel.metadata
+from . import models
 from .errors import HookgateError
 
 #: How long SQLite waits for another process's write lock before the store counts as unavailable.
@@ -63,7 +61,7 @@ class NoStore(HookgateError):
 
 #: What to do about a store that is not there, or has no tables.
 WHERE_STORES_ARE = "set HOOKGATE_DATABASE_URL, or run this where hookgate run or serve runs"
-CREATES_TABLES = "hookgate serve, worker or run creates them"
+CREATES_TABLES = "hookgate migrate, serve, worker or run creates them"
 
 
 def open_existing_store(url: str) -> Engine:
@@ -76,6 +74,7 @@ def open_existing_store(url: str) -> Engine:
 
     Raises:
         NoStore: no such file, no Hookgate tables, or the database does not answer.
+        SchemaMismatch: the schema is behind this release (or ahead of it).
     """
     parsed = make_url(url)
     table = models.EventRecord.__tablename__
@@ -93,7 +92,7 @@ def open_existing_store(url: str) -> Engine:
             raise NoStore(f"cannot read the store at {path}: {exc}") from None
         if not has_table:
             raise NoStore(f"no Hookgate tables in {path}; {CREATES_TABLES}")
-        return create_store_engine(url)
+        return _current(create_store_engine(url))
     engine = create_store_engine(url)
     try:
         has_table = inspect(engine).has_table(table)
@@ -104,34 +103,23 @@ def open_existing_store(url: str) -> Engine:
     if not has_table:
         engine.dispose()
         raise NoStore(f"no Hookgate tables in {_shown(parsed)}; {CREATES_TABLES}")
+    return _current(engine)
+
+
+def _current(engine: Engine) -> Engine:
+    """``engine``, once its schema is the one this release reads (see :mod:`gateway.schema`)."""
+    from .schema import prepare_store
+
+    try:
+        prepare_store(engine, upgrade=False)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
 def _shown(url: URL) -> str:
     return url.render_as_string(hide_password=True)
-
-
-#: Advisory lock key that serialises schema creation across processes on PostgreSQL.
-SCHEMA_LOCK = 0x686F6F6B67617465  # "hookgate"
-
-
-def create_schema(engine: Engine, attempts: int = 3) -> None:
-    """Create the tables that do not exist yet; safe when several processes start at once.
-
-    PostgreSQL: an advisory lock makes the check-then-create atomic across processes.
-    Elsewhere a process that loses the race sees "already exists" and checks again.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-                SQLModel.metadata.create_all(conn)
-            return
-        except DatabaseError:
-            if attempt == attempts:
-                raise
-            time.sleep(0.2 * attempt)
 
 
 def ping(engine: Engine) -> None:

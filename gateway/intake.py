@@ -36,11 +36,12 @@ from providers import Delivery, DeliveryRejected, Inbound
 from providers.base import COMMON_HEADERS
 
 from .config import Config, ProviderEntry
-from .database import create_schema, ping
+from .database import ping
 from .errors import ConfigError, InboxFull, StoreUnavailable
 from .ingest import ACCEPTED, DUPLICATE, Ingestor
 from .models import RECEIVED
 from .queue import EventQueue, new_token
+from .schema import prepare_store
 from .settings import DEFAULT_LIMITS, ServerLimits
 
 log = logging.getLogger("hookgate.intake")
@@ -346,7 +347,7 @@ def create_app(
     engine: Engine,
     event_queue: EventQueue,
     *,
-    create_tables: bool = True,
+    prepare_schema: bool = True,
     limits: ServerLimits = DEFAULT_LIMITS,
 ) -> HookgateApp:
     """The intake application; its lifespan starts and stops the batch writer."""
@@ -354,8 +355,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if create_tables:
-            await run_in_threadpool(create_schema, engine)
+        if prepare_schema:  # an empty store is created; one that is behind stops the start
+            await run_in_threadpool(prepare_store, engine, upgrade=False)
         # The start-up heap (SQLAlchemy, SQLModel, pydantic: hundreds of thousands of objects)
         # never becomes garbage; a full collection walking it paused the loop for ~100 ms under
         # load. Freezing it keeps those passes to a few milliseconds.

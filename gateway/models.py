@@ -43,7 +43,7 @@ class EventRecord(SQLModel, table=True):
     received_at: float
     status: str = Field(max_length=16)
     #: Tries so far, over the event's whole life: a replay never resets it.
-    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0, server_default="0"))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
     #: Forced replays so far. Handler successes are recorded per round: a forced replay starts a
     #: new one, so every handler runs again, and the earlier rounds stay in the history. (This
     #: and the next have only a server default: the intake's multi-row INSERT binds nothing for them.)
@@ -97,6 +97,8 @@ class ResourceRecord(SQLModel, table=True):
 events = SQLModel.metadata.tables[EventRecord.__tablename__]
 handler_runs = SQLModel.metadata.tables[HandlerRun.__tablename__]
 resources = SQLModel.metadata.tables[ResourceRecord.__tablename__]
+#: Hookgate's own tables: users' handler modules may declare theirs on the same metadata.
+TABLES = (events, handler_runs, resources)
 
 # The head of each resource's unfinished events in the order they are applied (sequence, an event
 # without one first, then arrival): "waiting behind event N" is one probe of it, however long the

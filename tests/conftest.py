@@ -28,11 +28,12 @@ from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from gateway.config import Config, load_config
-from gateway.database import create_schema, create_store_engine
+from gateway.database import create_store_engine
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.intake import create_app
 from gateway.models import events, resources
 from gateway.queue import EventQueue, create_broker
+from gateway.schema import prepare_store, version_table
 from tests.support.fake_api import FakeApi
 from tests.support.servers import ROOT, ServerThread, TcpProxy, WorkerProcess, wait_for
 
@@ -103,6 +104,7 @@ def database_url(tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/hookgate.db?timeout=0.5"
     engine = create_store_engine(url)
     SQLModel.metadata.drop_all(engine)
+    version_table.drop(engine, checkfirst=True)
     engine.dispose()
     return url
 
@@ -110,7 +112,7 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Any]:
     engine = create_store_engine(database_url)
-    create_schema(engine)
+    prepare_store(engine, upgrade=True)
     yield engine
     engine.dispose()
 

@@ -180,13 +180,14 @@ def test_events_replay_requeues_failed_events(
 ) -> None:
     from sqlalchemy import insert, select
 
-    from gateway.database import create_schema, create_store_engine
+    from gateway.database import create_store_engine
     from gateway.models import events
+    from gateway.schema import prepare_store
 
     url = f"sqlite:///{tmp_path}/db.sqlite"
     monkeypatch.setenv("HOOKGATE_DATABASE_URL", url)
     engine = create_store_engine(url)
-    create_schema(engine)
+    prepare_store(engine, upgrade=True)
     with engine.begin() as conn:
         for n, status in enumerate(("failed", "processed", "failed")):
             conn.execute(

@@ -17,8 +17,9 @@ from dramatiq.common import iter_queue
 from dramatiq.middleware import Retries
 
 from gateway.config import Config
-from gateway.database import create_schema, create_store_engine
+from gateway.database import create_store_engine
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
+from gateway.schema import prepare_store
 
 from .calls import TimeLimiter
 from .leases import LeaseKeeper
@@ -139,8 +140,10 @@ def build_worker_broker(
     """A broker with the ``hookgate.process_event`` actor declared, installed as Dramatiq's."""
     quiet_http_client_logs()
     schema_engine = create_store_engine(database_url, acknowledges=False)
-    create_schema(schema_engine)
-    schema_engine.dispose()
+    try:
+        prepare_store(schema_engine, upgrade=False)
+    finally:
+        schema_engine.dispose()
     load_handler_modules(config.handlers)
     warn_about_registrations(handlers, config.provider_types)
     # Handler retries are scheduled in the store (see lifecycle.fail) and the time limit applies

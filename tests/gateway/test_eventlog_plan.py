@@ -13,14 +13,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from gateway.database import create_schema, create_store_engine
+from gateway.database import create_store_engine
 from gateway.eventlog import waiting_behind
 from gateway.models import QUEUED, RECEIVED, events
+from gateway.schema import prepare_store
 
 
 def test_the_waiting_behind_probe_uses_the_unfinished_order_index_without_sorting(tmp_path: Path) -> None:
     engine = create_store_engine(f"sqlite:///{tmp_path}/plan.db")
-    create_schema(engine)
+    prepare_store(engine, upgrade=True)
     query = select(events.c.id, waiting_behind().label("behind")).where(
         events.c.status.in_((RECEIVED, QUEUED)), events.c.sweep_after <= 1.0
     )

@@ -1,0 +1,1 @@
+"""Alembic revisions of the store's schema; :mod:`gateway.schema` runs them."""
