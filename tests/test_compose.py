@@ -8,8 +8,10 @@ command it runs is one that ``gateway/cli.py`` accepts, and no secret is written
 
 Debian's ``docker-compose`` (1.29, which validates against the Compose specification's schema and
 resolves variables, volumes and dependencies without an engine) and ``haproxy -c`` check the two
-files as the real tools read them. Where they are not installed those tests are skipped, unless
-HOOKGATE_TEST_REQUIRE_DEPLOY_TOOLS=1 (as ``.ci/run`` sets, after installing them).
+files as the real tools read them, and the proxy's configuration runs for real in HAProxy in
+front of the real intake, with only its two addresses moved to 127.0.0.1. Where those tools are
+not installed these tests are skipped, unless HOOKGATE_TEST_REQUIRE_DEPLOY_TOOLS=1 (as
+``.ci/run`` sets, after installing them).
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from gateway.cli import build_parser
-from tests.support.servers import ROOT
+from tests.conftest import Hookgate
+from tests.support.servers import ROOT, wait_for
 
 COMPOSE_TEXT = (ROOT / "compose.yaml").read_text()
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
@@ -200,11 +206,94 @@ def test_docker_compose_accepts_the_file_once_env_is_filled_in_and_refuses_it_be
     assert f"{tmp_path}/providers.yaml:{CONFIG_PATH}:ro" in serve["volumes"]
 
 
+PROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
+META_TOKEN = "meta-verify-token-in-a-query"
+
+
 def test_haproxy_accepts_the_proxy_configuration() -> None:
     done = subprocess.run(
-        [required_tool("haproxy"), "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [required_tool("haproxy"), "-c", "-f", str(PROXY_CONFIG)], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+class Proxy:
+    """HAProxy on deploy/haproxy.cfg, listening on a loopback port instead of ``:8000`` and sending
+    to ``backend`` instead of the name ``serve`` that Docker's DNS answers; its log in a file."""
+
+    def __init__(self, directory: Path, backend: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        config = PROXY_CONFIG.read_text().replace(f"serve:{serve_port()}", backend)
+        config, binds = re.subn(r"(?m)^(\s*bind) :\d+$", rf"\1 127.0.0.1:{port}", config)
+        assert binds == 1
+        (directory / "haproxy.cfg").write_text(config)
+        self.log = directory / "haproxy.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [required_tool("haproxy"), "-db", "-f", str(directory / "haproxy.cfg")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for(self.answers, 15, what="haproxy to listen")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"haproxy did not start: {self.log.read_text()}") from None
+
+    def answers(self) -> bool:
+        try:
+            httpx.get(f"{self.url}/healthz", timeout=2)
+        except httpx.TransportError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=15)
+
+
+@pytest.fixture
+def proxied(hookgate: Hookgate) -> Iterator[tuple[Hookgate, Proxy]]:
+    """The intake behind the repository's HAProxy configuration."""
+    hookgate.configure_provider("meta", type="meta", secrets=["meta-app-secret-1"], verify_token=META_TOKEN)
+    hookgate.start_intake()
+    proxy = Proxy(hookgate.dir, hookgate.url.removeprefix("http://"))
+    yield hookgate, proxy
+    proxy.stop()
+
+
+def test_through_the_proxy_events_are_stored_and_its_log_holds_no_query(proxied: tuple[Hookgate, Proxy]) -> None:
+    hookgate, proxy = proxied
+    body, headers = hookgate.signed("stripe", "invoice.paid", "evt_through_the_proxy")
+    answer = httpx.post(f"{proxy.url}/webhooks/stripe", content=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert hookgate.event("stripe", "evt_through_the_proxy") is not None
+    query = {"hub.mode": "subscribe", "hub.challenge": "1158201444", "hub.verify_token": META_TOKEN}
+    subscribed = httpx.get(f"{proxy.url}/webhooks/meta", params=query, timeout=30)
+    assert (subscribed.status_code, subscribed.text) == (200, "1158201444")
+
+    logged = wait_for(lambda: "GET /webhooks/meta" in proxy.log.read_text() and proxy.log.read_text(), 15)
+    assert "POST /webhooks/stripe" in logged
+    assert META_TOKEN not in logged
+    assert "hub." not in logged
+
+
+def test_the_proxy_stops_sending_to_a_replica_whose_readyz_fails(hookgate: Hookgate) -> None:
+    """An intake whose broker does not answer is not ready: HAProxy's check takes it out and
+    answers 503 itself (Hookgate would have stored the event and answered 200)."""
+    hookgate.start_intake(redis_url="redis://127.0.0.1:1/0")
+    assert httpx.get(f"{hookgate.url}/readyz", timeout=10).status_code == 503
+    proxy = Proxy(hookgate.dir, hookgate.url.removeprefix("http://"))
+    try:
+
+        def refused_by_the_proxy() -> bool:
+            body, headers = hookgate.signed("stripe", "invoice.paid")
+            answer = httpx.post(f"{proxy.url}/webhooks/stripe", content=body, headers=headers, timeout=30)
+            return answer.status_code == 503 and "No server is available" in answer.text
+
+        wait_for(refused_by_the_proxy, 40, interval=0.5, what="HAProxy to take the replica out")
+    finally:
+        proxy.stop()
