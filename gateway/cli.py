@@ -158,6 +158,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .retention import Pruner
+
+    settings = _settings(args)
+    config = _config(settings)
+    engine = _engine(args)
+    try:
+        report = Pruner(engine, config).run(dry_run=args.dry_run)
+    finally:
+        engine.dispose()
+    print(report.describe(dry_run=args.dry_run))
+    return 0
+
+
 def _shown_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -460,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--threads", type=int, default=8)
     command("check", cmd_check, "validate the configuration and the environment")
+    p = command("prune", cmd_prune, "apply the retention policy now (the workers also do it periodically)")
+    p.add_argument("--dry-run", action="store_true", help="say how many events would go; change nothing")
     p = command("migrate", cmd_migrate, "upgrade the store's schema to this release's (create it when empty)")
     p.add_argument("--sql", action="store_true", help="print the SQL instead, for a DBA; touch no database")
     p.add_argument(

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ from .errors import ConfigError
 #: ``${NAME}``, or ``${NAME:-default}`` for an explicit fallback (used by the quick start).
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-COMMON_KEYS = ("type", "secrets", "tolerance_seconds", "max_body_bytes", "api", "ordering")
-SECTIONS = ("defaults", "providers", "handlers", "workers")
+COMMON_KEYS = ("type", "secrets", "tolerance_seconds", "max_body_bytes", "api", "ordering", "retention")
+SECTIONS = ("defaults", "providers", "handlers", "workers", "retention")
 DEFAULTS_KEYS = ("tolerance_seconds", "max_body_bytes", "ordering")
 #: How long fresh events of a resource are held so that stragglers are applied in order.
 DEFAULT_WINDOW_MS = 2000
@@ -51,10 +51,28 @@ class WorkerSettings:
     #: A handler call still running after this long is interrupted and counts as failed; its leases
     #: are renewed for this long plus a grace from the start of each call, no longer.
     handler_time_limit_seconds: float = 600.0
+    #: How often one worker process applies the retention policies (see :mod:`gateway.retention`).
+    prune_interval_seconds: float = 600.0
 
     def backoff(self, attempts: int) -> float:
         """Delay before try ``attempts + 1``: doubling from the minimum, capped."""
         return min(self.max_backoff_seconds, self.min_backoff_seconds * 2 ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """``retention:`` at the top of providers.yaml, or in one provider's entry (see
+    :mod:`gateway.retention`)."""
+
+    #: Finished events (processed, superseded, failed) are deleted this long after they arrived.
+    events_days: float = 30.0
+    #: An event id is answered ``duplicate`` this long after it arrived, even once its event is gone.
+    dedupe_days: float = 30.0
+
+
+#: Stripe retries for three days and GitHub allows redeliveries for three: an id remembered for
+#: less would let a retried payment event run its handlers twice.
+MIN_DEDUPE_DAYS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,8 @@ class ProviderEntry:
     api: ApiSettings | None = None
     #: ``ordering.window_ms`` in seconds: a resource's events are held this long after arrival.
     window_seconds: float = DEFAULT_WINDOW_MS / 1000
+    #: The provider's own ``retention:`` (over the top-level one); ``None`` when it has none.
+    retention: Retention | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +97,7 @@ class Config:
     providers: dict[str, ProviderEntry]
     handlers: tuple[str, ...] = ()
     workers: WorkerSettings = WorkerSettings()
+    retention: Retention = Retention()
     #: Line numbers of the file's entries, so that problems found later (a handler module that
     #: cannot be imported) point at their line like the loader's own problems do.
     lines: _Lines | None = field(default=None, compare=False, repr=False)
@@ -84,6 +105,11 @@ class Config:
     def where(self, path: Path_) -> str:
         """``file:line: dotted.path``, the prefix of every problem about the entry at ``path``."""
         return _where(self.path, self.lines, path)
+
+    @property
+    def retention_by_provider(self) -> dict[str, Retention]:
+        """The providers whose entry has its own ``retention:``."""
+        return {name: entry.retention for name, entry in self.providers.items() if entry.retention is not None}
 
     @property
     def provider_types(self) -> dict[str, str]:
@@ -215,13 +241,14 @@ class _Loader:
         tolerance = self.positive_int(defaults, "tolerance_seconds", ("defaults",), 300)
         max_body = self.positive_int(defaults, "max_body_bytes", ("defaults",), 1_048_576)
         window_ms = self.window_ms(defaults, ("defaults",), DEFAULT_WINDOW_MS)
+        retention = self.retention(data.get("retention"), ("retention",), Retention()) or Retention()
         providers = {}
         raw_providers = data.get("providers")
         if not isinstance(raw_providers, dict) or not raw_providers:
             self.problem(("providers",), "at least one provider is required")
             raw_providers = {}
         for name, raw in raw_providers.items():
-            entry = self.provider(str(name), raw, tolerance, max_body, window_ms)
+            entry = self.provider(str(name), raw, tolerance, max_body, window_ms, retention)
             if entry is not None:
                 providers[str(name)] = entry
         handlers = data.get("handlers") or []
@@ -231,7 +258,7 @@ class _Loader:
         workers = self.workers(data.get("workers") or {})
         if self.problems:
             raise ConfigError(self.problems)
-        return Config(self.path, providers, tuple(handlers), workers, self.lines)
+        return Config(self.path, providers, tuple(handlers), workers, retention, self.lines)
 
     def unknown_keys(self, section: Any, path: Path_, known: Iterable[str], what: str = "unknown key") -> set[str]:
         """Report each key of ``section`` not in ``known``, naming the near match; returns them."""
@@ -263,7 +290,34 @@ class _Loader:
         self.unknown_keys(ordering, (*path, "ordering"), ["window_ms"])
         return self.positive_int(ordering, "window_ms", (*path, "ordering"), default)
 
-    def provider(self, name: str, raw: Any, tolerance: int, max_body: int, window_ms: int) -> ProviderEntry | None:
+    def retention(self, raw: Any, path: Path_, default: Retention) -> Retention | None:
+        """A ``retention:`` mapping over ``default``; ``None`` when there is none."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            self.problem(path, "must be a mapping, e.g. {events_days: 30, dedupe_days: 30}")
+            return None
+        values: dict[str, float] = {}
+        unknown_keys = self.unknown_keys(raw, path, [f.name for f in fields(Retention)])
+        for key, value in raw.items():
+            if key in unknown_keys:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+                self.problem((*path, key), "must be a number of days > 0")
+            else:
+                values[key] = float(value)
+        found = replace(default, **values)
+        if "dedupe_days" in values and found.dedupe_days < MIN_DEDUPE_DAYS:
+            self.problem(
+                (*path, "dedupe_days"),
+                "must be at least 3: Stripe retries an event for three days and GitHub allows redeliveries "
+                "for three, so an id forgotten sooner could run its handlers twice",
+            )
+        return found
+
+    def provider(
+        self, name: str, raw: Any, tolerance: int, max_body: int, window_ms: int, retention: Retention
+    ) -> ProviderEntry | None:
         path: Path_ = ("providers", name)
         if not PROVIDER_NAME.match(name):
             self.problem(path, "provider names are lower-case letters, digits, '-' and '_' (they become the URL)")
@@ -308,7 +362,9 @@ class _Loader:
                 if message == "unknown key":
                     message = unknown(message, field_name.removeprefix("api."), ApiSettings.KEYS)
                 self.problem((*path, *_field_path(field_name)), message)
-        return ProviderEntry(provider, self.positive_int(raw, "max_body_bytes", path, max_body), api, window / 1000)
+        max_body = self.positive_int(raw, "max_body_bytes", path, max_body)
+        own_retention = self.retention(raw.get("retention"), (*path, "retention"), retention)
+        return ProviderEntry(provider, max_body, api, window / 1000, own_retention)
 
     def workers(self, raw: Any) -> WorkerSettings:
         if not isinstance(raw, dict):

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, Select, and_, bindparam, case, func, select, update
 
 from .errors import ReplayError
-from .models import FAILED, QUEUED, RECEIVED, STATUSES, UNFINISHED, events, handler_runs
+from .models import FAILED, PRUNED, QUEUED, RECEIVED, STATUSES, UNFINISHED, events, handler_runs
 
 
 def waiting_behind(event: Any = events) -> ColumnElement[Any]:
@@ -89,6 +89,7 @@ def list_events(
                 events.c.last_error,
             )
         )
+        .where(events.c.status != PRUNED)
         .order_by(events.c.id.desc())
         .limit(limit)
     )
@@ -104,8 +105,9 @@ def list_events(
 
 def find_event(engine: Engine, ref: str, provider: str | None = None) -> tuple[Any, list[Any]] | None:
     """An event by store id or by the provider's event id, with its handler runs and what it
-    waits for (see :func:`_with_next`)."""
-    query = _with_next(select(events))
+    waits for (see :func:`_with_next`); a pruned event is gone (only its id is kept, to answer
+    duplicates)."""
+    query = _with_next(select(events)).where(events.c.status != PRUNED)
     if ref.isdigit() and provider is None:
         query = query.where(events.c.id == int(ref))
     else:

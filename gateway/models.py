@@ -16,6 +16,9 @@ RECEIVED, QUEUED, PROCESSING = "received", "queued", "processing"
 PROCESSED, SUPERSEDED, FAILED = "processed", "superseded", "failed"
 UNFINISHED = (RECEIVED, QUEUED, PROCESSING)
 STATUSES = (RECEIVED, QUEUED, PROCESSING, PROCESSED, SUPERSEDED, FAILED)
+#: A finished event past its retention whose id is kept to answer duplicates (see
+#: :mod:`gateway.retention`): no body, no handler runs, invisible to the event log.
+PRUNED = "pruned"
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -93,12 +96,23 @@ class ResourceRecord(SQLModel, table=True):
     updated_at: float
 
 
+class LeaseRecord(SQLModel, table=True):
+    """A named lease on work that one worker process at a time should do (pruning)."""
+
+    __tablename__ = "hookgate_leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str | None = Field(default=None, max_length=64)
+    expires_at: float | None = None
+
+
 #: The tables, for SQLAlchemy Core queries on the hot paths.
 events = SQLModel.metadata.tables[EventRecord.__tablename__]
 handler_runs = SQLModel.metadata.tables[HandlerRun.__tablename__]
 resources = SQLModel.metadata.tables[ResourceRecord.__tablename__]
+leases = SQLModel.metadata.tables[LeaseRecord.__tablename__]
 #: Hookgate's own tables: users' handler modules may declare theirs on the same metadata.
-TABLES = (events, handler_runs, resources)
+TABLES = (events, handler_runs, resources, leases)
 
 # The head of each resource's unfinished events in the order they are applied (sequence, an event
 # without one first, then arrival): "waiting behind event N" is one probe of it, however long the

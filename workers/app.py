@@ -24,6 +24,7 @@ from gateway.schema import prepare_store
 from .calls import TimeLimiter
 from .leases import LeaseKeeper
 from .processing import Processor
+from .pruning import PruneLoop
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
 from .registry import HandlerRegistry, load_handler_modules, registry, warn_about_registrations
@@ -92,6 +93,7 @@ class WorkerRuntime(dramatiq.Middleware):
         self.handlers = handlers
         self.processor: Processor | None = None
         self.sweep: RecoverySweep | None = None
+        self.pruning: PruneLoop | None = None
         self.keeper: LeaseKeeper | None = None
         self.reconciler: Reconciler | None = None
 
@@ -110,15 +112,17 @@ class WorkerRuntime(dramatiq.Middleware):
             engine, settings, self.handlers, self.reconciler, self.config.providers, self.keeper, limiter=limiter
         )
         self.sweep = RecoverySweep(engine, EventQueue(broker), settings)
+        self.pruning = PruneLoop(engine, self.config)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        for task in (self.keeper, self.sweep):
+        for task in (self.keeper, self.sweep, self.pruning):
             if task is not None:
                 task.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if self.sweep is not None:
-            self.sweep.stop()
+        for task in (self.sweep, self.pruning):
+            if task is not None:
+                task.stop()
         if handed_back := hand_back_prefetched(worker):
             log.info("stopping: %d prefetched messages handed back to the broker", handed_back)
 

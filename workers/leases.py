@@ -36,7 +36,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from gateway.config import WorkerSettings
-from gateway.models import PROCESSING, QUEUED, RECEIVED, events, resources
+from gateway.models import PROCESSING, QUEUED, RECEIVED, events, leases, resources
 from providers.base import Clock
 
 from .periodic import Periodic
@@ -119,6 +119,30 @@ def insert_ignoring_conflict(conn: Connection, table: Any, values: dict[str, Any
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
     return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
+
+
+def take_named_lease(engine: Engine, name: str, holder: str, seconds: float) -> bool:
+    """Take (or extend) the lease called ``name`` for ``holder`` unless another live holder has
+    it; expiry is judged by the store's clock."""
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(leases)
+            .where(
+                leases.c.name == name,
+                or_(leases.c.holder.is_(None), leases.c.holder == holder, leases.c.expires_at <= store_time()),
+            )
+            .values(holder=holder, expires_at=store_time() + seconds)
+        ).rowcount
+        if taken:
+            return True
+        return insert_ignoring_conflict(
+            conn, leases, {"name": name, "holder": holder, "expires_at": store_time() + seconds}
+        )
+
+
+def release_named_lease(engine: Engine, name: str, holder: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(leases).where(leases.c.name == name, leases.c.holder == holder).values(holder=None))
 
 
 def resource_row(key: ResourceKey) -> Any:

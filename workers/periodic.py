@@ -29,6 +29,11 @@ class Periodic:
         """Seconds until the next tick; a subclass may wake up earlier than ``interval``."""
         return self.interval
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called: a long tick should end early."""
+        return self._stop.is_set()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
