@@ -19,6 +19,7 @@ import orjson
 
 from .config import Config, load_config
 from .errors import ConfigError, HookgateError
+from .logs import configure_logging
 from .processes import Supervised, exit_on_sigterm, run_forwarding_signals
 from .settings import Settings
 
@@ -78,7 +79,8 @@ def _serve(config: Config, settings: Settings, redis_url: str, host: str, port: 
 
 
 def _worker_command(processes: int, threads: int) -> list[str]:
-    return [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes), "--threads", str(threads)]
+    options = ["--processes", str(processes), "--threads", str(threads)]
+    return [sys.executable, "-m", "workers.cli", "workers.main", *options]  # Dramatiq's CLI, our log format
 
 
 def _handler_findings(config: Config) -> list[Finding]:
@@ -524,11 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("httpx", "httpcore"):  # request URLs may carry credentials (see workers.app)
-        logging.getLogger(name).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
+        configure_logging()  # HOOKGATE_LOG_FORMAT; a bad value is a ConfigError, like any setting
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader that went away (``| head``) shows here, not at exit
         return code

@@ -349,7 +349,9 @@ def _log_failure(exc: Exception, keys: list[tuple[str, str]]) -> None:
         # A driver's or the pool's error is the store being unavailable; anything else is a bug.
         log.warning("store unavailable: %s", reason, exc_info=not isinstance(exc, SQLAlchemyError))
     else:  # a refusal for content is only ever of one row: a larger batch is retried row by row
-        log.error("the store refused event %r of %s: %s", keys[0][1], keys[0][0], reason)
+        provider, event_id = keys[0]
+        fields = {"provider": provider, "event_id": event_id}
+        log.error("the store refused event %r of %s: %s", event_id, provider, reason, extra=fields)
 
 
 @functools.cache

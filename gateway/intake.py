@@ -155,7 +155,9 @@ class Intake:
             url = request_url(scope, headers) if entry.provider.reads_url else ""
             delivery = entry.provider.verify_request(Inbound(body, headers, url, method))
         except DeliveryRejected as exc:
-            log.info("rejected provider=%s status=%d reason=%s", name, exc.status_code, exc.reason)
+            log.info(
+                "rejected provider=%s status=%d reason=%s", name, exc.status_code, exc.reason, extra={"provider": name}
+            )
             outcome = "rejected_signature" if exc.status_code == 401 else "rejected_payload"
             raise Reply(exc.status_code, {"error": exc.reason}, outcome=outcome) from None
         if delivery.handshake is not None:  # answered as the provider expects, never stored

@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .logs import uvicorn_log_config
 from .settings import DEFAULT_LIMITS, ServerLimits
 
 #: After refusing a request, how long the connection is kept half-closed while what the client
@@ -210,6 +211,7 @@ def uvicorn_config(
         ws="none",  # the intake speaks plain HTTP; an Upgrade is not handed to a WebSocket stack
         backlog=limits.backlog,
         log_level=log_level,
+        log_config=uvicorn_log_config(),
         access_log=False,
     )
 

@@ -137,12 +137,12 @@ def test_quick_start_runs_the_example_handlers_and_stops_cleanly(quick_start, ca
 
 def test_hookgate_run_restarts_a_worker_that_died(quick_start, capsys) -> None:  # type: ignore[no-untyped-def]
     qs = quick_start("run")
-    (dramatiq_main,) = wait_for(lambda: children(qs.process.pid, "dramatiq"), 30, what="the worker to start")
+    (dramatiq_main,) = wait_for(lambda: children(qs.process.pid, "workers.main"), 30, what="the worker to start")
     worker_processes = wait_for(lambda: children(dramatiq_main), 30, what="worker processes")
     for pid in worker_processes:
         os.kill(pid, signal.SIGKILL)
     wait_for(
-        lambda: dramatiq_main not in (new := children(qs.process.pid, "dramatiq")) and new, 60, what="a new worker"
+        lambda: dramatiq_main not in (new := children(qs.process.pid, "workers.main")) and new, 60, what="a new worker"
     )
     qs.send("stripe", "invoice.paid", "after-crash")
     wait_for(
@@ -152,7 +152,7 @@ def test_hookgate_run_restarts_a_worker_that_died(quick_start, capsys) -> None: 
         what="the event processed by the new worker",
     )
     # Killed outright, hookgate run takes its worker down with it: nothing is left running.
-    (new_worker,) = children(qs.process.pid, "dramatiq")
+    (new_worker,) = children(qs.process.pid, "workers.main")
     tree = [new_worker, *children(new_worker)]
     qs.process.kill()
     wait_for(

@@ -1,142 +1,53 @@
 """What the real processes write to their logs: no secrets, handler errors with their origin,
 and a recovery sweep that tells held events from lost ones.
 
-Each test reads the whole output (stdout and stderr) of real ``dramatiq workers.main`` processes,
-and for the secrets test also of ``hookgate serve`` run as its own process.
+Each test reads the whole output (stdout and stderr) of real ``dramatiq workers.main`` processes;
+the secrets test that of ``hookgate serve`` and ``hookgate worker`` in the default text format
+(tests/support/log_scenario.py; tests/test_json_logs.py runs the same in JSON).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
-import yaml
 
 from gateway.config import WorkerSettings
 from gateway.queue import EventQueue, create_broker, new_token
 from tests.conftest import Hookgate
-from tests.support.fake_api import Answer, FakeApi
+from tests.support.fake_api import FakeApi
+from tests.support.log_scenario import run_log_scenario
 from tests.support.rows import insert_waiting
 from tests.support.servers import ROOT, wait_for
 from workers.recovery import RecoverySweep
 
 HANDLERS = ROOT / "tests" / "support" / "handlers.py"
-QUERY_KEY = "qk-9f31c0ffee-query-credential"
-API_TOKEN = "tok-77aa-bearer-credential"
-HEADER_KEY = "hdr-51bb-header-credential"
-BASIC_PASSWORD = "pw-2c4d-basic-credential"
+
+#: The line formats of the default text logs: Hookgate's, uvicorn's and Dramatiq's.
+HOOKGATE_TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+UVICORN_TEXT_LINE = re.compile(r"(INFO|WARNING|ERROR): +[A-Z]")
+DRAMATIQ_TEXT_LINE = re.compile(r"\[[\d :,-]+\] \[PID \d+\] \[[^\]]+\] \[[^\]]+\] \[(INFO|WARNING|ERROR|CRITICAL)\] ")
 
 
-class ServeProcess:
-    """``hookgate serve`` as a process of its own, its whole output in a file."""
-
-    def __init__(self, hookgate: Hookgate) -> None:
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = hookgate.dir / "serve.log"
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)]
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(command, env=hookgate.env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(self.ready, 30, interval=0.05, what="hookgate serve to answer")
-
-    def ready(self) -> bool:
-        assert self.process.poll() is None, self.log.read_text()
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def serve_process() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-def configured_secrets(config_path: Path) -> set[str]:
-    """Every provider secret and API credential in the configuration file."""
-    data = yaml.safe_load(config_path.read_text())
-    found: set[str] = set()
-    for entry in data["providers"].values():
-        found.update(entry.get("secrets", []))
-        api = entry.get("api") or {}
-        found.update(value for value in (api.get("token"), (api.get("basic") or {}).get("password")) if value)
-        found.update((api.get("headers") or {}).values())
-        if "?" in api.get("resource_path", ""):
-            found.update(value for _, _, value in re.findall(r"([?&])(\w+)=([^&]+)", api["resource_path"]))
-    return found
-
-
-def test_worker_and_intake_logs_carry_no_secret_or_api_credential(
-    hookgate: Hookgate, fake_api: FakeApi, serve_process: list[ServeProcess]
+def test_worker_and_intake_logs_carry_no_secret_or_api_credential_and_stay_text_by_default(
+    hookgate: Hookgate, fake_api: FakeApi
 ) -> None:
-    hookgate.configure_provider(
-        "acme",
-        api={
-            "base_url": fake_api.url,
-            "token": API_TOKEN,
-            "headers": {"X-Api-Key": HEADER_KEY},
-            "resource_path": "/v1/things/{resource}?api_key=" + QUERY_KEY,
-        },
-    )
-    hookgate.configure_provider(
-        "stripe", api={"base_url": fake_api.url, "basic": {"username": "acct", "password": BASIC_PASSWORD}}
-    )
-    fake_api.states[f"/v1/things/t-ok?api_key={QUERY_KEY}"] = {"id": "t-ok", "version": 1}
-    fake_api.script(f"/v1/things/t-denied?api_key={QUERY_KEY}", Answer(401, {"error": "bad key"}))
-    fake_api.states["/v1/invoices/in_1"] = {"id": "in_1", "object": "invoice"}
-    fake_api.script("/v1/invoices/in_1", Answer(500, {"error": "try later"}))
-    secrets = configured_secrets(hookgate.config_path)
-    assert {QUERY_KEY, API_TOKEN, HEADER_KEY, BASIC_PASSWORD} <= secrets
-    server = ServeProcess(hookgate)
-    serve_process.append(server)
-    worker = hookgate.start_worker()
-
-    def post(provider: str, event_type: str, event_id: str, data: dict[str, Any]) -> int:
-        body, headers = hookgate.signed(provider, event_type, event_id, data)
-        return httpx.post(f"{server.url}/webhooks/{provider}", content=body, headers=headers, timeout=30).status_code
-
-    assert post("acme", "thing.updated", "ok-1", {"id": "t-ok", "version": 1}) == 200
-    assert post("acme", "thing.updated", "denied-1", {"id": "t-denied", "version": 1}) == 200
-    assert post("stripe", "invoice.paid", "evt_in_1", {"id": "in_1", "object": "invoice"}) == 200
-    body, headers = hookgate.config.providers["acme"].provider.signed_request(
-        "thing.updated", event_id="forged", secret="not-the-secret"
-    )
-    assert httpx.post(f"{server.url}/webhooks/acme", content=body, headers=headers, timeout=30).status_code == 401
-    hookgate.wait_status("acme", "ok-1", "processed")
-    assert "answered 401" in hookgate.wait_status("acme", "denied-1", "failed").last_error
-    assert hookgate.wait_status("stripe", "evt_in_1", "processed").attempts == 2
-    # The query credential was sent, and the other credentials too: they were there to be logged.
-    assert fake_api.seen(f"/v1/things/t-ok?api_key={QUERY_KEY}")
-    worker.stop()
-    server.stop()
-
-    logs = {path.name: path.read_text() for path in (worker.log, server.log)}
-    assert "processed provider=acme event=ok-1" in logs[worker.log.name]  # the log was captured
-    for name, text in logs.items():
-        for line in text.splitlines():
-            leaked = [secret for secret in secrets if secret in line]
-            assert not leaked, f"{name} logged {leaked}: {line}"
+    logged = run_log_scenario(hookgate, fake_api, log_format=None)
+    assert not logged.leaks()
+    serve, worker = logged.logs["serve"].splitlines(), logged.logs["worker"].splitlines()
+    # The text formats are those of before HOOKGATE_LOG_FORMAT; a traceback's lines follow its line.
+    assert not [line for line in serve + worker if line.startswith("{")]
+    assert any(UVICORN_TEXT_LINE.match(line) and "Started server process" in line for line in serve)
+    assert any(HOOKGATE_TEXT_LINE.match(line) and "rejected provider=acme status=401" in line for line in serve)
+    assert any(DRAMATIQ_TEXT_LINE.match(line) and "[dramatiq.MainProcess]" in line for line in worker)
+    [processed] = [line for line in worker if "processed provider=acme event=ok-1 type=thing.updated" in line]
+    assert DRAMATIQ_TEXT_LINE.match(processed), processed
+    assert any(line.startswith("Traceback (most recent call last)") for line in worker)
 
 
 def test_a_raising_handler_is_logged_at_error_with_its_type_message_and_origin(hookgate: Hookgate) -> None:

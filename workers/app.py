@@ -18,6 +18,7 @@ from dramatiq.middleware import Retries
 
 from gateway.config import Config
 from gateway.database import create_store_engine
+from gateway.logs import quiet_http_client_logs
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
 from gateway.schema import prepare_store
 
@@ -33,21 +34,6 @@ log = logging.getLogger("hookgate.worker")
 
 #: The exit code of a worker process whose every thread is stuck in a handler.
 EXIT_ALL_STUCK = 75
-
-#: Loggers of the HTTP client that reconciliation uses.
-HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
-
-
-def quiet_http_client_logs() -> None:
-    """Keep the HTTP client's per-request lines out of the worker's log.
-
-    httpx logs every request's full URL at INFO, and an API credential may sit in its query
-    (``api.resource_path: /v1/x/{resource}?key=...``); httpcore's DEBUG lines follow the
-    connection. Failures are logged by Hookgate itself, with the URL cut before its query.
-    Dramatiq's CLI sets up logging before it imports :mod:`workers.main`, which calls this.
-    """
-    for name in HTTP_CLIENT_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def exit_all_stuck(count: int) -> None:
@@ -142,7 +128,7 @@ def build_worker_broker(
     config: Config, database_url: str, redis_url: str, *, handlers: HandlerRegistry = registry
 ) -> dramatiq.Broker:
     """A broker with the ``hookgate.process_event`` actor declared, installed as Dramatiq's."""
-    quiet_http_client_logs()
+    quiet_http_client_logs()  # Dramatiq's CLI set up logging before it imported workers.main
     schema_engine = create_store_engine(database_url, acknowledges=False)
     try:
         prepare_store(schema_engine, upgrade=False)

@@ -1,15 +1,23 @@
 """The module Dramatiq's CLI loads: ``dramatiq workers.main`` (what ``hookgate worker`` runs).
 
 Settings come from the environment (``HOOKGATE_CONFIG``, ``HOOKGATE_DATABASE_URL``,
-``HOOKGATE_REDIS_URL``); ``hookgate worker`` fills in the embedded Redis when none is set.
+``HOOKGATE_REDIS_URL``, ``HOOKGATE_LOG_FORMAT``); ``hookgate worker`` fills in the embedded Redis
+when none is set. The log format is set up first, so that everything after it logs in it.
 """
 
 from __future__ import annotations
 
 from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.logs import configure_worker_process
 from gateway.settings import Settings
 
 from .app import build_worker_broker
+
+try:
+    configure_worker_process()
+except ConfigError as exc:
+    raise SystemExit(str(exc)) from None
 
 _settings = Settings.from_env()
 if not _settings.redis_url:

@@ -27,6 +27,7 @@ import orjson
 from sqlalchemy import Connection, Engine
 
 from gateway.config import ProviderEntry, WorkerSettings
+from gateway.logs import event_context
 from gateway.models import FAILED, PROCESSED, PROCESSING, SUPERSEDED
 from gateway.queue import new_token
 from providers.base import Clock
@@ -232,8 +233,10 @@ class Processor:
 
         Returns the resource as stored afterwards if the event is settled (processed, superseded
         or failed for good), so that the events behind it may go on; ``None`` if they must wait.
+        Every line logged meanwhile, the handlers' and the reconciliation's too, carries the
+        event's provider, id, type and attempt in the JSON log format (see :mod:`gateway.logs`).
         """
-        with self.keeper.holding_event(row.id, token) as event_lease:
+        with event_context(row), self.keeper.holding_event(row.id, token) as event_lease:
             try:
                 prepared = self.prepare(row, key, fetch, stored)
             except PreparationError as exc:

@@ -35,6 +35,7 @@ from sqlalchemy import Engine, bindparam, func, or_, select, update
 
 from gateway.config import WorkerSettings
 from gateway.eventlog import waiting_behind
+from gateway.logs import event_context
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
@@ -102,6 +103,8 @@ class RecoverySweep(Periodic):
                     events.c.id,
                     events.c.provider,
                     events.c.event_id,
+                    events.c.event_type,
+                    events.c.attempts,
                     events.c.status,
                     events.c.message_id,
                     (events.c.attempts - events.c.attempts_before_round).label("tries"),
@@ -168,7 +171,8 @@ class RecoverySweep(Periodic):
                 elif changed:
                     given_up.append((row, str(values["last_error"])))
         for row, error in given_up:
-            log.error("event %s/%s failed: %s", row.provider, row.event_id, error)
+            with event_context(row):
+                log.error("event %s/%s failed: %s", row.provider, row.event_id, error)
         if sent:
             self.event_queue.send(sent)
             self.report(counts)

@@ -13,7 +13,8 @@ short line are atomic, so lines from several processes never interleave). Event 
   event's commit;
 * ``nap.*`` (acme) runs two handlers that each sleep 1.6 s;
 * ``hang.recv`` (acme) blocks on its first try in ``recv`` on the port named in the file
-  ``silent_port`` (a server that never answers), where no time limit can interrupt it.
+  ``silent_port`` (a server that never answers), where no time limit can interrupt it;
+* ``chatty.*`` logs a line of its own and prints another, as handlers do.
 
 A line is ``kind provider id type pid resource sequence superseded deleted version``, where
 ``version`` is the reconciled state's ``version`` (or ``-``).
@@ -21,6 +22,7 @@ A line is ``kind provider id type pid resource sequence superseded deleted versi
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -32,6 +34,8 @@ from sqlmodel import Field, Session, SQLModel
 from workers import Event, on
 
 EFFECTS = Path(os.environ.get("HOOKGATE_TEST_EFFECTS", "."))
+
+log = logging.getLogger(__name__)
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -85,6 +89,9 @@ def hang_in_recv(event: Event) -> None:
 
 
 def behave(event: Event) -> None:
+    if event.type.startswith("chatty."):
+        log.info("the handler of %s logs", event.id)
+        print(f"the handler of {event.id} prints")
     if event.type.startswith("slow."):
         wait_for_release(event)
     if event.type.startswith("nap."):
