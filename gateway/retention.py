@@ -157,8 +157,8 @@ class Pruner:
             ids = [row.id for row in rows]
             started = time.perf_counter()
             with self.engine.begin() as conn:
-                conn.execute(delete(handler_runs).where(handler_runs.c.event_pk.in_(ids)))
-                # The condition again: an event replayed since it was read is no longer finished.
+                # The condition again, in the statement that locks the rows: an event replayed
+                # since it was read is no longer finished, and keeps its handler runs.
                 chosen = and_(events.c.id.in_(ids), condition)
                 if tombstone:
                     done = conn.execute(
@@ -167,8 +167,10 @@ class Pruner:
                         .values(status=PRUNED, body=b"", headers="{}", last_error=None, message_id=None)
                         .returning(events.c.id)
                     ).all()
-                else:
+                else:  # the handler runs go with their event (ON DELETE CASCADE), but say so
                     done = conn.execute(delete(events).where(chosen).returning(events.c.id, events.c.status)).all()
+                if done:
+                    conn.execute(delete(handler_runs).where(handler_runs.c.event_pk.in_([row.id for row in done])))
             elapsed = time.perf_counter() - started
             self._record(report, rows, done, tombstone=tombstone)
             report.longest_write = max(report.longest_write, elapsed)
