@@ -16,7 +16,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.embedded_redis import EmbeddedRedis
-from tests.support.servers import ROOT, wait_for
+from tests.support.servers import ROOT, terminate, wait_for
 
 #: The tests' own copy of the example configuration: a user's edits to providers.yaml never reach them.
 EXAMPLE_CONFIG = ROOT / "tests" / "support" / "example_providers.yaml"
@@ -79,13 +79,7 @@ class QuickStart:
         return capsys.readouterr().out
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.log.close()
 
 

@@ -11,7 +11,6 @@ as JSON.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import yaml
 
 from tests.conftest import Hookgate
 from tests.support.fake_api import Answer, FakeApi
-from tests.support.servers import ROOT, wait_for
+from tests.support.servers import ROOT, terminate, wait_for
 from tests.test_cli import free_port
 
 QUERY_KEY = "qk-9f31c0ffee-query-credential"
@@ -52,14 +51,7 @@ class HookgateCommand:
 
     def stop(self) -> int:
         """SIGTERM, as a process manager stops it; its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process)
 
 
 class ServeProcess(HookgateCommand):

@@ -36,6 +36,18 @@ def wait_for(
         time.sleep(interval)
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM, as a process manager stops a process; SIGKILL after ``timeout``. Its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 class ServerThread:
     """An ASGI app served by uvicorn on 127.0.0.1 in a background thread."""
 
