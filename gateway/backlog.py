@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, bindparam, func, select
 
 from .models import UNFINISHED, events
 
@@ -35,15 +35,25 @@ class ProviderBacklog:
     oldest_received_at: float
 
 
+#: Per provider with unfinished events: how many, and the oldest one's receipt time. On SQLite
+#: through the partial index of unfinished events, named: its planner, whose statistics know only
+#: that ``status`` has few values, otherwise scans a whole index of every event for the grouping.
+#: The statuses are written into the SQL, not bound: a partial index serves only a query whose
+#: terms match its WHERE to the letter.
+BACKLOG_QUERY = (
+    select(events.c.provider, func.count(), func.min(events.c.received_at))
+    .with_hint(events, "INDEXED BY ix_hookgate_events_unfinished_order_sqlite", dialect_name="sqlite")
+    .where(
+        events.c.status.in_(bindparam("unfinished_statuses", list(UNFINISHED), expanding=True, literal_execute=True))
+    )
+    .group_by(events.c.provider)
+)
+
+
 def read_backlog(engine: Engine) -> list[ProviderBacklog]:
     """Per provider with unfinished events: how many, and the oldest one's receipt time."""
-    query = (
-        select(events.c.provider, func.count(), func.min(events.c.received_at))
-        .where(events.c.status.in_(UNFINISHED))
-        .group_by(events.c.provider)
-    )
     with engine.connect() as conn:
-        return [ProviderBacklog(provider, count, oldest) for provider, count, oldest in conn.execute(query)]
+        return [ProviderBacklog(provider, count, oldest) for provider, count, oldest in conn.execute(BACKLOG_QUERY)]
 
 
 class BacklogCollector(Collector):

@@ -17,13 +17,15 @@ from sqlalchemy import update
 
 from gateway.errors import ConfigError
 from gateway.metrics_export import metrics_port, multiprocess_dir
-from gateway.models import PROCESSED, events
+from gateway.models import FAILED, PROCESSED, PRUNED, events
+from gateway.retention import DAY
 from tests.conftest import Hookgate
 from tests.support.fake_api import FakeApi
 from tests.support.log_scenario import ServeProcess
 from tests.support.rows import insert_waiting
 from tests.support.servers import WorkerProcess, wait_for
 from tests.test_cli import free_port
+from tests.test_retention import configure_retention
 
 HANDLERS = "tests.support.handlers"
 
@@ -140,6 +142,27 @@ def test_the_backlog_gauges_count_unfinished_events_and_the_age_of_the_oldest(ho
     with hookgate.engine.begin() as conn:
         conn.execute(update(events).where(events.c.id == waiting[0]).values(status=PROCESSED))
     wait_for_series(f"http://127.0.0.1:{port}", {'hookgate_backlog_events{provider="acme"}': 1})
+
+
+def test_rows_pruned_by_the_workers_are_counted_by_what_became_of_them(hookgate: Hookgate) -> None:
+    configure_retention(hookgate, events_days=7, dedupe_days=30)
+    hookgate.configure_workers(prune_interval_seconds=0.2)
+    now = time.time()
+    for event_id, status, age_days in (("old", PROCESSED, 40), ("recent", FAILED, 10), ("tombstone", PRUNED, 40)):
+        pk = insert_waiting(hookgate.engine, event_id, None, now, due=False)
+        with hookgate.engine.begin() as conn:
+            aged = {"status": status, "received_at": now - age_days * DAY}
+            conn.execute(update(events).where(events.c.id == pk).values(**aged))
+    port = free_port()
+    metrics_worker(hookgate, port)
+    wait_for_series(
+        f"http://127.0.0.1:{port}",
+        {
+            'hookgate_pruned_events_total{action="deleted"}': 1,  # past both limits
+            'hookgate_pruned_events_total{action="tombstoned"}': 1,  # past events_days: its id stays
+            'hookgate_pruned_events_total{action="forgotten"}': 1,  # a tombstone past dedupe_days
+        },
+    )
 
 
 def test_one_scrape_sums_every_process_of_a_worker_group(hookgate: Hookgate) -> None:
