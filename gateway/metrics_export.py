@@ -124,27 +124,30 @@ def serve_worker_metrics(host: str, port: int, database_url: str, providers: Ite
 def _start_exporter(
     stack: contextlib.ExitStack, host: str, port: int, database_url: str, providers: Iterable[str]
 ) -> dict[str, str]:
-    """Start the exporter, its cleanup pushed on ``stack``; the workers' environment, or ``{}``."""
-    try:
-        group = stack.enter_context(group_metrics(database_url, providers))
-    except OSError as exc:
-        log.warning("no directory for the worker processes' values (%s); running without /metrics", exc)
-        return {}
-    registry = CollectorRegistry()
-    for collector in group.collectors:
-        registry.register(collector)
-    try:
-        server, _ = start_http_server(port, host, registry)
-    except OSError as exc:
-        log.warning(
-            "cannot listen on %s:%d (%s): this worker runs without /metrics; give each "
-            "hookgate worker on a host its own --metrics-port",
-            host,
-            port,
-            exc.strerror or exc,
-        )
-        return {}
-    stack.callback(server.server_close)
-    stack.callback(server.shutdown)
+    """Start the exporter, its cleanup moved onto ``stack``; the workers' environment, or ``{}``
+    (and nothing left behind) when it cannot start."""
+    with contextlib.ExitStack() as attempt:
+        try:
+            group = attempt.enter_context(group_metrics(database_url, providers))
+        except OSError as exc:
+            log.warning("no directory for the worker processes' metrics (%s); running without /metrics", exc)
+            return {}
+        registry = CollectorRegistry()
+        for collector in group.collectors:
+            registry.register(collector)
+        try:
+            server, _ = start_http_server(port, host, registry)
+        except OSError as exc:
+            log.warning(
+                "cannot listen on %s:%d (%s): this worker runs without /metrics; give each "
+                "hookgate worker on a host its own --metrics-port",
+                host,
+                port,
+                exc.strerror or exc,
+            )
+            return {}
+        attempt.callback(server.server_close)
+        attempt.callback(server.shutdown)
+        stack.push(attempt.pop_all())
     log.info("metrics of this worker group at http://%s:%d/metrics", host, port)
     return group.env

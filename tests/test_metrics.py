@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from gateway.errors import ConfigError
-from gateway.metrics_export import metrics_port, multiprocess_dir
+from gateway.metrics_export import metrics_port, multiprocess_dir, serve_worker_metrics
 from gateway.models import FAILED, PROCESSED, PRUNED, events
 from gateway.retention import DAY
 from tests.conftest import Hookgate
@@ -266,3 +266,8 @@ def test_the_files_of_an_exporter_killed_outright_are_removed_by_the_next(tmp_pa
         assert not stale.exists()
         assert alive.exists()
     assert not directory.exists()
+
+
+def test_metrics_port_0_starts_no_exporter(database_url: str) -> None:
+    with serve_worker_metrics("127.0.0.1", 0, database_url, ["stripe"]) as env:
+        assert env == {}  # the worker processes keep their values in memory, unread
