@@ -168,15 +168,20 @@ def test_rows_pruned_by_the_workers_are_counted_by_what_became_of_them(hookgate:
 def test_one_scrape_sums_every_process_of_a_worker_group(hookgate: Hookgate) -> None:
     hookgate.start_intake()
     port = free_port()
-    # One thread each: a process prefetches only two messages, so both processes take events.
-    worker = metrics_worker(hookgate, port, processes=2, threads=1)
-    wait_for(lambda: worker.log.read_text().count("Worker process is ready for action") == 2, 60, what="2 processes")
-    sent = [f"evt_{i}" for i in range(30)]
+    # One thread each: a process holds at most two messages (the running one and one prefetched),
+    # so of four events that wait for a release, each process starts one.
+    metrics_worker(hookgate, port, processes=2, threads=1)
+    sent = [f"evt_slow_{i}" for i in range(4)]
     for event_id in sent:
+        post(hookgate, "stripe", "slow.charge", event_id)
+    wait_for(lambda: len({line[4] for line in hookgate.effects("started")}) == 2, 60, what="one start in each")
+    (hookgate.dir / "release").touch()
+    sent += [f"evt_{i}" for i in range(26)]
+    for event_id in sent[4:]:
         post(hookgate, "stripe", "customer.created", event_id)
     for event_id in sent:
         hookgate.wait_status("stripe", event_id, PROCESSED)
-    assert len({line[4] for line in hookgate.effects()}) == 2, "one process took every event"
+    assert len({line[4] for line in hookgate.effects()}) == 2
     wait_for_series(
         f"http://127.0.0.1:{port}",
         {
