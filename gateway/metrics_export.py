@@ -6,7 +6,8 @@ after a base port), the group uses prometheus_client's multiprocess mode: ``hook
 makes a fresh directory, starts its workers with ``PROMETHEUS_MULTIPROC_DIR`` naming it (each
 process then keeps its values in files of its own there), and serves ``/metrics`` itself, from
 its own process, summing every process's files. One scrape thus sees the whole group, and a
-process restarted by Dramatiq or ``hookgate run`` keeps its predecessor's counts in the sum. The
+process started again (by ``hookgate run``, or Dramatiq's reload on SIGHUP) adds to its
+predecessor's counts. The
 backlog gauges come from the store, read by the same exporter (see :mod:`gateway.backlog`).
 
 The directory is under ``/dev/shm`` when it is writable (memory, and writable on a read-only
@@ -46,13 +47,12 @@ def metrics_port(option: int | None, environ: Mapping[str, str] = os.environ) ->
     """``--metrics-port``, else ``HOOKGATE_METRICS_PORT``, else 9191; 0 turns the exporter off.
 
     Raises:
-        ConfigError: the variable is not a port number.
+        ConfigError: the option or the variable is not a port number.
     """
-    if option is not None:
-        return option
-    raw = environ.get("HOOKGATE_METRICS_PORT") or str(DEFAULT_PORT)
+    given, raw = ("--metrics-port", str(option)) if option is not None else ("HOOKGATE_METRICS_PORT", None)
+    raw = raw or environ.get("HOOKGATE_METRICS_PORT") or str(DEFAULT_PORT)
     if not raw.isdigit() or int(raw) > 65535:
-        raise ConfigError([f"HOOKGATE_METRICS_PORT={raw!r} is not a port: give 0 to 65535 (0: no metrics)"])
+        raise ConfigError([f"{given}={raw!r} is not a port: give 0 to 65535 (0: no metrics)"])
     return int(raw)
 
 

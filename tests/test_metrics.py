@@ -253,9 +253,13 @@ def test_the_metrics_port_is_the_option_else_the_variable_else_9191(
     assert metrics_port(option, {"HOOKGATE_METRICS_PORT": variable} if variable else {}) == port
 
 
-def test_a_metrics_port_variable_that_is_not_a_port_is_refused() -> None:
-    with pytest.raises(ConfigError, match="HOOKGATE_METRICS_PORT='ninety' is not a port"):
-        metrics_port(None, {"HOOKGATE_METRICS_PORT": "ninety"})
+@pytest.mark.parametrize(
+    ("option", "variable", "problem"),
+    [(None, "ninety", "HOOKGATE_METRICS_PORT='ninety'"), (-1, None, "--metrics-port='-1'"), (70000, "1", "='70000'")],
+)
+def test_a_metrics_port_that_is_not_a_port_is_refused(option: int | None, variable: str | None, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"{problem} is not a port: give 0 to 65535"):
+        metrics_port(option, {"HOOKGATE_METRICS_PORT": variable} if variable else {})
 
 
 def test_the_files_of_an_exporter_killed_outright_are_removed_by_the_next(tmp_path: Path) -> None:
