@@ -24,6 +24,7 @@ from .processes import Supervised, exit_on_sigterm, run_forwarding_signals
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
     from sqlalchemy import Engine
 
     from workers.registry import Finding
@@ -67,7 +68,10 @@ def _redis_url(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-def _serve(config: Config, settings: Settings, redis_url: str, host: str, port: int) -> None:
+def _serve(
+    config: Config, settings: Settings, redis_url: str, host: str, port: int, collectors: Sequence[Collector] = ()
+) -> None:
+    """Serve the intake; ``collectors`` are added to its ``/metrics`` (the worker's, under ``run``)."""
     from .database import create_store_engine
     from .intake import create_app
     from .queue import EventQueue, create_broker
@@ -75,6 +79,8 @@ def _serve(config: Config, settings: Settings, redis_url: str, host: str, port: 
 
     engine = create_store_engine(settings.database_url)
     app = create_app(config, engine, EventQueue(create_broker(redis_url)), limits=settings.limits)
+    for collector in collectors:
+        app.intake.metric_registry.register(collector)
     serve(app, settings.limits, host, port)
 
 
@@ -192,11 +198,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if done.before is not None and done.changed:
         logging.getLogger("hookgate").info("store upgraded from schema revision %s to %s", done.before, done.after)
     exit_on_sigterm()
-    with _redis_url(settings) as url:
-        worker = Supervised(_worker_command(1, args.threads), name="worker")
+    from .metrics_export import group_metrics
+
+    with _redis_url(settings) as url, group_metrics(settings.database_url, config.providers) as metrics:
+        worker = Supervised(_worker_command(1, args.threads), name="worker", env=metrics.env)
         worker.start()
         try:
-            _serve(config, settings, url, args.host, args.port)
+            _serve(config, settings, url, args.host, args.port, metrics.collectors)
         finally:
             worker.stop()
     return 0
@@ -213,11 +221,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from .metrics_export import metrics_port, serve_worker_metrics
+
     settings = _settings(args)
-    _config(settings)
+    config = _config(settings)
+    port = metrics_port(args.metrics_port)
     _prepare_store(settings, upgrade=False)
-    with _redis_url(settings):
-        return run_forwarding_signals(_worker_command(args.processes, args.threads))
+    with (
+        _redis_url(settings),
+        serve_worker_metrics(args.metrics_host, port, settings.database_url, config.providers) as env,
+    ):
+        return run_forwarding_signals(_worker_command(args.processes, args.threads), env)
 
 
 #: psycopg's ``connection to server at "host" (address), port 5432 failed: FATAL:  reason``.
@@ -475,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", cmd_worker, "the Dramatiq workers only")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--threads", type=int, default=8)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve the workers' /metrics on this port (default: $HOOKGATE_METRICS_PORT or 9191; 0: none)",
+    )
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics (default: all)")  # noqa: S104
     command("check", cmd_check, "validate the configuration and the environment")
     p = command("prune", cmd_prune, "apply the retention policy now (the workers also do it periodically)")
     p.add_argument("--dry-run", action="store_true", help="say how many events would go; change nothing")

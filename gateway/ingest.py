@@ -17,14 +17,17 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from .errors import InboxFull, StoreUnavailable
+from .metrics import IntakeMetrics
 from .models import QUEUED, RECEIVED, events
 from .queue import EventQueue
 
@@ -97,8 +100,10 @@ class Ingestor:
         commit_timeout: float = 8.0,
         max_waiting_rows: int = 10_000,
         max_waiting_bytes: int = 64 * 1024 * 1024,
+        metrics: IntakeMetrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics or IntakeMetrics(CollectorRegistry())
         self.max_waiting_rows, self.max_waiting_bytes = max_waiting_rows, max_waiting_bytes
         #: Rows put on the inbox and not yet taken by the committer, and their body bytes.
         self.waiting_rows = self.waiting_bytes = 0
@@ -227,7 +232,9 @@ class Ingestor:
         def answer(pending: _Pending, result: str | BaseException) -> None:
             outcomes.setdefault(pending.loop, _Outcomes()).results.append((pending.future, result))
 
+        started = time.perf_counter()
         inserted, refused = self._commit_batch(list(first_of.values()))
+        self.metrics.committed(len(first_of), time.perf_counter() - started)
         error = StoreUnavailable("the store did not commit")
         for pending in batch:
             key = (pending.row["provider"], pending.row["event_id"])

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +39,7 @@ from .config import Config, ProviderEntry
 from .database import ping
 from .errors import ConfigError, InboxFull, StoreUnavailable
 from .ingest import ACCEPTED, DUPLICATE, Ingestor
+from .metrics import IntakeMetrics
 from .models import RECEIVED
 from .queue import EventQueue, new_token
 from .schema import prepare_store
@@ -98,15 +99,14 @@ class Intake:
             raise ConfigError(
                 [f"max_body_bytes of {', '.join(too_large)} is larger than HOOKGATE_INBOX_MAX_BYTES: raise the latter"]
             )
-        self.ingestor = Ingestor(
-            engine, event_queue, max_waiting_rows=limits.inbox_max_rows, max_waiting_bytes=limits.inbox_max_bytes
-        )
         self.metric_registry = CollectorRegistry()
-        self.deliveries = Counter(
-            "hookgate_deliveries",
-            "Webhook requests by provider and outcome.",
-            ["provider", "outcome"],
-            registry=self.metric_registry,
+        self.intake_metrics = IntakeMetrics(self.metric_registry)
+        self.ingestor = Ingestor(
+            engine,
+            event_queue,
+            max_waiting_rows=limits.inbox_max_rows,
+            max_waiting_bytes=limits.inbox_max_bytes,
+            metrics=self.intake_metrics,
         )
         self._counters: dict[tuple[str, str], Any] = {}
         #: Per provider: the headers stored with its events, and those of them that must not
@@ -122,7 +122,7 @@ class Intake:
     def count(self, provider: str, outcome: str) -> None:
         counter = self._counters.get((provider, outcome))
         if counter is None:
-            counter = self._counters[(provider, outcome)] = self.deliveries.labels(provider, outcome)
+            counter = self._counters[(provider, outcome)] = self.intake_metrics.deliveries.labels(provider, outcome)
         counter.inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

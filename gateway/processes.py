@@ -47,9 +47,10 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_forwarding_signals(command: list[str]) -> int:
-    """Run ``command`` until it exits, passing SIGTERM and SIGINT on to it."""
-    child = subprocess.Popen(command, env=os.environ.copy())
+def run_forwarding_signals(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``command`` until it exits, passing SIGTERM and SIGINT on to it; ``env`` is added to
+    this process's environment for it."""
+    child = subprocess.Popen(command, env={**os.environ, **(env or {})})
 
     def forward(signum: int, frame: object) -> None:
         child.send_signal(signum)
@@ -78,8 +79,10 @@ class Supervised:
         restart_delay: float = 1.0,
         max_restart_delay: float = 60.0,
         stable_after: float = 30.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.command = command
+        self.env = env or {}
         self.name = name or shlex.join(command)
         self.restart_delay = restart_delay
         self.max_restart_delay = max_restart_delay
@@ -94,7 +97,7 @@ class Supervised:
         self.thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, env=os.environ.copy(), preexec_fn=die_with_parent)
+        return subprocess.Popen(self.command, env={**os.environ, **self.env}, preexec_fn=die_with_parent)
 
     def _supervise(self) -> None:
         streak = 0  # consecutive exits of a child that did not stay up: sets the delay

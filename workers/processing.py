@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine
 
 from gateway.config import ProviderEntry, WorkerSettings
 from gateway.logs import event_context
+from gateway.metrics import worker_metrics
 from gateway.models import FAILED, PROCESSED, PROCESSING, SUPERSEDED
 from gateway.queue import new_token
 from providers.base import Clock
@@ -292,6 +293,7 @@ class Processor:
             )
             return None
         log_failed_try(row, outcome, error, self.clock())
+        worker_metrics.failed_try(row.provider, final=outcome.status == FAILED)
         return outcome.status
 
     def run_and_commit(
@@ -326,7 +328,9 @@ class Processor:
             return None
         if failed is not None:
             log_failed_try(row, failed, describe_failures(failures), self.clock())
+            worker_metrics.failed_try(row.provider, final=failed.status == FAILED)
             return after
+        worker_metrics.settled(row.provider, status, self.clock() - row.received_at)
         log.info(
             "%s provider=%s event=%s type=%s attempt=%d",
             status,
@@ -346,13 +350,16 @@ class Processor:
         for handler in todo:
             for lease in leases:  # renewed for as long as this call may legitimately take
                 lease.extend(self.keeper.work_seconds)
+            started = time.perf_counter()
             try:
                 with self.limiter.limit():
                     call_handler(handler, event, conn)
             except (Exception, HandlerTimeout) as exc:
+                worker_metrics.handler_called(handler.name, time.perf_counter() - started, ok=False)
                 log_handler_error(event_row, handler.name, exc)
                 failures.append((handler.name, exc))
             else:
+                worker_metrics.handler_called(handler.name, time.perf_counter() - started, ok=True)
                 succeeded.append(handler.name)
         return succeeded, failures
 

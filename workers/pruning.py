@@ -14,6 +14,7 @@ import time
 from sqlalchemy import Engine
 
 from gateway.config import Config
+from gateway.metrics import worker_metrics
 from gateway.queue import new_token
 from gateway.retention import Pruner
 
@@ -45,5 +46,6 @@ class PruneLoop(Periodic):
             report = self.pruner.run(keep_going=lambda: not self.stopping and time.monotonic() < deadline)
         finally:
             release_named_lease(self.engine, LEASE_NAME, self.holder)
+        worker_metrics.pruned_rows(deleted=report.deleted, tombstoned=report.tombstoned, forgotten=report.forgotten)
         if report.events or report.forgotten:
             log.info("retention: %s", report.describe())

@@ -31,6 +31,7 @@ import httpx
 import orjson
 
 from gateway.config import ProviderEntry
+from gateway.metrics import worker_metrics
 from providers.api import ApiSettings, ResourceRef, UnsafeUrl, api_url, fill_path
 
 #: The longest ``Retry-After`` honoured; a larger value is taken as this (one hour).
@@ -102,13 +103,19 @@ class ProviderApi:
     def fetch(self, ref: ResourceRef) -> Fetched:
         url = api_url(self.settings.base_url, ref.url or ref.path or "")
         shown = url.split("?", 1)[0]
+        answered: int | str = "error"  # for the metric: the status, or why there is none
         try:
             with self.client.stream("GET", url) as response:
+                answered = response.status_code
                 body = self._read(response, shown)
         except httpx.TimeoutException:
+            answered = "timeout"
             raise ReconcileError(f"GET {shown} timed out") from None
         except httpx.TransportError as exc:
+            answered = "error"
             raise ReconcileError(f"GET {shown} failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            worker_metrics.fetched(self.provider.name, answered)
         now = time.time()
         status = response.status_code
         if status in (404, 410):

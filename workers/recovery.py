@@ -36,6 +36,7 @@ from sqlalchemy import Engine, bindparam, func, or_, select, update
 from gateway.config import WorkerSettings
 from gateway.eventlog import waiting_behind
 from gateway.logs import event_context
+from gateway.metrics import worker_metrics
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
@@ -173,6 +174,7 @@ class RecoverySweep(Periodic):
         for row, error in given_up:
             with event_context(row):
                 log.error("event %s/%s failed: %s", row.provider, row.event_id, error)
+            worker_metrics.failed_try(row.provider, final=True)
         if sent:
             self.event_queue.send(sent)
             self.report(counts)
@@ -181,6 +183,7 @@ class RecoverySweep(Periodic):
     def report(self, counts: Pass) -> None:
         """Log what a pass sent: events that were held or waiting behind another are routine
         (DEBUG); lost messages and expired leases are recoveries (WARNING)."""
+        worker_metrics.swept(held=counts.held, behind=counts.behind, lost=counts.lost, expired=counts.expired)
         if counts.held:
             log.debug("%d held events came due", counts.held)
         if counts.behind:

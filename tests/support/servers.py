@@ -77,10 +77,20 @@ class ServerThread:
 
 
 class WorkerProcess:
-    """``hookgate worker`` (Dramatiq's CLI on workers.main) as a separate process group."""
+    """``hookgate worker`` (Dramatiq's CLI on workers.main) as a separate process group.
 
-    def __init__(self, env: dict[str, str], *, processes: int = 1, threads: int = 4) -> None:
+    With ``metrics_port``, the real ``hookgate worker`` command, its ``/metrics`` on that port of
+    127.0.0.1; without, Dramatiq's CLI alone, which serves no metrics and frees the tests from
+    finding a port for each.
+    """
+
+    def __init__(
+        self, env: dict[str, str], *, processes: int = 1, threads: int = 4, metrics_port: int | None = None
+    ) -> None:
         command = [sys.executable, "-m", "dramatiq", "workers.main", "-p", str(processes), "-t", str(threads)]
+        if metrics_port is not None:
+            options = ["--processes", str(processes), "--threads", str(threads), "--metrics-host", "127.0.0.1"]
+            command = [sys.executable, "-m", "gateway.cli", "worker", *options, "--metrics-port", str(metrics_port)]
         self.log = Path(env["HOOKGATE_TEST_EFFECTS"]) / f"worker-{time.monotonic_ns()}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
