@@ -65,10 +65,12 @@ class ServerThread:
 
 
 class WorkerProcess:
-    """``hookgate worker`` (Dramatiq's CLI on workers.main) as a separate process group."""
+    """Dramatiq's CLI on workers.main (``cli``: ``hookgate worker``, which runs it) as a separate
+    process group."""
 
-    def __init__(self, env: dict[str, str], *, processes: int = 1, threads: int = 4) -> None:
-        command = [sys.executable, "-m", "dramatiq", "workers.main", "-p", str(processes), "-t", str(threads)]
+    def __init__(self, env: dict[str, str], *, processes: int = 1, threads: int = 4, cli: bool = False) -> None:
+        runner = ["gateway.cli", "worker"] if cli else ["dramatiq", "workers.main"]
+        command = [sys.executable, "-m", *runner, "--processes", str(processes), "--threads", str(threads)]
         self.log = Path(env["HOOKGATE_TEST_EFFECTS"]) / f"worker-{time.monotonic_ns()}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
