@@ -126,9 +126,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         print("\n".join(f"hookgate run: not starting: {problem}" for problem in problems), file=sys.stderr)
         return 1
+    from workers.shutdown import exits_within
+
     exit_on_sigterm()
     with _redis_url(settings) as url:
-        worker = Supervised(_worker_command(1, args.threads), name="worker")
+        worker = Supervised(_worker_command(1, args.threads), name="worker", stop_timeout=exits_within(config.workers))
         worker.start()
         try:
             _serve(config, settings, url, args.host, args.port)

@@ -51,6 +51,9 @@ class WorkerSettings:
     #: A handler call still running after this long is interrupted and counts as failed; its leases
     #: are renewed for this long plus a grace from the start of each call, no longer.
     handler_time_limit_seconds: float = 600.0
+    #: After SIGTERM, how long handler calls already running may go on: one still running then is
+    #: interrupted and its event retried elsewhere; the process exits at most 5 s later.
+    stop_timeout_seconds: float = 45.0
 
     def backoff(self, attempts: int) -> float:
         """Delay before try ``attempts + 1``: doubling from the minimum, capped."""

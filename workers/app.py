@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 
 import dramatiq
-from dramatiq.common import iter_queue
 from dramatiq.middleware import Retries
 
 from gateway.config import Config
@@ -26,6 +24,7 @@ from .processing import Processor
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
 from .registry import HandlerRegistry, load_handler_modules, registry, warn_about_registrations
+from .shutdown import stop_gracefully
 
 log = logging.getLogger("hookgate.worker")
 
@@ -62,27 +61,12 @@ def exit_all_stuck(count: int) -> None:
     os._exit(EXIT_ALL_STUCK)
 
 
-def hand_back_prefetched(worker: dramatiq.Worker) -> int:
-    """Give the messages ``worker`` has prefetched but not started back to Redis, now.
-
-    Dramatiq's own stop does this only after its running actors return, which may be a whole
-    handler time limit later; meanwhile no other worker could run those events.
-    """
-    by_queue: defaultdict[str, list[dramatiq.MessageProxy]] = defaultdict(list)
-    for item in iter_queue(worker.work_queue):
-        by_queue[item.message.queue_name].append(item.message)
-        worker.work_queue.task_done()
-    for queue_name, messages in by_queue.items():
-        worker.consumers[queue_name].requeue_messages(messages)
-    return sum(map(len, by_queue.values()))
-
-
 class WorkerRuntime(dramatiq.Middleware):
     """Builds the processor at boot, and runs the recovery sweep and the lease keeper beside it.
 
     Shutdown order matters: Dramatiq calls ``before_worker_shutdown`` *before* it waits for the
     running actors, so the lease keeper and the API clients, which those actors still need, stop
-    only ``after_worker_shutdown``; the messages not started yet go back to the broker at once.
+    only ``after_worker_shutdown``; the stop itself is :func:`workers.shutdown.stop_gracefully`.
     """
 
     def __init__(self, config: Config, database_url: str, handlers: HandlerRegistry) -> None:
@@ -118,8 +102,7 @@ class WorkerRuntime(dramatiq.Middleware):
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.sweep is not None:
             self.sweep.stop()
-        if handed_back := hand_back_prefetched(worker):
-            log.info("stopping: %d prefetched messages handed back to the broker", handed_back)
+        stop_gracefully(worker, self.processor, self.config.workers.stop_timeout_seconds)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.keeper is not None:
