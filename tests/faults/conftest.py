@@ -44,7 +44,8 @@ from tests.support.servers import ROOT, WorkerProcess, wait_for
 #: How long every scenario may take to bring all acknowledged events to ``processed``.
 RECOVERY_DEADLINE = 45.0
 
-SWEEP_SENT = re.compile(r"recovery sweep sent (\d+) events again")
+#: The sweep's WARNINGs: events whose broker message was lost, or whose lease expired.
+SWEEP_SENT = re.compile(r"\bsent (\d+) events again whose ")
 SWEEP_FAILED = "hookgate-recovery failed"
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Timeout): .*$", re.MULTILINE)
 
