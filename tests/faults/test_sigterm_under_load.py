@@ -67,21 +67,33 @@ def refuses_connections(port: int) -> bool:
     return False
 
 
-def sigterm_with_requests_held(faults: Faults, server: Serve, count: int) -> tuple[dict[str, int | None], float]:
-    """Send ``count`` requests while the store holds every write, so that they wait in the group
-    commit; SIGTERM ``server``; once it has stopped accepting, let the writes go. Returns each
-    request's answer and the time of the SIGTERM.
+def sigterm_with_requests_held(
+    faults: Faults, server: Serve, in_commit: int = 24, in_kernel: int = 200
+) -> tuple[dict[str, int | None], float]:
+    """Send requests while the store holds every write: ``in_commit`` reach the group commit and
+    wait there; ``in_kernel`` more are sent while ``server`` is paused (SIGSTOP, as a process
+    starved of CPU), so that they wait in the kernel, unread, most of their connections not even
+    accepted. SIGCONT, and SIGTERM at once, while ``server`` catches up; once it has stopped
+    accepting connections, the writes go on. Returns each request's answer and the time of the
+    SIGTERM.
 
-    While the writes are held, ``server`` must not exit: it still owes those requests an answer.
+    While the writes are held, ``server`` must not exit: it still owes every request an answer.
     """
-    assert server.process is not None
-    held = {f"held-{i}": faults.request("fx.held", f"held-{i}") for i in range(count)}
+    process = server.process
+    assert process is not None
+    held = {f"held-{i}": faults.request("fx.held", f"held-{i}") for i in range(in_commit + in_kernel)}
+    ids = list(held)
     with faults.hold_writes():
-        connections = {event_id: send_whole(server.url, request) for event_id, request in held.items()}
-        server.process.send_signal(signal.SIGTERM)
+        connections = {event_id: send_whole(server.url, held[event_id]) for event_id in ids[:in_commit]}
+        process.send_signal(signal.SIGSTOP)
+        try:
+            connections |= {event_id: send_whole(server.url, held[event_id]) for event_id in ids[in_commit:]}
+        finally:
+            process.send_signal(signal.SIGCONT)
+        process.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         wait_for(lambda: refuses_connections(server.port), 10, what="the server to stop accepting connections")
-        stays(lambda: server.process.poll() is None, 0.5, "the server exited with requests unanswered")
+        stays(lambda: process.poll() is None, 0.5, "the server exited with requests unanswered")
     return {event_id: answer_on(sock) for event_id, sock in connections.items()}, stopped_at
 
 
@@ -118,13 +130,14 @@ def acknowledged(answers: dict[str, Answer]) -> list[str]:
 
 
 def test_sigterm_of_serve_answers_every_request_it_was_sent(faults: Faults, serve: Serve) -> None:
-    """24 requests wait in serve's group commit (the store holds its writes) when SIGTERM
-    arrives: serve stops accepting, waits, and once the store writes again answers every one of
-    them 200 after committing it, then exits 0. A worker started afterwards processes each once."""
+    """224 requests have been sent to serve when SIGTERM arrives, the store holding its writes:
+    24 wait in its group commit, 200 in the kernel, unread (serve was paused). serve stops
+    accepting, waits, and once the store writes again answers every one of them 200 after
+    committing it, then exits 0. A worker started afterwards processes each once."""
     serve.env["HOOKGATE_DATABASE_URL"] = faults.patient_database_url()
     serve.start()
     assert serve.process is not None
-    answers, stopped_at = sigterm_with_requests_held(faults, serve, 24)
+    answers, stopped_at = sigterm_with_requests_held(faults, serve)
     released_at = time.monotonic()
     code = serve.process.wait(timeout=SERVE_EXIT_SECONDS)
     exited = time.monotonic() - stopped_at
@@ -160,7 +173,7 @@ def test_sigterm_of_run_answers_its_requests_then_finishes_its_handlers(faults: 
         wait_for(lambda: len(faults.runs()) == len(naps), 60, what="both naps to start")
         answers |= faults.post_many({i: faults.request("fx.run", i) for i in queued}, url=run.url)
         assert {a.status for a in answers.values()} == {200}
-        held, stopped_at = sigterm_with_requests_held(faults, run, 12)
+        held, stopped_at = sigterm_with_requests_held(faults, run, in_commit=12)
         assert run.process is not None
         code = run.process.wait(timeout=SERVE_EXIT_SECONDS + WORKER_EXIT_SECONDS)
         exited = time.monotonic() - stopped_at
