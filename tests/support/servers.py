@@ -14,9 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from gateway.server import uvicorn_config
+from gateway.server import GracefulServer, uvicorn_config
 from gateway.settings import DEFAULT_LIMITS, ServerLimits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +43,7 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn_config(app, limits, log_level="warning"))  # as ``serve`` runs
+        self.server = GracefulServer(uvicorn_config(app, limits, log_level="warning"))  # as ``serve`` runs
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def start(self) -> ServerThread:
