@@ -6,6 +6,7 @@ twice."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -300,3 +301,27 @@ def test_handlers_that_outlast_the_stop(faults: Faults, silent_server: socket.so
     assert rows["outlast-hung"].attempts == 2
     assert faults.runs()["outlast-hung"] == 2
     assert_sweeps_never_failed(faults)
+
+
+def test_sigterm_to_every_process_of_a_worker(faults: Faults) -> None:
+    """systemd's default ``KillMode=control-group`` sends SIGTERM to every process of ``hookgate
+    worker`` at once, and Dramatiq's main process passes its own on again: each worker process
+    gets two or three within milliseconds, and Dramatiq reads a second one as "kill now". They
+    count as one stop: the running handlers finish where they started, and the worker exits 0."""
+    faults.hg.start_intake()
+    stopping = faults.start_worker(processes=2, threads=2, cli=True)
+    naps = [f"group-nap-{i}" for i in range(4)]
+    answers = faults.post_many({i: faults.request(faults.nap(2500), i) for i in naps})
+    wait_for(lambda: len(faults.runs()) == len(naps), 60, what="four naps to run")
+    os.killpg(stopping.process.pid, signal.SIGTERM)
+    stopped_at = time.monotonic()
+    code = stopping.process.wait(timeout=WORKER_EXIT_SECONDS)
+    exited = time.monotonic() - stopped_at
+    finished = {line[1] for line in faults.lines("done")}
+    faults.start_worker(threads=2)
+    extra = {"exited after": f"{exited:.1f} s"}
+    figures = faults.verdict("sigterm-worker-group", acknowledged(answers), stopped_at, extra=extra)
+    assert code == 0, stopping.log.read_text()
+    assert set(naps) <= finished, f"handlers killed by the repeated signal\n{stopping.log.read_text()}"
+    assert_nothing_lost_or_duplicated(faults, figures)
+    assert max(faults.runs().values()) == 1
