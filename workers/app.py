@@ -24,7 +24,7 @@ from .processing import Processor
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
 from .registry import HandlerRegistry, load_handler_modules, registry, warn_about_registrations
-from .shutdown import stop_gracefully
+from .shutdown import count_repeated_signals_once, stop_gracefully
 
 log = logging.getLogger("hookgate.worker")
 
@@ -95,6 +95,7 @@ class WorkerRuntime(dramatiq.Middleware):
         self.sweep = RecoverySweep(engine, EventQueue(broker), settings)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        count_repeated_signals_once()
         for task in (self.keeper, self.sweep):
             if task is not None:
                 task.start()

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections import defaultdict
+from types import FrameType
 
 import dramatiq
 from dramatiq.common import iter_queue
@@ -36,6 +38,9 @@ from .processing import Processor
 log = logging.getLogger("hookgate.worker")
 
 
+#: Stop signals arriving within this long of the first one are the same stop, not a second one.
+REPEATS_WITHIN_SECONDS = 2.0
+
 #: Room for what surrounds a worker process's own stop: Dramatiq starts it within a second of
 #: SIGTERM, and its main process notices the exit within another and then exits itself.
 MAIN_PROCESS_SECONDS = 5.0
@@ -44,6 +49,35 @@ MAIN_PROCESS_SECONDS = 5.0
 def exits_within(settings: WorkerSettings) -> float:
     """How long after SIGTERM ``hookgate worker`` has exited at the latest, in seconds."""
     return settings.stop_timeout_seconds + RENEWAL_GRACE_SECONDS + MAIN_PROCESS_SECONDS
+
+
+def count_repeated_signals_once() -> None:
+    """Make a worker process take the SIGTERMs of one stop as one.
+
+    Dramatiq's worker process reads a second SIGTERM as "kill now", and one stop can deliver two
+    or three within milliseconds: systemd's default ``KillMode=control-group`` signals every
+    process of ``hookgate worker``, and Dramatiq's main process passes its own on again (as it
+    does a terminal's Ctrl-C, which reaches the whole process group). Repeats within
+    :data:`REPEATS_WITHIN_SECONDS` of the first are dropped; a later one still kills at once.
+    Call it in the process's main thread, after Dramatiq has installed its handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    dramatiqs = signal.getsignal(signal.SIGTERM)
+    if not callable(dramatiqs):
+        return
+    first_at: float | None = None
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        nonlocal first_at
+        now = time.monotonic()
+        if first_at is None:
+            first_at = now
+        elif now - first_at < REPEATS_WITHIN_SECONDS:
+            return
+        dramatiqs(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def stop_fetching(worker: dramatiq.Worker) -> None:
