@@ -202,8 +202,9 @@ class Faults:
     # -- the store and the effects -----------------------------------------------------
 
     def patient_database_url(self, seconds: float = 30.0) -> str:
-        """The store's URL for a process that must wait out :meth:`hold_writes` (on SQLite, the
-        tests' busy timeout of 0.5 s would turn the wait into a failed write)."""
+        """The store's URL with a SQLite busy timeout of ``seconds``, for a process that must wait
+        out :meth:`hold_writes` or write under heavy contention (the tests' 0.5 s would turn the
+        wait into a failed write). PostgreSQL's is unchanged."""
         url = make_url(self.hg.database_url)
         if url.get_backend_name() != "sqlite":
             return self.hg.database_url
