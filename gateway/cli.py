@@ -197,11 +197,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     done = _prepare_store(settings, upgrade=True)  # the all-in-one upgrades its own store
     if done.before is not None and done.changed:
         logging.getLogger("hookgate").info("store upgraded from schema revision %s to %s", done.before, done.after)
-    exit_on_sigterm()
+    from workers.shutdown import exits_within
+
     from .metrics_export import group_metrics
 
+    exit_on_sigterm()
     with _redis_url(settings) as url, group_metrics(settings.database_url, config.providers) as metrics:
-        worker = Supervised(_worker_command(1, args.threads), name="worker", env=metrics.env)
+        worker = Supervised(
+            _worker_command(1, args.threads), name="worker", env=metrics.env, stop_timeout=exits_within(config.workers)
+        )
         worker.start()
         try:
             _serve(config, settings, url, args.host, args.port, metrics.collectors)

@@ -53,6 +53,9 @@ class WorkerSettings:
     handler_time_limit_seconds: float = 600.0
     #: How often one worker process applies the retention policies (see :mod:`gateway.retention`).
     prune_interval_seconds: float = 600.0
+    #: After SIGTERM, how long handler calls already running may go on: one still running then is
+    #: interrupted and its event retried elsewhere; the process exits at most 5 s later.
+    stop_timeout_seconds: float = 45.0
 
     def backoff(self, attempts: int) -> float:
         """Delay before try ``attempts + 1``: doubling from the minimum, capped."""

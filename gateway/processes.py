@@ -68,7 +68,8 @@ class Supervised:
     dying (a crash streak) waits ``restart_delay`` doubling up to ``max_restart_delay`` between
     starts, so a broken worker does not spin; one that stayed up ``stable_after`` seconds ends the
     streak. Each streak is reported once as a warning; identical failures after it are one info
-    line each (how many so far, when the next start is), not a new alarm.
+    line each (how many so far, when the next start is), not a new alarm. :meth:`stop` gives the
+    child ``stop_timeout`` seconds to exit after SIGTERM, then kills it.
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class Supervised:
         max_restart_delay: float = 60.0,
         stable_after: float = 30.0,
         env: dict[str, str] | None = None,
+        stop_timeout: float = 30.0,
     ) -> None:
         self.command = command
         self.env = env or {}
@@ -87,6 +89,7 @@ class Supervised:
         self.restart_delay = restart_delay
         self.max_restart_delay = max_restart_delay
         self.stable_after = stable_after
+        self.stop_timeout = stop_timeout
         self.stopping = threading.Event()
         self._lock = threading.Lock()  # no start after stop() has taken the last process down
         self.process: subprocess.Popen[bytes] | None = None
@@ -138,7 +141,7 @@ class Supervised:
         with self._lock:
             self.stopping.set()
         if self.process is not None:
-            terminate(self.process)
+            terminate(self.process, self.stop_timeout)
 
 
 def _exit_reason(code: int) -> str:

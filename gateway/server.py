@@ -1,16 +1,29 @@
-"""How ``hookgate serve`` runs the intake under uvicorn, with limits a sender cannot stretch.
+"""How ``hookgate serve`` runs the intake under uvicorn, with limits a sender cannot stretch, and
+how it stops.
 
 uvicorn caps connections (``limit_concurrency``: over it, a new request is answered 503 at once)
 and idle keep-alive, but not the time a client may take to send its headers nor their size: a
 client trickling headers held its connection forever, and 20 MB of headers were read whole. The
 protocol below adds both, so that a slow or bloated client costs a bounded amount of memory for a
 bounded time. The body is bounded by the intake itself (``max_body_bytes`` and the body timeout).
+
+On SIGTERM uvicorn closes its listening socket and every connection not in the middle of a
+request, then waits for the requests being answered. Under load the event loop lags behind the
+kernel, so a request a sender had already sent could be dropped unanswered: its connection still
+in the kernel's accept queue (reset when the socket closes), or accepted with the request's bytes
+not read yet (closed as idle). :class:`GracefulServer` and :meth:`GuardedHttpTools.shutdown`
+answer those too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import math
+import select
+import socket
+import struct
+import termios
 from typing import Any
 
 import uvicorn
@@ -68,12 +81,35 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        #: The server is stopping: the request being received is the connection's last.
+        self._last_request = False
         self._refusal: tuple[bytes, bytes] | None = None
         self._header_timer: asyncio.TimerHandle | None = None
         self._in_body = False
         self._messages = self._body_bytes = self._body_chunks = self._framing_bytes = 0
         self._drain_timer: asyncio.TimerHandle | None = None
         self._await_headers()
+
+    def shutdown(self) -> None:
+        """The server stops: a connection on which a request has begun to arrive (bytes read, or
+        waiting unread in the kernel) gets that request answered and is then closed; uvicorn
+        would close it at once, as if idle, and the sender would get no answer."""
+        if self._busy() or not self._request_arriving():
+            super().shutdown()
+            return
+        self._last_request = True
+
+    def _request_arriving(self) -> bool:
+        if self._reading_headers and self._raw_header_bytes:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or self.transport.is_closing():
+            return False
+        try:
+            unread = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return False
+        return struct.unpack("i", unread)[0] > 0
 
     def _busy(self) -> bool:
         """Whether a request on this connection is still being answered (or waits its turn)."""
@@ -181,6 +217,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_body = True
         self._body_bytes = self._body_chunks = self._framing_bytes = 0
         super().on_headers_complete()
+        if self._last_request and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         if self._refusal is None:
@@ -216,5 +254,27 @@ def uvicorn_config(
     )
 
 
+#: On SIGTERM, the longest the server keeps taking in connections the kernel has already queued.
+ACCEPT_QUEUED_SECONDS = 1.0
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM first accepts the connections waiting in the kernel's
+    queue (closing the listening socket would reset them, requests and all), then stops as
+    uvicorn does: no new connections, every request begun answered, then the app's shutdown
+    (the intake's last commit and broker hand-off)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        listeners = select.poll()
+        for server in self.servers:
+            for sock in server.sockets:
+                listeners.register(sock.fileno(), select.POLLIN)
+        deadline = asyncio.get_running_loop().time() + ACCEPT_QUEUED_SECONDS
+        while listeners.poll(0) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # the loop accepts them meanwhile
+        await asyncio.sleep(0)  # and makes their connections, which shutdown() then sees
+        await super().shutdown(sockets)
+
+
 def serve(app: Any, limits: ServerLimits, host: str, port: int) -> None:
-    uvicorn.Server(uvicorn_config(app, limits, host=host, port=port)).run()
+    GracefulServer(uvicorn_config(app, limits, host=host, port=port)).run()

@@ -129,3 +129,38 @@ def test_a_child_that_stayed_up_starts_a_new_streak(tmp_path: Path, caplog: pyte
     first, second = hookgate_records(caplog, logging.WARNING)
     assert "starting it again in 0.05s" in first
     assert "starting it again in 0.05s" in second, "the delay starts again from the beginning"
+
+
+STOPS_SLOWLY = """
+import signal, sys, time
+from pathlib import Path
+
+def stop(signum, frame):
+    if sys.argv[1] == "graceful":
+        time.sleep(1.5)  # a worker finishing its running handlers
+        sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+Path(sys.argv[2]).touch()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("child", ["graceful", "ignores SIGTERM"])
+def test_stop_gives_the_child_its_stop_timeout(tmp_path: Path, child: str) -> None:
+    """``hookgate run`` stops its worker within the worker's own bound (see workers.shutdown),
+    not a fixed 30 s: a child still stopping gracefully is waited for, and one that ignores
+    SIGTERM is killed once its stop timeout has passed."""
+    ready = tmp_path / "ready"
+    supervised = Supervised([sys.executable, "-c", STOPS_SLOWLY, child.split()[0], str(ready)], stop_timeout=3)
+    supervised.start()
+    wait_for(ready.exists, 30, what="the child to start")
+    started = time.monotonic()
+    supervised.stop()
+    stopped_after = time.monotonic() - started
+    assert supervised.process is not None
+    if child == "graceful":
+        assert supervised.process.returncode == 0
+    else:
+        assert supervised.process.returncode == -signal.SIGKILL
+        assert stopped_after < 30, "killed after a fixed 30 s instead of its stop timeout"

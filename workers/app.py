@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 
 import dramatiq
-from dramatiq.common import iter_queue
 from dramatiq.middleware import Retries
 
 from gateway.config import Config
@@ -29,6 +27,7 @@ from .pruning import PruneLoop
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
 from .registry import HandlerRegistry, load_handler_modules, registry, warn_about_registrations
+from .shutdown import count_repeated_signals_once, stop_gracefully
 
 log = logging.getLogger("hookgate.worker")
 
@@ -50,27 +49,12 @@ def exit_all_stuck(count: int) -> None:
     os._exit(EXIT_ALL_STUCK)
 
 
-def hand_back_prefetched(worker: dramatiq.Worker) -> int:
-    """Give the messages ``worker`` has prefetched but not started back to Redis, now.
-
-    Dramatiq's own stop does this only after its running actors return, which may be a whole
-    handler time limit later; meanwhile no other worker could run those events.
-    """
-    by_queue: defaultdict[str, list[dramatiq.MessageProxy]] = defaultdict(list)
-    for item in iter_queue(worker.work_queue):
-        by_queue[item.message.queue_name].append(item.message)
-        worker.work_queue.task_done()
-    for queue_name, messages in by_queue.items():
-        worker.consumers[queue_name].requeue_messages(messages)
-    return sum(map(len, by_queue.values()))
-
-
 class WorkerRuntime(dramatiq.Middleware):
     """Builds the processor at boot, and runs the recovery sweep and the lease keeper beside it.
 
     Shutdown order matters: Dramatiq calls ``before_worker_shutdown`` *before* it waits for the
     running actors, so the lease keeper and the API clients, which those actors still need, stop
-    only ``after_worker_shutdown``; the messages not started yet go back to the broker at once.
+    only ``after_worker_shutdown``; the stop itself is :func:`workers.shutdown.stop_gracefully`.
     """
 
     def __init__(self, config: Config, database_url: str, handlers: HandlerRegistry) -> None:
@@ -101,6 +85,7 @@ class WorkerRuntime(dramatiq.Middleware):
         self.pruning = PruneLoop(engine, self.config)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        count_repeated_signals_once()
         for task in (self.keeper, self.sweep, self.pruning):
             if task is not None:
                 task.start()
@@ -109,8 +94,7 @@ class WorkerRuntime(dramatiq.Middleware):
         for task in (self.sweep, self.pruning):
             if task is not None:
                 task.stop()
-        if handed_back := hand_back_prefetched(worker):
-            log.info("stopping: %d prefetched messages handed back to the broker", handed_back)
+        stop_gracefully(worker, self.processor, self.config.workers.stop_timeout_seconds)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.keeper is not None:

@@ -11,6 +11,7 @@ thread runs Python code again; a thread blocked in a system call is dealt with b
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 import time
 import traceback
@@ -32,6 +33,11 @@ class HandlerTimeout(BaseException):
     """
 
 
+class WorkerStopping(HandlerTimeout):
+    """Raised inside a handler's thread when the worker is stopping and the call runs past
+    ``stop_timeout_seconds`` after SIGTERM, or instead of a call that would start after it."""
+
+
 def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
     """Have ``thread_id`` raise ``exc`` at its next bytecode; ``None`` clears a pending one."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
@@ -44,6 +50,11 @@ class TimeLimiter:
     where the exception cannot reach it). When every one of the process's ``threads`` is stuck,
     the process can do no more work, and its prefetched messages would wait behind them for ever:
     ``on_all_stuck`` is called (the worker exits, to be restarted, see :mod:`workers.app`).
+
+    When the worker stops, :meth:`stop_by` sets a deadline for every call, running or to come:
+    past it a call is interrupted with :class:`WorkerStopping` (or not started). A stopping
+    process exits on its own schedule (see :mod:`workers.shutdown`), so ``on_all_stuck`` is no
+    longer called then.
     """
 
     def __init__(
@@ -59,6 +70,8 @@ class TimeLimiter:
         self.threads = threads
         self.on_all_stuck = on_all_stuck
         self._deadlines: dict[int, float] = {}
+        #: When the worker stops (monotonic seconds), no call may run past this.
+        self._stop_by: float | None = None
         #: Thread → when its call was interrupted, while the call has not come back.
         self._fired: dict[int, float] = {}
         self._changed = threading.Condition()
@@ -69,6 +82,8 @@ class TimeLimiter:
         """Run the block under the time limit in the current thread."""
         thread_id = threading.get_ident()
         with self._changed:
+            if self._stop_by is not None and time.monotonic() >= self._stop_by:
+                raise WorkerStopping
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch, name="hookgate-time-limit", daemon=True)
                 self._watchdog.start()
@@ -85,18 +100,26 @@ class TimeLimiter:
                     # that it cannot surface later in the bookkeeping.
                     _raise_in_thread(thread_id, None)
 
+    def stop_by(self, deadline: float) -> None:
+        """Interrupt every call still running at ``deadline`` (monotonic seconds), and start none
+        after it."""
+        with self._changed:
+            self._stop_by = deadline
+            self._changed.notify()  # no watchdog yet: no call has started, and limit() checks
+
     def _watch(self) -> None:
         with self._changed:
             while True:
                 now = time.monotonic()
+                stop_by = math.inf if self._stop_by is None else self._stop_by
                 for thread_id, deadline in self._deadlines.items():
-                    if deadline <= now and thread_id not in self._fired:
+                    if min(deadline, stop_by) <= now and thread_id not in self._fired:
                         self._fired[thread_id] = now
-                        _raise_in_thread(thread_id, HandlerTimeout)
+                        _raise_in_thread(thread_id, HandlerTimeout if deadline <= stop_by else WorkerStopping)
                 stuck = sum(now - fired >= self.grace for fired in self._fired.values())
-                if self.threads and stuck >= self.threads and self.on_all_stuck is not None:
+                if self.threads and stuck >= self.threads and self.on_all_stuck is not None and self._stop_by is None:
                     self.on_all_stuck(stuck)
-                upcoming = [d for t, d in self._deadlines.items() if t not in self._fired]
+                upcoming = [min(d, stop_by) for t, d in self._deadlines.items() if t not in self._fired]
                 upcoming += [fired + self.grace for fired in self._fired.values() if now - fired < self.grace]
                 self._changed.wait(timeout=min(upcoming) - now if upcoming else None)
 
@@ -125,6 +148,9 @@ def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
     for name, exc in failures:
         last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+        if isinstance(exc, WorkerStopping):
+            parts.append(f"{name} did not finish before the worker stopped (stop_timeout_seconds){where}")
+            continue
         if isinstance(exc, HandlerTimeout):
             parts.append(f"{name} exceeded the handler time limit{where}")
             continue

@@ -17,6 +17,7 @@ Dramatiq: it becomes the event's recorded failure (see :meth:`Processor.settle`)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from gateway.models import FAILED, PROCESSED, PROCESSING, SUPERSEDED
 from gateway.queue import new_token
 from providers.base import Clock
 
-from .calls import HandlerTimeout, TimeLimiter, call_handler, describe_failures
+from .calls import HandlerTimeout, TimeLimiter, WorkerStopping, call_handler, describe_failures
 from .event import Event
 from .leases import EventLeases, Lease, LeaseKeeper, ResourceKey, ResourceLeases
 from .lifecycle import EventLifecycle, FailedTry
@@ -50,7 +51,13 @@ BUSY_RETRY_SECONDS = 1.0
 
 def log_handler_error(row: Any, name: str, exc: BaseException) -> None:
     """One ERROR line per handler that raised: the event, the type, the message and the file:line
-    it was raised at, so that the line alone says what to fix; the traceback follows it."""
+    it was raised at, so that the line alone says what to fix; the traceback follows it. A call
+    cut short by the worker's stop is no error of the handler's: one WARNING line."""
+    if isinstance(exc, WorkerStopping):
+        log.warning(
+            "event %s/%s attempt %d: %s", row.provider, row.event_id, row.attempts, describe_failures([(name, exc)])
+        )
+        return
     log.error(
         "event %s/%s attempt %d: %s",
         row.provider,
@@ -162,6 +169,14 @@ class Processor:
         #: that one busy resource does not keep a worker thread to itself.
         self.pass_budget = settings.handler_time_limit_seconds / 2 if pass_budget is None else pass_budget
         self.clock = clock
+        #: Set when the worker stops: a resource pass then starts no further event.
+        self.stopping = threading.Event()
+
+    def stop(self, deadline: float) -> None:
+        """The worker is stopping: finish the events being handled, start no other event of a
+        resource pass, and interrupt handler calls still running at ``deadline`` (monotonic)."""
+        self.stopping.set()
+        self.limiter.stop_by(deadline)
 
     def process(self, pk: int, token: str) -> None:
         """Run the event of a broker message, or the pass of its resource; never raises."""
@@ -209,8 +224,8 @@ class Processor:
             for pending in batch:
                 if stored is None:  # the one before must wait (a retry) or the lease was lost
                     return
-                if settled and self.clock() > deadline:  # hand the rest to a new message, sent now
-                    self.lifecycle.schedule(pending.id, self.clock())
+                if settled and (self.clock() > deadline or self.stopping.is_set()):
+                    self.lifecycle.schedule(pending.id, self.clock())  # the rest goes to a new message, now
                     return
                 row = self.event_leases.claim(pending.id, holder)
                 if row is None:  # changed under us (a replay, a sweep): keep the order, stop here

@@ -12,12 +12,19 @@ where they must not happen).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,18 +32,20 @@ import pytest
 import redis
 import yaml
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from gateway.models import events
 from gateway.queue import NAMESPACE, QUEUE_NAME
 from tests.conftest import Hookgate
 from tests.faults.handlers import LEDGER_PREFIXES, Effect
-from tests.support.servers import WorkerProcess, wait_for
+from tests.support.servers import ROOT, WorkerProcess, wait_for
 
 #: How long every scenario may take to bring all acknowledged events to ``processed``.
 RECOVERY_DEADLINE = 45.0
 
-SWEEP_SENT = re.compile(r"recovery sweep sent (\d+) events again")
+#: The sweep's WARNINGs: events whose broker message was lost, or whose lease expired.
+SWEEP_SENT = re.compile(r"\bsent (\d+) events again whose ")
 SWEEP_FAILED = "hookgate-recovery failed"
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Timeout): .*$", re.MULTILINE)
 
@@ -97,28 +106,38 @@ class Faults:
         """A handler blocked in ``recv`` on its first try; on PostgreSQL after its session wrote."""
         return "hangtx.job" if self.postgres else "hang.job"
 
+    def nap(self, milliseconds: int) -> str:
+        """A handler that takes ``milliseconds``; on PostgreSQL after writing through its session."""
+        return f"naptx.{milliseconds}" if self.postgres else f"nap.{milliseconds}"
+
     def release(self) -> None:
         (self.dir / "release").touch()
 
     # -- processes ---------------------------------------------------------------------
 
     def start_worker(
-        self, *, threads: int = 4, processes: int = 1, prefetch: int | None = None, **env: str
+        self, *, threads: int = 4, processes: int = 1, prefetch: int | None = None, cli: bool = False, **env: str
     ) -> WorkerProcess:
-        """A worker with extra environment (``dramatiq_queue_prefetch``, another store URL ...)."""
+        """A worker with extra environment (``dramatiq_queue_prefetch``, another store URL ...);
+        ``cli``: started as ``hookgate worker`` rather than with Dramatiq's own command."""
         environment = {**self.hg.env(), **env}
         if prefetch is not None:
             environment["dramatiq_queue_prefetch"] = str(prefetch)
-        worker = WorkerProcess(environment, processes=processes, threads=threads)
+        worker = WorkerProcess(environment, processes=processes, threads=threads, cli=cli)
         self.hg.workers.append(worker)
         return worker
 
     def held_by_consumers(self, redis_url: str | None = None) -> set[str]:
         """Message ids that some worker has fetched (prefetched or running) and not acked."""
+        return set().union(*self.acks(redis_url).values())
+
+    def acks(self, redis_url: str | None = None) -> dict[str, set[str]]:
+        """Each consumer's ack set (one per worker process): the message ids it has fetched and
+        not acked."""
         client = redis.Redis.from_url(redis_url or self.hg.redis_url, decode_responses=True)
         try:
             keys = client.keys(f"{NAMESPACE}:__acks__.*.{QUEUE_NAME}")
-            return {token for key in keys for token in client.smembers(key)}
+            return {key: client.smembers(key) for key in keys}
         finally:
             client.close()
 
@@ -181,6 +200,35 @@ class Faults:
         return answers
 
     # -- the store and the effects -----------------------------------------------------
+
+    def patient_database_url(self, seconds: float = 30.0) -> str:
+        """The store's URL with a SQLite busy timeout of ``seconds``, for a process that must wait
+        out :meth:`hold_writes` or write under heavy contention (the tests' 0.5 s would turn the
+        wait into a failed write). PostgreSQL's is unchanged."""
+        url = make_url(self.hg.database_url)
+        if url.get_backend_name() != "sqlite":
+            return self.hg.database_url
+        return url.update_query_dict({"timeout": str(seconds)}).render_as_string(hide_password=False)
+
+    @contextmanager
+    def hold_writes(self) -> Iterator[None]:
+        """While open, every write to the events waits and reads go on: SQLite's write lock
+        (``BEGIN IMMEDIATE``), or PostgreSQL's ``EXCLUSIVE`` lock on the events table."""
+        if not self.postgres:
+            holder = sqlite3.connect(str(make_url(self.hg.database_url).database), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            return
+        with self.hg.engine.connect() as conn, conn.begin() as transaction:
+            conn.exec_driver_sql(f"LOCK TABLE {events.name} IN EXCLUSIVE MODE")
+            try:
+                yield
+            finally:
+                transaction.rollback()
 
     def rows(self, ids: Iterable[str]) -> dict[str, Any]:
         wanted = set(ids)
@@ -307,6 +355,46 @@ class Faults:
         return "\n".join(parts)
 
 
+class Serve:
+    """``hookgate serve`` (or ``run``: serve with a supervised worker) as a process of its own, as
+    production runs it; in a session of its own, so that :meth:`kill` ends every child too."""
+
+    def __init__(self, faults: Faults, port: int, *command: str, **env: str) -> None:
+        self.faults, self.port, self.command, self.env = faults, port, command or ("serve",), env
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.logs: list[Path] = []
+
+    def start(self) -> Serve:
+        log = self.faults.dir / f"{self.command[0]}-{len(self.logs)}.log"
+        self.logs.append(log)
+        command = [sys.executable, "-m", "gateway.cli", *self.command, "--port", str(self.port)]
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command,
+                env={**self.faults.hg.env(), **self.env},
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self.ready, 60, interval=0.05, what=f"hookgate {self.command[0]} to answer")
+        return self
+
+    def ready(self) -> bool:
+        assert self.process is not None
+        assert self.process.poll() is None, self.logs[-1].read_text()
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
 def assert_nothing_lost_or_duplicated(faults: Faults, figures: Figures) -> None:
     assert len(figures.lost) == 0, f"lost {figures.lost}\n{faults.failure_report(figures.lost)}"
     assert len(figures.duplicated) == 0, f"duplicated {figures.duplicated}\n{faults.failure_report(figures.duplicated)}"
@@ -335,3 +423,10 @@ def free_port() -> int:
 @pytest.fixture
 def faults(hookgate: Hookgate) -> Faults:
     return Faults(hookgate)
+
+
+@pytest.fixture
+def serve(faults: Faults) -> Iterator[Serve]:
+    server = Serve(faults, free_port())
+    yield server
+    server.kill()

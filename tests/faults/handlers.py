@@ -3,7 +3,8 @@
 Two handlers run for acme events, in this order:
 
 * :func:`ledger` (with a session) writes one :class:`Effect` row, under a UNIQUE key on
-  (event id, handler, round), for the types ``fx.*``, ``fail.*``, ``slowtx.*`` and ``hangtx.*``.
+  (event id, handler, round), for the types ``fx.*``, ``fail.*``, ``slowtx.*``, ``hangtx.*`` and
+  ``naptx.*``.
   The round is the event's (forced replays start a new one), read from Hookgate's own table
   through the same session. A second commit of one effect is impossible: it fails with an
   ``IntegrityError``, which the event's ``last_error`` then shows.
@@ -14,12 +15,13 @@ Two handlers run for acme events, in this order:
 
 Types steer :func:`work`: ``slow.*``/``slowtx.*`` wait for the file ``release``; ``hang.*``/
 ``hangtx.*`` block on their first try in ``recv`` on the port in the file ``silent_port`` (a
-server that never answers; no time limit can interrupt that); ``fail.*`` raise until the file
+server that never answers; no time limit can interrupt that); ``nap.MS``/``naptx.MS`` take MS
+milliseconds (in Python, so a time limit can interrupt them); ``fail.*`` raise until the file
 ``fixed`` exists, then (``fail.slow``) wait for ``release``; ``fx.*`` return at once.
 
 On SQLite a session holds the database's one write lock while the event's handlers run, so the
-scenarios use the session variants of slow and hung handlers (``slowtx``, ``hangtx``) on
-PostgreSQL only.
+scenarios use the session variants of slow, hung and napping handlers (``slowtx``, ``hangtx``,
+``naptx``) on PostgreSQL only.
 
 A line is ``kind event_id attempt pid``; appends of a short line are atomic across processes.
 """
@@ -41,7 +43,7 @@ EFFECTS = Path(os.environ.get("HOOKGATE_TEST_EFFECTS", "."))
 LOG = EFFECTS / "effects.log"
 
 #: Types whose events the session handler writes an effect for.
-LEDGER_PREFIXES = ("fx.", "fail.", "slowtx.", "hangtx.")
+LEDGER_PREFIXES = ("fx.", "fail.", "slowtx.", "hangtx.", "naptx.")
 
 
 class Effect(SQLModel, table=True):
@@ -74,6 +76,13 @@ def wait_for_file(name: str) -> None:
         time.sleep(0.01)
 
 
+def nap(milliseconds: int) -> None:
+    """Take this long in short sleeps: a time limit (an exception raised in the thread) reaches it."""
+    end = time.monotonic() + milliseconds / 1000
+    while time.monotonic() < end:
+        time.sleep(0.01)
+
+
 def hang_in_recv(event: Event) -> None:
     """Block in a system call that Python's asynchronous exceptions cannot interrupt."""
     port = int((EFFECTS / "silent_port").read_text())
@@ -87,6 +96,7 @@ def hang_in_recv(event: Event) -> None:
 @on("acme", "fail.*")
 @on("acme", "slowtx.*")
 @on("acme", "hangtx.*")
+@on("acme", "naptx.*")
 def ledger(event: Event, session: Session) -> None:
     round_ = session.execute(
         select(events.c.round).where(events.c.provider == event.provider, events.c.event_id == event.id)
@@ -107,10 +117,12 @@ def work(event: Event) -> None:
 
 
 def behave(event: Event) -> None:
-    kind = event.type.partition(".")[0]
+    kind, _, detail = event.type.partition(".")
     if kind == "fail" and not (EFFECTS / "fixed").exists():
         raise ValueError(f"not fixed yet on try {event.attempt}")
     if kind in ("slow", "slowtx") or event.type == "fail.slow":
         wait_for_file("release")
     if kind in ("hang", "hangtx") and event.attempt == 1:
         hang_in_recv(event)
+    if kind in ("nap", "naptx"):
+        nap(int(detail))

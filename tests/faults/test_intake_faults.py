@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,52 +19,11 @@ from gateway.embedded_redis import EmbeddedRedis
 from tests.faults.conftest import (
     Answer,
     Faults,
+    Serve,
     assert_nothing_lost_or_duplicated,
     assert_sweeps_never_failed,
-    free_port,
 )
-from tests.support.servers import ROOT, wait_for
-
-
-class Serve:
-    """``hookgate serve`` as a process of its own, as production runs it."""
-
-    def __init__(self, faults: Faults, port: int) -> None:
-        self.faults, self.port = faults, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.logs: list[Path] = []
-
-    def start(self) -> Serve:
-        log = self.faults.dir / f"serve-{len(self.logs)}.log"
-        self.logs.append(log)
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)]
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command, env=self.faults.hg.env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-            )
-        wait_for(self.ready, 30, interval=0.05, what="hookgate serve to answer")
-        return self
-
-    def ready(self) -> bool:
-        assert self.process is not None
-        assert self.process.poll() is None, self.logs[-1].read_text()
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def serve(faults: Faults) -> Iterator[Serve]:
-    server = Serve(faults, free_port())
-    yield server
-    server.kill()
+from tests.support.servers import wait_for
 
 
 def stream_with_sigterm(

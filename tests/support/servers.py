@@ -14,9 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from gateway.server import uvicorn_config
+from gateway.server import GracefulServer, uvicorn_config
 from gateway.settings import DEFAULT_LIMITS, ServerLimits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +55,7 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn_config(app, limits, log_level="warning"))  # as ``serve`` runs
+        self.server = GracefulServer(uvicorn_config(app, limits, log_level="warning"))  # as ``serve`` runs
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def start(self) -> ServerThread:
@@ -79,18 +77,32 @@ class ServerThread:
 class WorkerProcess:
     """``hookgate worker`` (Dramatiq's CLI on workers.main) as a separate process group.
 
-    With ``metrics_port``, the real ``hookgate worker`` command, its ``/metrics`` on that port of
-    127.0.0.1; without, Dramatiq's CLI alone, which serves no metrics and frees the tests from
-    finding a port for each.
+    ``cli``: the real ``hookgate worker`` command that runs it. With ``metrics_port`` (which implies
+    ``cli``), its ``/metrics`` on that port of 127.0.0.1; otherwise no metrics, which frees the
+    tests from finding a port for each.
     """
 
     def __init__(
-        self, env: dict[str, str], *, processes: int = 1, threads: int = 4, metrics_port: int | None = None
+        self,
+        env: dict[str, str],
+        *,
+        processes: int = 1,
+        threads: int = 4,
+        cli: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
         command = [sys.executable, "-m", "dramatiq", "workers.main", "-p", str(processes), "-t", str(threads)]
-        if metrics_port is not None:
+        if cli or metrics_port is not None:
             options = ["--processes", str(processes), "--threads", str(threads), "--metrics-host", "127.0.0.1"]
-            command = [sys.executable, "-m", "gateway.cli", "worker", *options, "--metrics-port", str(metrics_port)]
+            command = [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "worker",
+                *options,
+                "--metrics-port",
+                str(metrics_port or 0),
+            ]
         self.log = Path(env["HOOKGATE_TEST_EFFECTS"]) / f"worker-{time.monotonic_ns()}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(

@@ -1,5 +1,6 @@
 """The per-call time limit, in one process: a call past its limit is interrupted; calls blocked
-where no exception reaches them are reported once every thread is stuck."""
+where no exception reaches them are reported once every thread is stuck; a stopping worker's
+deadline interrupts calls too, and starts none after it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from workers.calls import HandlerTimeout, TimeLimiter
+from workers.calls import HandlerTimeout, TimeLimiter, WorkerStopping
 
 
 def test_a_call_past_its_limit_is_interrupted_and_the_next_one_is_not() -> None:
@@ -62,3 +63,61 @@ def test_every_thread_stuck_where_no_exception_reaches_it_is_reported() -> None:
     server.close()
     for conn in clients:
         conn.close()
+
+
+def busy(limiter: TimeLimiter, seconds: float, ran: list[float] | None = None) -> None:
+    """A call that takes ``seconds`` in Python code, which the limiter's exceptions reach."""
+    with limiter.limit():
+        if ran is not None:
+            ran.append(seconds)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.01)
+
+
+def test_a_stopping_worker_interrupts_calls_at_its_deadline_and_starts_none_after() -> None:
+    limiter = TimeLimiter(60)
+    ran: list[float] = []
+    limiter.stop_by(time.monotonic() + 0.3)
+    busy(limiter, 0.05, ran)  # within the deadline: unaffected
+    started = time.monotonic()
+    with pytest.raises(WorkerStopping):
+        busy(limiter, 5, ran)
+    assert time.monotonic() - started < 1
+    with pytest.raises(WorkerStopping):
+        busy(limiter, 0.01, ran)
+    assert ran == [0.05, 5], "a call started after the deadline"
+
+
+def test_a_call_reaching_its_own_limit_before_the_stop_deadline_times_out() -> None:
+    limiter = TimeLimiter(0.2)
+    limiter.stop_by(time.monotonic() + 30)
+    with pytest.raises(HandlerTimeout) as raised:
+        busy(limiter, 5)
+    assert not isinstance(raised.value, WorkerStopping)
+
+
+def test_stuck_threads_are_not_reported_once_the_worker_stops() -> None:
+    """A stopping process exits on its own schedule (workers.shutdown): all of its threads stuck
+    then is no reason to exit sooner with the "restart me" code."""
+    reported: list[int] = []
+    limiter = TimeLimiter(60, grace=0.1, threads=1, on_all_stuck=reported.append)
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+
+    def blocked() -> None:
+        try:
+            with limiter.limit():
+                client.recv(1)
+        except (HandlerTimeout, OSError):
+            pass
+
+    thread = threading.Thread(target=blocked, daemon=True)
+    thread.start()
+    limiter.stop_by(time.monotonic() + 0.1)
+    time.sleep(0.6)  # past the deadline and the grace: an absence cannot be awaited
+    assert reported == []
+    server.accept()[0].close()
+    thread.join(5)
+    server.close()
+    client.close()
