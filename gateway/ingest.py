@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
+from . import tracing
 from .errors import InboxFull, StoreUnavailable
 from .models import QUEUED, RECEIVED, events
 from .queue import EventQueue
@@ -47,6 +48,8 @@ INSERT_COLUMNS = (
     "message_id",
     "sweep_after",
     "updated_at",
+    "traceparent",  # the request's trace context (gateway.tracing), NULL when tracing is off
+    "tracestate",
 )
 
 
@@ -227,7 +230,10 @@ class Ingestor:
         def answer(pending: _Pending, result: str | BaseException) -> None:
             outcomes.setdefault(pending.loop, _Outcomes()).results.append((pending.future, result))
 
-        inserted, refused = self._commit_batch(list(first_of.values()))
+        traced = tracing.committing([p.row for p in batch], self.engine.dialect.name) if tracing.on else tracing.NOTHING
+        with traced as note:
+            inserted, refused = self._commit_batch(list(first_of.values()))
+            note(inserted=len(inserted), refused=len(refused))
         error = StoreUnavailable("the store did not commit")
         for pending in batch:
             key = (pending.row["provider"], pending.row["event_id"])

@@ -16,6 +16,7 @@ import dramatiq
 from dramatiq.common import iter_queue
 from dramatiq.middleware import Retries
 
+from gateway import tracing
 from gateway.config import Config
 from gateway.database import create_store_engine
 from gateway.logs import quiet_http_client_logs
@@ -117,6 +118,7 @@ class WorkerRuntime(dramatiq.Middleware):
             self.keeper.stop()
         if self.reconciler is not None:
             self.reconciler.close()
+        tracing.shutdown()  # exports the spans still waiting
 
     def process(self, pk: int, token: str) -> None:
         """The ``hookgate.process_event`` actor."""

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway import tracing
 from gateway.config import ProviderEntry
 from providers.api import ApiSettings, ResourceRef, UnsafeUrl, api_url, fill_path
 
@@ -103,7 +104,8 @@ class ProviderApi:
         url = api_url(self.settings.base_url, ref.url or ref.path or "")
         shown = url.split("?", 1)[0]
         try:
-            with self.client.stream("GET", url) as response:
+            with tracing.fetching(url) as answered, self.client.stream("GET", url) as response:
+                answered(response.status_code)
                 body = self._read(response, shown)
         except httpx.TimeoutException:
             raise ReconcileError(f"GET {shown} timed out") from None
