@@ -271,6 +271,24 @@ def test_one_trace_spans_the_post_the_commit_the_worker_the_reconciliation_and_e
     assert not leaks
 
 
+def test_a_request_the_sampler_leaves_out_stores_its_context_unsampled_and_makes_no_span(
+    hookgate: Hookgate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    exporter = InMemorySpanExporter()
+    assert tracing.configure("hookgate-serve", exporter=exporter)
+    try:
+        hookgate.start_intake()
+        body, headers = hookgate.signed("acme", "plain.unsampled", "unsampled-1", {})
+        assert hookgate.post("acme", body, headers).status_code == 200
+    finally:
+        tracing.shutdown()
+    assert exporter.get_finished_spans() == ()
+    # The workers' default sampler follows the stored decision: they leave the event out too.
+    flags = hookgate.event("acme", "unsampled-1").traceparent.rsplit("-", 1)[1]
+    assert not int(flags, 16) & 1
+
+
 OFF_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
