@@ -23,7 +23,9 @@ is recorded as an event (type, message, traceback) only on handler spans, elsewh
 
 Off, the intake pays nothing: this module imports nothing of OpenTelemetry, :data:`on` stays
 false, and the intake's call sites test it before doing anything (or were wired at start-up
-without tracing). Nothing is written to the new columns then (NULL).
+without tracing). Nothing is written to the new columns then (NULL). On, a request the sampler
+leaves out gets no child spans; its context is stored all the same, marked unsampled, so that the
+workers leave the event out too (their default sampler follows the parent's decision).
 """
 
 from __future__ import annotations

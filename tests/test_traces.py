@@ -366,6 +366,16 @@ def test_the_environment_decides_whether_to_trace(environ: dict[str, str], trace
     assert tracing.requested(environ) is traced
 
 
+def test_asked_for_traces_without_the_extra_a_process_warns_and_runs_without_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if it were not installed
+    assert not tracing.configure("hookgate-serve")
+    assert not tracing.on
+    assert "pip install 'hookgate[otel]'" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
