@@ -69,6 +69,8 @@ def main() -> None:
                     "message_id": f"m{counter}",
                     "sweep_after": clock + 15,
                     "updated_at": clock,
+                    "traceparent": None,
+                    "tracestate": None,
                 }
                 rows.append(row)
             for chunk in range(0, len(rows), 100):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import tracing
 from .config import Config, load_config
 from .errors import ConfigError, HookgateError
 from .logs import configure_logging
@@ -77,11 +78,15 @@ def _serve(
     from .queue import EventQueue, create_broker
     from .server import serve
 
-    engine = create_store_engine(settings.database_url)
-    app = create_app(config, engine, EventQueue(create_broker(redis_url)), limits=settings.limits)
-    for collector in collectors:
-        app.intake.metric_registry.register(collector)
-    serve(app, settings.limits, host, port)
+    tracing.configure("hookgate-serve")  # OTEL_* (see gateway.tracing)
+    try:
+        engine = create_store_engine(settings.database_url)
+        app = create_app(config, engine, EventQueue(create_broker(redis_url)), limits=settings.limits)
+        for collector in collectors:
+            app.intake.metric_registry.register(collector)
+        serve(app, settings.limits, host, port)
+    finally:
+        tracing.shutdown()  # exports the spans still waiting
 
 
 def _worker_command(processes: int, threads: int) -> list[str]:

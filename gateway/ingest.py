@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
+from . import tracing
 from .errors import InboxFull, StoreUnavailable
 from .metrics import IntakeMetrics
 from .models import QUEUED, RECEIVED, events
@@ -50,6 +51,8 @@ INSERT_COLUMNS = (
     "message_id",
     "sweep_after",
     "updated_at",
+    "traceparent",  # the request's trace context (gateway.tracing), NULL when tracing is off
+    "tracestate",
 )
 
 
@@ -233,7 +236,10 @@ class Ingestor:
             outcomes.setdefault(pending.loop, _Outcomes()).results.append((pending.future, result))
 
         started = time.perf_counter()
-        inserted, refused = self._commit_batch(list(first_of.values()))
+        traced = tracing.committing([p.row for p in batch], self.engine.dialect.name) if tracing.on else tracing.NOTHING
+        with traced as note:
+            inserted, refused = self._commit_batch(list(first_of.values()))
+            note(inserted=len(inserted), refused=len(refused))
         self.metrics.committed(len(first_of), time.perf_counter() - started)
         error = StoreUnavailable("the store did not commit")
         for pending in batch:

@@ -30,11 +30,12 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from providers import Delivery, DeliveryRejected, Inbound
 from providers.base import COMMON_HEADERS
 
+from . import tracing
 from .config import Config, ProviderEntry
 from .database import ping
 from .errors import ConfigError, InboxFull, StoreUnavailable
@@ -108,6 +109,8 @@ class Intake:
             max_waiting_bytes=limits.inbox_max_bytes,
             metrics=self.intake_metrics,
         )
+        #: Hands a row to the group commit; when tracing, also writes the trace context into it.
+        self.submit = tracing.commit_waits(self.ingestor.submit) if tracing.on else self.ingestor.submit
         self._counters: dict[tuple[str, str], Any] = {}
         #: Per provider: the headers stored with its events, and those of them that must not
         #: repeat (the ones it verifies or reads an id, a type or a time from), as bytes.
@@ -153,7 +156,8 @@ class Intake:
         body = await self.read_body(headers, receive, entry.max_body_bytes, self.body_timeout)
         try:
             url = request_url(scope, headers) if entry.provider.reads_url else ""
-            delivery = entry.provider.verify_request(Inbound(body, headers, url, method))
+            with tracing.verifying(name) if tracing.on else tracing.NOTHING:
+                delivery = entry.provider.verify_request(Inbound(body, headers, url, method))
         except DeliveryRejected as exc:
             log.info(
                 "rejected provider=%s status=%d reason=%s", name, exc.status_code, exc.reason, extra={"provider": name}
@@ -183,7 +187,7 @@ class Intake:
         try:
             # A batch's events are committed each on its own; if any is not, the 503 makes the
             # sender post the batch again, and the ones already stored are then duplicates.
-            submits = [self.ingestor.submit(self.row(name, entry, part, part.body or body, stored)) for part in parts]
+            submits = [self.submit(self.row(name, entry, part, part.body or body, stored)) for part in parts]
             outcomes = [await submits[0]] if len(submits) == 1 else await asyncio.gather(*submits)
         except InboxFull:
             raise Reply(
@@ -279,6 +283,8 @@ class Intake:
             "message_id": None if held else new_token(),
             "sweep_after": now + (window if held else self.requeue_after),
             "updated_at": now,
+            "traceparent": None,
+            "tracestate": None,
         }
 
     async def healthz(self, request: Request) -> Response:
@@ -331,13 +337,14 @@ class HookgateApp:
     def __init__(self, intake: Intake, other: Starlette) -> None:
         self.intake = intake
         self.other = other
+        self.webhooks: ASGIApp = tracing.traced_webhooks(intake, intake.config.providers) if tracing.on else intake
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
             await self.other(scope, receive, send)
             return
         try:
-            await self.intake(scope, receive, send)
+            await self.webhooks(scope, receive, send)
         except Exception:
             # Never a 2xx for something that may not be stored; the sender will retry.
             log.exception("unexpected error in the intake")

@@ -59,6 +59,11 @@ class EventRecord(SQLModel, table=True):
     lease_expires_at: float | None = None
     updated_at: float
     processed_at: float | None = None
+    #: The W3C trace context (``traceparent``, ``tracestate``) of the request that stored the
+    #: event, so that its processing joins that trace whichever broker message runs it (see
+    #: :mod:`gateway.tracing`); NULL when tracing is off.
+    traceparent: str | None = Field(default=None, max_length=64)
+    tracestate: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class HandlerRun(SQLModel, table=True):

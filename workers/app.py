@@ -14,6 +14,7 @@ import os
 import dramatiq
 from dramatiq.middleware import Retries
 
+from gateway import tracing
 from gateway.config import Config
 from gateway.database import create_store_engine
 from gateway.logs import quiet_http_client_logs
@@ -101,6 +102,7 @@ class WorkerRuntime(dramatiq.Middleware):
             self.keeper.stop()
         if self.reconciler is not None:
             self.reconciler.close()
+        tracing.shutdown()  # exports the spans still waiting
 
     def process(self, pk: int, token: str) -> None:
         """The ``hookgate.process_event`` actor."""

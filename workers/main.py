@@ -1,12 +1,14 @@
 """The module Dramatiq's CLI loads: ``dramatiq workers.main`` (what ``hookgate worker`` runs).
 
 Settings come from the environment (``HOOKGATE_CONFIG``, ``HOOKGATE_DATABASE_URL``,
-``HOOKGATE_REDIS_URL``, ``HOOKGATE_LOG_FORMAT``); ``hookgate worker`` fills in the embedded Redis
-when none is set. The log format is set up first, so that everything after it logs in it.
+``HOOKGATE_REDIS_URL``, ``HOOKGATE_LOG_FORMAT``, and ``OTEL_*`` for traces); ``hookgate worker``
+fills in the embedded Redis when none is set. The log format is set up first, so that everything
+after it logs in it; traces next (see :mod:`gateway.tracing`).
 """
 
 from __future__ import annotations
 
+from gateway import tracing
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.logs import configure_worker_process
@@ -16,6 +18,7 @@ from .app import build_worker_broker
 
 try:
     configure_worker_process()
+    tracing.configure("hookgate-worker")  # OTEL_* (see gateway.tracing)
 except ConfigError as exc:
     raise SystemExit(str(exc)) from None
 

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine
 
+from gateway import tracing
 from gateway.config import ProviderEntry, WorkerSettings
 from gateway.logs import event_context
 from gateway.metrics import worker_metrics
@@ -69,8 +70,10 @@ def log_handler_error(row: Any, name: str, exc: BaseException) -> None:
 
 
 def log_failed_try(row: Any, outcome: FailedTry, error: str, now: float) -> None:
-    """A try that failed: WARNING with when the retry runs, ERROR once the event is ``failed``."""
+    """A try that failed: WARNING with when the retry runs, ERROR once the event is ``failed``;
+    either way an error on the event's ``process`` span when tracing."""
     error = error.replace("\n", "; ")
+    tracing.settled(outcome.status, failed=True)
     if outcome.status == FAILED:
         log.error("event %s/%s failed on attempt %d, no retry: %s", row.provider, row.event_id, row.attempts, error)
         return
@@ -252,7 +255,11 @@ class Processor:
         Every line logged meanwhile, the handlers' and the reconciliation's too, carries the
         event's provider, id, type and attempt in the JSON log format (see :mod:`gateway.logs`).
         """
-        with event_context(row), self.keeper.holding_event(row.id, token) as event_lease:
+        with (
+            event_context(row),
+            tracing.processing(row, message_id=token if key is None else None),
+            self.keeper.holding_event(row.id, token) as event_lease,
+        ):
             try:
                 prepared = self.prepare(row, key, fetch, stored)
             except PreparationError as exc:
@@ -346,6 +353,7 @@ class Processor:
             worker_metrics.failed_try(row.provider, final=failed.status == FAILED)
             return after
         worker_metrics.settled(row.provider, status, self.clock() - row.received_at)
+        tracing.settled(status)
         log.info(
             "%s provider=%s event=%s type=%s attempt=%d",
             status,
@@ -367,7 +375,7 @@ class Processor:
                 lease.extend(self.keeper.work_seconds)
             started = time.perf_counter()
             try:
-                with self.limiter.limit():
+                with tracing.handler_call(handler.name), self.limiter.limit():
                     call_handler(handler, event, conn)
             except (Exception, HandlerTimeout) as exc:
                 worker_metrics.handler_called(handler.name, time.perf_counter() - started, ok=False)

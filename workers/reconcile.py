@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway import tracing
 from gateway.config import ProviderEntry
 from gateway.metrics import worker_metrics
 from providers.api import ApiSettings, ResourceRef, UnsafeUrl, api_url, fill_path
@@ -105,8 +106,9 @@ class ProviderApi:
         shown = url.split("?", 1)[0]
         answered: int | str = "error"  # for the metric: the status, or why there is none
         try:
-            with self.client.stream("GET", url) as response:
+            with tracing.fetching(url) as traced, self.client.stream("GET", url) as response:
                 answered = response.status_code
+                traced(answered)
                 body = self._read(response, shown)
         except httpx.TimeoutException:
             answered = "timeout"

@@ -35,6 +35,8 @@ def row(event_id: str) -> dict[str, Any]:
         "message_id": new_token(),
         "sweep_after": now + 15,
         "updated_at": now,
+        "traceparent": None,
+        "tracestate": None,
     }
 
 
