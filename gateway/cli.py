@@ -51,10 +51,11 @@ def _config(settings: Settings) -> Config:
 
 
 @contextlib.contextmanager
-def _redis_url(settings: Settings) -> Iterator[str]:
-    """The broker URL; without HOOKGATE_REDIS_URL, the embedded server (started if needed)."""
-    if settings.redis_url:
-        yield settings.redis_url
+def _broker_url(settings: Settings) -> Iterator[str]:
+    """The broker URL (HOOKGATE_BROKER_URL, else HOOKGATE_REDIS_URL); without either, the embedded
+    Redis server (started if needed). With RabbitMQ no Redis is started."""
+    if settings.broker:
+        yield settings.broker
         return
     from .embedded_redis import EmbeddedRedis
 
@@ -67,14 +68,14 @@ def _redis_url(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-def _serve(config: Config, settings: Settings, redis_url: str, host: str, port: int) -> None:
+def _serve(config: Config, settings: Settings, broker_url: str, host: str, port: int) -> None:
     from .database import create_store_engine
     from .intake import create_app
     from .queue import EventQueue, create_broker
     from .server import serve
 
     engine = create_store_engine(settings.database_url)
-    app = create_app(config, engine, EventQueue(create_broker(redis_url)), limits=settings.limits)
+    app = create_app(config, engine, EventQueue(create_broker(broker_url)), limits=settings.limits)
     serve(app, settings.limits, host, port)
 
 
@@ -192,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if done.before is not None and done.changed:
         logging.getLogger("hookgate").info("store upgraded from schema revision %s to %s", done.before, done.after)
     exit_on_sigterm()
-    with _redis_url(settings) as url:
+    with _broker_url(settings) as url:
         worker = Supervised(_worker_command(1, args.threads), name="worker")
         worker.start()
         try:
@@ -207,7 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(settings)
     _prepare_store(settings, upgrade=False)
     exit_on_sigterm()
-    with _redis_url(settings) as url:
+    with _broker_url(settings) as url:
         _serve(config, settings, url, args.host, args.port)
     return 0
 
@@ -216,7 +217,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _config(settings)
     _prepare_store(settings, upgrade=False)
-    with _redis_url(settings):
+    with _broker_url(settings):
         return run_forwarding_signals(_worker_command(args.processes, args.threads))
 
 
@@ -241,7 +242,9 @@ def _unanswered(variable: str, url: str, what: str, exc: Exception) -> str:
         return f"{variable} is not a valid URL: {type(exc).__name__}"
     secrets = [s for s in (parsed.password, parsed.query.get("password")) if isinstance(s, str) and s]
     shown = parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    # pika's connection errors say nothing themselves: the cause is their argument.
+    text = str(getattr(exc, "orig", None) or exc) or " ".join(map(repr, exc.args))
+    lines = text.strip().splitlines()
     first = lines[0] if lines else type(exc).__name__
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         file = os.path.abspath(parsed.database)
@@ -250,6 +253,8 @@ def _unanswered(variable: str, url: str, what: str, exc: Exception) -> str:
         reason = _at(found["reason"], found["socket"] or f"{found['host']}:{found['port']}")
     elif found := _REDIS_FAILED.match(first):
         reason = _at(found["reason"], found["at"])
+    elif "ConnectionRefusedError" in first:  # pika: ``…: ConnectionRefusedError(111, 'Connection refused')``
+        reason = _at("connection refused", f"{parsed.host}:{parsed.port or 5672}")
     else:
         host = f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
         reason = f"{type(exc).__name__}: {first}" + (f" (at {host})" if host else "")
@@ -283,13 +288,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         ping(create_store_engine(settings.database_url))
     except Exception as exc:
         problems.append(_unanswered("HOOKGATE_DATABASE_URL", settings.database_url, "the store", exc))
-    if settings.redis_url:
+    if settings.broker:
         from .queue import EventQueue, create_broker
 
         try:
-            EventQueue(create_broker(settings.redis_url)).ping()
+            EventQueue(create_broker(settings.broker)).ping()
         except Exception as exc:
-            problems.append(_unanswered("HOOKGATE_REDIS_URL", settings.redis_url, "the broker", exc))
+            problems.append(_unanswered(settings.broker_variable, settings.broker, "the broker", exc))
     if problems or warnings:
         print("\n".join(problems + warnings), file=sys.stderr)
     if problems:

@@ -13,6 +13,7 @@ import os
 from collections import defaultdict
 
 import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import iter_queue
 from dramatiq.middleware import Retries
 
@@ -54,7 +55,11 @@ def hand_back_prefetched(worker: dramatiq.Worker) -> int:
     """Give the messages ``worker`` has prefetched but not started back to Redis, now.
 
     Dramatiq's own stop does this only after its running actors return, which may be a whole
-    handler time limit later; meanwhile no other worker could run those events.
+    handler time limit later; meanwhile no other worker could run those events. Dramatiq's
+    RabbitMQ consumer gives nothing back here (RabbitMQ redelivers a connection's unacknowledged
+    messages when it closes, after the running actors): the messages are only dropped from the
+    work queue, and the recovery sweep sends their events again if they wait longer than
+    ``requeue_after_seconds`` while the queue is empty.
     """
     by_queue: defaultdict[str, list[dramatiq.MessageProxy]] = defaultdict(list)
     for item in iter_queue(worker.work_queue):
@@ -110,7 +115,10 @@ class WorkerRuntime(dramatiq.Middleware):
             if task is not None:
                 task.stop()
         if handed_back := hand_back_prefetched(worker):
-            log.info("stopping: %d prefetched messages handed back to the broker", handed_back)
+            if isinstance(broker, RabbitmqBroker):
+                log.info("stopping: %d prefetched messages not started; RabbitMQ takes them back", handed_back)
+            else:
+                log.info("stopping: %d prefetched messages handed back to the broker", handed_back)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.keeper is not None:
@@ -125,9 +133,13 @@ class WorkerRuntime(dramatiq.Middleware):
 
 
 def build_worker_broker(
-    config: Config, database_url: str, redis_url: str, *, handlers: HandlerRegistry = registry
+    config: Config, database_url: str, broker_url: str, *, handlers: HandlerRegistry = registry
 ) -> dramatiq.Broker:
-    """A broker with the ``hookgate.process_event`` actor declared, installed as Dramatiq's."""
+    """A broker with the ``hookgate.process_event`` actor declared, installed as Dramatiq's.
+
+    Its queues are declared on the broker when the worker starts consuming (RabbitMQ: durable,
+    with Dramatiq's delay and dead-letter queues beside them).
+    """
     quiet_http_client_logs()  # Dramatiq's CLI set up logging before it imported workers.main
     schema_engine = create_store_engine(database_url, acknowledges=False)
     try:
@@ -138,7 +150,7 @@ def build_worker_broker(
     warn_about_registrations(handlers, config.provider_types)
     # Handler retries are scheduled in the store (see lifecycle.fail) and the time limit applies
     # per handler call (see workers.calls): Dramatiq retries nothing and limits no message.
-    broker = create_broker(redis_url, middleware=[Retries(max_retries=0)])
+    broker = create_broker(broker_url, middleware=[Retries(max_retries=0)])
     runtime = WorkerRuntime(config, database_url, handlers)
     broker.add_middleware(runtime)
     dramatiq.set_broker(broker)
