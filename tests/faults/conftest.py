@@ -29,14 +29,17 @@ from sqlmodel import SQLModel
 
 from gateway.models import events
 from gateway.queue import NAMESPACE, QUEUE_NAME
+from gateway.rabbitmq import is_rabbitmq_url
 from tests.conftest import Hookgate
 from tests.faults.handlers import LEDGER_PREFIXES, Effect
+from tests.support import rabbitmq
 from tests.support.servers import WorkerProcess, wait_for
 
 #: How long every scenario may take to bring all acknowledged events to ``processed``.
 RECOVERY_DEADLINE = 45.0
 
-SWEEP_SENT = re.compile(r"recovery sweep sent (\d+) events again")
+#: The sweep's WARNING lines (lost messages, expired leases); its routine re-sends are DEBUG.
+SWEEP_SENT = re.compile(r"\bsent (\d+) events again")
 SWEEP_FAILED = "hookgate-recovery failed"
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Timeout): .*$", re.MULTILINE)
 
@@ -113,12 +116,15 @@ class Faults:
         self.hg.workers.append(worker)
         return worker
 
-    def held_by_consumers(self, redis_url: str | None = None) -> set[str]:
-        """Message ids that some worker has fetched (prefetched or running) and not acked."""
-        client = redis.Redis.from_url(redis_url or self.hg.redis_url, decode_responses=True)
+    def held(self, broker_url: str | None = None) -> int:
+        """How many messages workers have fetched (prefetched or running) and not acked."""
+        url = broker_url or self.hg.broker_url
+        if is_rabbitmq_url(url):
+            return rabbitmq.unacknowledged(url)
+        client = redis.Redis.from_url(url, decode_responses=True)
         try:
             keys = client.keys(f"{NAMESPACE}:__acks__.*.{QUEUE_NAME}")
-            return {token for key in keys for token in client.smembers(key)}
+            return sum(client.scard(key) for key in keys)
         finally:
             client.close()
 
