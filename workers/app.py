@@ -89,6 +89,12 @@ class WorkerRuntime(dramatiq.Middleware):
         self.reconciler: Reconciler | None = None
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if isinstance(broker, RabbitmqBroker) and not os.getenv("dramatiq_queue_prefetch"):  # noqa: SIM112 (Dramatiq's name)
+            # RabbitMQ pushes the next message as soon as one is acknowledged: a prefetch beyond
+            # the threads (Dramatiq's default is twice as many) would only park messages behind
+            # running handlers, where the recovery sweep cannot tell them from a stalled
+            # worker's and sends them again, and where a SIGTERM cannot give them back.
+            worker.queue_prefetch = worker.worker_threads
         settings = self.config.workers
         engine = create_store_engine(
             self.database_url, acknowledges=False, pool_size=worker.worker_threads + 1, max_overflow=2
