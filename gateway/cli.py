@@ -53,10 +53,11 @@ def _config(settings: Settings) -> Config:
 
 
 @contextlib.contextmanager
-def _redis_url(settings: Settings) -> Iterator[str]:
-    """The broker URL; without HOOKGATE_REDIS_URL, the embedded server (started if needed)."""
-    if settings.redis_url:
-        yield settings.redis_url
+def _broker_url(settings: Settings) -> Iterator[str]:
+    """The broker URL (HOOKGATE_BROKER_URL, else HOOKGATE_REDIS_URL); without either, the embedded
+    Redis server (started if needed). With RabbitMQ no Redis is started."""
+    if settings.broker:
+        yield settings.broker
         return
     from .embedded_redis import EmbeddedRedis
 
@@ -70,7 +71,7 @@ def _redis_url(settings: Settings) -> Iterator[str]:
 
 
 def _serve(
-    config: Config, settings: Settings, redis_url: str, host: str, port: int, collectors: Sequence[Collector] = ()
+    config: Config, settings: Settings, broker_url: str, host: str, port: int, collectors: Sequence[Collector] = ()
 ) -> None:
     """Serve the intake; ``collectors`` are added to its ``/metrics`` (the worker's, under ``run``)."""
     from .database import create_store_engine
@@ -81,7 +82,7 @@ def _serve(
     tracing.configure("hookgate-serve")  # OTEL_* (see gateway.tracing)
     try:
         engine = create_store_engine(settings.database_url)
-        app = create_app(config, engine, EventQueue(create_broker(redis_url)), limits=settings.limits)
+        app = create_app(config, engine, EventQueue(create_broker(broker_url)), limits=settings.limits)
         for collector in collectors:
             app.intake.metric_registry.register(collector)
         serve(app, settings.limits, host, port)
@@ -207,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .metrics_export import group_metrics
 
     exit_on_sigterm()
-    with _redis_url(settings) as url, group_metrics(settings.database_url, config.providers) as metrics:
+    with _broker_url(settings) as url, group_metrics(settings.database_url, config.providers) as metrics:
         worker = Supervised(
             _worker_command(1, args.threads), name="worker", env=metrics.env, stop_timeout=exits_within(config.workers)
         )
@@ -224,7 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(settings)
     _prepare_store(settings, upgrade=False)
     exit_on_sigterm()
-    with _redis_url(settings) as url:
+    with _broker_url(settings) as url:
         _serve(config, settings, url, args.host, args.port)
     return 0
 
@@ -237,7 +238,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     port = metrics_port(args.metrics_port)
     _prepare_store(settings, upgrade=False)
     with (
-        _redis_url(settings),
+        _broker_url(settings),
         serve_worker_metrics(args.metrics_host, port, settings.database_url, config.providers) as env,
     ):
         return run_forwarding_signals(_worker_command(args.processes, args.threads), env)
@@ -264,7 +265,9 @@ def _unanswered(variable: str, url: str, what: str, exc: Exception) -> str:
         return f"{variable} is not a valid URL: {type(exc).__name__}"
     secrets = [s for s in (parsed.password, parsed.query.get("password")) if isinstance(s, str) and s]
     shown = parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    # pika's connection errors say nothing themselves: the cause is their argument.
+    text = str(getattr(exc, "orig", None) or exc) or " ".join(map(repr, exc.args))
+    lines = text.strip().splitlines()
     first = lines[0] if lines else type(exc).__name__
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         file = os.path.abspath(parsed.database)
@@ -273,6 +276,8 @@ def _unanswered(variable: str, url: str, what: str, exc: Exception) -> str:
         reason = _at(found["reason"], found["socket"] or f"{found['host']}:{found['port']}")
     elif found := _REDIS_FAILED.match(first):
         reason = _at(found["reason"], found["at"])
+    elif "ConnectionRefusedError" in first:  # pika: ``…: ConnectionRefusedError(111, 'Connection refused')``
+        reason = _at("connection refused", f"{parsed.host}:{parsed.port or 5672}")
     else:
         host = f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
         reason = f"{type(exc).__name__}: {first}" + (f" (at {host})" if host else "")
@@ -306,13 +311,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         ping(create_store_engine(settings.database_url))
     except Exception as exc:
         problems.append(_unanswered("HOOKGATE_DATABASE_URL", settings.database_url, "the store", exc))
-    if settings.redis_url:
+    if settings.broker:
         from .queue import EventQueue, create_broker
 
         try:
-            EventQueue(create_broker(settings.redis_url)).ping()
+            EventQueue(create_broker(settings.broker)).ping()
         except Exception as exc:
-            problems.append(_unanswered("HOOKGATE_REDIS_URL", settings.redis_url, "the broker", exc))
+            problems.append(_unanswered(settings.broker_variable, settings.broker, "the broker", exc))
     if problems or warnings:
         print("\n".join(problems + warnings), file=sys.stderr)
     if problems:

@@ -5,14 +5,17 @@ actor itself. Each message carries ``(event pk, token)``; the token is also stor
 row (``message_id``) and is the message's Redis id, so that
 
 * a worker runs an event only with the message the store expects (stale copies are dropped), and
-* the recovery sweep can ask Redis whether it still holds an event's message.
+* the recovery sweep can ask Redis whether it still holds an event's message (RabbitMQ cannot be
+  asked that; see :mod:`workers.recovery` for what the sweep does there).
 
 With Redis, a whole batch is written as Dramatiq's enqueue writes one message (its
 ``dispatch.lua``: ``HSET <queue>.msgs id data`` and ``RPUSH <queue> id``), but as one ``HSET`` and
 one ``RPUSH`` for all of them inside ``MULTI``: a single round trip, and no per-message Lua call
 or per-message Python object, which measured as most of the hand-off's cost. The message bytes
 are those of ``dramatiq.Message.encode`` (``tests/gateway/test_queue.py`` holds us to it).
-Other brokers get one ``enqueue`` per message.
+With RabbitMQ, a batch is published at once and counts as sent once RabbitMQ confirmed every
+message of it (:class:`gateway.rabbitmq.ConfirmedPublisher`). Other brokers get one ``enqueue`` per
+message.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from collections.abc import Iterable
 import dramatiq
 import orjson
 import redis
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
+
+from .rabbitmq import ConfirmedPublisher, create_rabbitmq_broker, is_rabbitmq_url
 
 QUEUE_NAME = "hookgate"
 ACTOR_NAME = "hookgate.process_event"
@@ -35,9 +41,12 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def create_broker(redis_url: str, *, middleware: list[dramatiq.Middleware] | None = None) -> RedisBroker:
-    """Dramatiq's Redis broker on ``redis_url`` with bounded socket timeouts."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+def create_broker(url: str, *, middleware: list[dramatiq.Middleware] | None = None) -> dramatiq.Broker:
+    """Dramatiq's RabbitMQ broker for an ``amqp://`` URL, else its Redis broker with bounded socket
+    timeouts."""
+    if is_rabbitmq_url(url):
+        return create_rabbitmq_broker(url, middleware=middleware or [])
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
     return RedisBroker(client=client, namespace=NAMESPACE, middleware=middleware or [])
 
 
@@ -47,6 +56,14 @@ class EventQueue:
     def __init__(self, broker: dramatiq.Broker) -> None:
         self.broker = broker
         broker.declare_queue(QUEUE_NAME)
+        self.publisher: ConfirmedPublisher | None = None
+        if isinstance(broker, RabbitmqBroker):
+            self.publisher = ConfirmedPublisher(broker.parameters, QUEUE_NAME)
+
+    @property
+    def tracks_messages(self) -> bool:
+        """Whether the broker can say, message by message, whether it still holds one (Redis)."""
+        return isinstance(self.broker, RedisBroker)
 
     @staticmethod
     def message(pk: int, token: str) -> dramatiq.Message:
@@ -65,6 +82,10 @@ class EventQueue:
         if not items:
             return
         broker = self.broker
+        if self.publisher is not None:
+            now = current_millis()
+            self.publisher.publish([self.encode(pk, token, now) for pk, token in items])
+            return
         if not isinstance(broker, RedisBroker):
             for pk, token in items:
                 broker.enqueue(self.message(pk, token))
@@ -143,7 +164,14 @@ class EventQueue:
             held = set().union(*pipe.execute())
         return {token for token in tokens if token.encode() in held}
 
+    def backlog(self) -> int:
+        """How many messages wait in the queue, not yet delivered to a worker (RabbitMQ only: 0
+        for other brokers)."""
+        return self.publisher.ready() if self.publisher is not None else 0
+
     def ping(self) -> None:
-        """Raise unless the broker answers."""
+        """Raise unless the broker answers (RabbitMQ: unless the queue can be declared)."""
         if isinstance(self.broker, RedisBroker):
             self.broker.client.ping()
+        elif self.publisher is not None:
+            self.publisher.ready()

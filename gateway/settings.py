@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -68,11 +69,23 @@ class Settings:
 
     config_path: Path = Path("providers.yaml")
     database_url: str = "sqlite:///./hookgate.db"
-    #: ``None`` starts an embedded Redis server under ``data_dir``.
+    #: ``None`` starts an embedded Redis server under ``data_dir`` (unless ``broker_url`` is set).
     redis_url: str | None = None
+    #: ``amqp://…`` selects RabbitMQ (a Redis URL works too); it wins over ``redis_url``.
+    broker_url: str | None = None
     admin_token: str | None = None
     data_dir: Path = Path(".hookgate")
     limits: ServerLimits = DEFAULT_LIMITS
+
+    @property
+    def broker(self) -> str | None:
+        """The broker's URL: ``broker_url``, else ``redis_url``; ``None`` for the embedded Redis."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_variable(self) -> str:
+        """The variable the broker's URL came from, for messages."""
+        return "HOOKGATE_BROKER_URL" if self.broker_url else "HOOKGATE_REDIS_URL"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -84,7 +97,21 @@ class Settings:
             config_path=Path(get("CONFIG") or defaults.config_path),
             database_url=get("DATABASE_URL") or defaults.database_url,
             redis_url=get("REDIS_URL"),
+            broker_url=_broker_url(get("BROKER_URL")),
             admin_token=get("ADMIN_TOKEN"),
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
             limits=ServerLimits.from_env(environ),
         )
+
+
+#: URL schemes of the brokers: RabbitMQ's, and Redis' (as ``HOOKGATE_REDIS_URL`` takes them).
+BROKER_SCHEMES = ("amqp", "amqps", "redis", "rediss", "unix")
+
+
+def _broker_url(url: str | None) -> str | None:
+    scheme = urlsplit(url).scheme if url else None
+    if url and scheme not in BROKER_SCHEMES:
+        raise ConfigError(
+            [f"HOOKGATE_BROKER_URL: {scheme or 'no'} scheme: give amqp://… (RabbitMQ) or redis://… (Redis)"]
+        )
+    return url

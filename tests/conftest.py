@@ -1,8 +1,9 @@
-"""Fixtures: real Redis, a real database, the real intake over HTTP, real worker processes.
+"""Fixtures: a real broker, a real database, the real intake over HTTP, real worker processes.
 
-Redis is ``$HOOKGATE_TEST_REDIS_URL`` or an embedded server started once per session; the store
-is ``$HOOKGATE_TEST_DATABASE_URL`` (PostgreSQL; its tables are reset per test) or a fresh SQLite
-file per test.
+The broker is Redis: ``$HOOKGATE_TEST_REDIS_URL`` or an embedded server started once per session;
+or RabbitMQ when ``$HOOKGATE_TEST_BROKER_URL`` is an ``amqp://`` URL (see
+:mod:`tests.support.rabbitmq`). The store is ``$HOOKGATE_TEST_DATABASE_URL`` (PostgreSQL; its tables
+are reset per test) or a fresh SQLite file per test.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from gateway.embedded_redis import EmbeddedRedis
 from gateway.intake import create_app
 from gateway.models import events, resources
 from gateway.queue import EventQueue, create_broker
+from gateway.rabbitmq import is_rabbitmq_url
 from gateway.schema import prepare_store, version_table
+from tests.support import rabbitmq
 from tests.support.fake_api import FakeApi
 from tests.support.servers import ROOT, ServerThread, TcpProxy, WorkerProcess, wait_for
 
@@ -90,11 +93,34 @@ def redis_base_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(redis_base_url: str) -> str:
-    client = redis.Redis.from_url(redis_base_url)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """An empty Redis, for tests about Redis itself (its key layout, ``FLUSHALL``, the embedded
+    server): skipped when the run's broker is RabbitMQ."""
+    if rabbitmq.configured_url():
+        pytest.skip(rabbitmq.REDIS_ONLY)
+    url: str = request.getfixturevalue("redis_base_url")
+    client = redis.Redis.from_url(url)
     client.flushall()
     client.close()
-    return redis_base_url
+    return url
+
+
+@pytest.fixture
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The run's broker, emptied: RabbitMQ's queues deleted, or Redis flushed."""
+    if rabbitmq.configured_url():
+        url: str = request.getfixturevalue("rabbitmq_url")
+        return url
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    """The RabbitMQ of ``$HOOKGATE_TEST_BROKER_URL`` with Hookgate's queues deleted; the test is
+    skipped without one (failed where ``$HOOKGATE_TEST_REQUIRE_RABBITMQ`` is set)."""
+    url = rabbitmq.available_url()
+    rabbitmq.delete_queues(url)
+    return url
 
 
 @pytest.fixture
@@ -126,9 +152,9 @@ def write_config(directory: Path, text: str = CONFIG) -> Path:
 class Hookgate:
     """The system under test: intake over HTTP, worker processes, and views of the store."""
 
-    def __init__(self, tmp_path: Path, database_url: str, redis_url: str, engine: Any) -> None:
+    def __init__(self, tmp_path: Path, database_url: str, broker_url: str, engine: Any) -> None:
         self.dir = tmp_path
-        self.database_url, self.redis_url, self.engine = database_url, redis_url, engine
+        self.database_url, self.broker_url, self.engine = database_url, broker_url, engine
         self.config_path = write_config(tmp_path)
         self.config: Config = load_config(self.config_path)
         self.server: ServerThread | None = None
@@ -140,18 +166,32 @@ class Hookgate:
         assert self.server is not None
         return self.server.url
 
-    def start_intake(self, database_url: str | None = None, redis_url: str | None = None) -> Hookgate:
+    @property
+    def redis_url(self) -> str:
+        """The broker's URL for a test about Redis itself; such a test is skipped on RabbitMQ."""
+        if is_rabbitmq_url(self.broker_url):
+            pytest.skip(rabbitmq.REDIS_ONLY)
+        return self.broker_url
+
+    def start_intake(self, database_url: str | None = None, broker_url: str | None = None) -> Hookgate:
         engine = create_store_engine(database_url or self.database_url)
-        broker = create_broker(redis_url or self.redis_url)
+        broker = create_broker(broker_url or self.broker_url)
         self.server = ServerThread(create_app(self.config, engine, EventQueue(broker))).start()
         return self
 
-    def env(self, redis_url: str | None = None) -> dict[str, str]:
+    def env(self, broker_url: str | None = None) -> dict[str, str]:
+        """The environment of ``hookgate`` processes: a RabbitMQ URL as ``HOOKGATE_BROKER_URL``,
+        a Redis one as ``HOOKGATE_REDIS_URL``."""
+        url = broker_url or self.broker_url
+        variable = "HOOKGATE_BROKER_URL" if is_rabbitmq_url(url) else "HOOKGATE_REDIS_URL"
+        environment = {
+            key: value for key, value in os.environ.items() if key not in ("HOOKGATE_BROKER_URL", "HOOKGATE_REDIS_URL")
+        }
         return {
-            **os.environ,
+            **environment,
             "HOOKGATE_CONFIG": str(self.config_path),
             "HOOKGATE_DATABASE_URL": self.database_url,
-            "HOOKGATE_REDIS_URL": redis_url or self.redis_url,
+            variable: url,
             "HOOKGATE_TEST_EFFECTS": str(self.dir),
             "PYTHONPATH": str(ROOT),
         }
@@ -169,8 +209,8 @@ class Hookgate:
         self.config_path.write_text(yaml.safe_dump(data))
         self.config = load_config(self.config_path)
 
-    def start_worker(self, redis_url: str | None = None, **kwargs: Any) -> WorkerProcess:
-        worker = WorkerProcess(self.env(redis_url), **kwargs)
+    def start_worker(self, broker_url: str | None = None, **kwargs: Any) -> WorkerProcess:
+        worker = WorkerProcess(self.env(broker_url), **kwargs)
         self.workers.append(worker)
         return worker
 
@@ -231,8 +271,8 @@ class Hookgate:
 
 
 @pytest.fixture
-def hookgate(tmp_path: Path, database_url: str, redis_url: str, engine: Any) -> Iterator[Hookgate]:
-    system = Hookgate(tmp_path, database_url, redis_url, engine)
+def hookgate(tmp_path: Path, database_url: str, broker_url: str, engine: Any) -> Iterator[Hookgate]:
+    system = Hookgate(tmp_path, database_url, broker_url, engine)
     yield system
     system.close()
 

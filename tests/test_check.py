@@ -245,3 +245,24 @@ def test_a_redis_that_does_not_answer_is_named_without_its_password(
         f"HOOKGATE_REDIS_URL=redis://:***@127.0.0.1:{port}/0: the broker does not answer: "
         f"connection refused at 127.0.0.1:{port}"
     )
+
+
+def test_a_rabbitmq_that_does_not_answer_is_named_without_its_password(
+    bare: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp_path}/hookgate.db")
+    monkeypatch.setenv("HOOKGATE_BROKER_URL", f"amqp://hookgate:s3cret-pw@127.0.0.1:{port}/hg")
+    assert check_err(bare, capsys) == (
+        f"HOOKGATE_BROKER_URL=amqp://hookgate:***@127.0.0.1:{port}/hg: the broker does not answer: "
+        f"connection refused at 127.0.0.1:{port}"
+    )
+
+
+def test_a_broker_url_of_another_scheme_is_refused(
+    bare: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOOKGATE_BROKER_URL", "http://user:s3cret-pw@broker.example/")
+    assert check_err(bare, capsys) == (
+        "hookgate: HOOKGATE_BROKER_URL: http scheme: give amqp://… (RabbitMQ) or redis://… (Redis)"
+    )

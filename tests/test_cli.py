@@ -211,3 +211,17 @@ def test_events_replay_requeues_failed_events(
         ).all()
     # The attempt count goes on; the replay's own tries are counted from 8.
     assert sorted(rows) == [("e0", "queued", 8, 8), ("e1", "processed", 8, 0), ("e2", "queued", 8, 8)]
+
+
+@pytest.mark.broker
+def test_hookgate_run_on_rabbitmq_starts_no_redis(
+    quick_start, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("HOOKGATE_BROKER_URL", rabbitmq_url)
+    qs = quick_start("run")
+    qs.send("stripe", "invoice.paid", "rmq-stripe")
+    wait_for(lambda: "status:    processed" in qs.show("rmq-stripe", capsys), 60, interval=0.2, what="processed")
+    assert children(qs.process.pid, "redis-server") == []
+    assert not (qs.dir / ".hookgate").exists(), "the embedded Redis' directory was made"
+    qs.stop()
+    assert qs.process.returncode == 0

@@ -285,7 +285,7 @@ def test_through_the_proxy_events_are_stored_and_its_log_holds_no_query(proxied:
 def test_the_proxy_stops_sending_to_a_replica_whose_readyz_fails(hookgate: Hookgate) -> None:
     """An intake whose broker does not answer is not ready: HAProxy's check takes it out and
     answers 503 itself (Hookgate would have stored the event and answered 200)."""
-    hookgate.start_intake(redis_url="redis://127.0.0.1:1/0")
+    hookgate.start_intake(broker_url="redis://127.0.0.1:1/0")
     assert httpx.get(f"{hookgate.url}/readyz", timeout=10).status_code == 503
     proxy = Proxy(hookgate.dir, hookgate.url.removeprefix("http://"))
     try:

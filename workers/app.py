@@ -12,6 +12,7 @@ import logging
 import os
 
 import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import Retries
 
 from gateway import tracing
@@ -69,6 +70,12 @@ class WorkerRuntime(dramatiq.Middleware):
         self.reconciler: Reconciler | None = None
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if isinstance(broker, RabbitmqBroker) and not os.getenv("dramatiq_queue_prefetch"):  # noqa: SIM112 (Dramatiq's name)
+            # RabbitMQ pushes the next message as soon as one is acknowledged: a prefetch beyond
+            # the threads (Dramatiq's default is twice as many) would only park messages behind
+            # running handlers, where the recovery sweep cannot tell them from a stalled
+            # worker's and sends them again, and where a SIGTERM cannot give them back.
+            worker.queue_prefetch = worker.worker_threads
         settings = self.config.workers
         engine = create_store_engine(
             self.database_url, acknowledges=False, pool_size=worker.worker_threads + 1, max_overflow=2
@@ -111,9 +118,13 @@ class WorkerRuntime(dramatiq.Middleware):
 
 
 def build_worker_broker(
-    config: Config, database_url: str, redis_url: str, *, handlers: HandlerRegistry = registry
+    config: Config, database_url: str, broker_url: str, *, handlers: HandlerRegistry = registry
 ) -> dramatiq.Broker:
-    """A broker with the ``hookgate.process_event`` actor declared, installed as Dramatiq's."""
+    """A broker with the ``hookgate.process_event`` actor declared, installed as Dramatiq's.
+
+    Its queues are declared on the broker when the worker starts consuming (RabbitMQ: durable,
+    with Dramatiq's delay and dead-letter queues beside them).
+    """
     quiet_http_client_logs()  # Dramatiq's CLI set up logging before it imported workers.main
     schema_engine = create_store_engine(database_url, acknowledges=False)
     try:
@@ -124,7 +135,7 @@ def build_worker_broker(
     warn_about_registrations(handlers, config.provider_types)
     # Handler retries are scheduled in the store (see lifecycle.fail) and the time limit applies
     # per handler call (see workers.calls): Dramatiq retries nothing and limits no message.
-    broker = create_broker(redis_url, middleware=[Retries(max_retries=0)])
+    broker = create_broker(broker_url, middleware=[Retries(max_retries=0)])
     runtime = WorkerRuntime(config, database_url, handlers)
     broker.add_middleware(runtime)
     dramatiq.set_broker(broker)

@@ -6,16 +6,30 @@ worker process therefore runs this sweep every ``sweep_interval_seconds``. It (r
 
 * held events that came due (``message_id`` cleared by a failed try for its retry, or by the
   intake for a fresh event of a resource, until its ordering window has passed);
-* ``received``/``queued`` events older than ``requeue_after_seconds`` whose message the broker
-  no longer holds, or holds only in the prefetch of a consumer silent for longer than that (a
-  killed worker's); those it still holds otherwise are looked at again later;
+* ``received``/``queued`` events older than ``requeue_after_seconds`` whose message is lost (see
+  below); the others are looked at again ``requeue_after_seconds`` later;
 * ``processing`` events whose lease expired, by the store's clock: their worker died or stalled.
+
+A message is lost, with Redis, when Redis no longer holds it, or holds it only in the prefetch of
+a consumer silent for longer than ``requeue_after_seconds`` (a killed worker's).
+
+RabbitMQ cannot be asked whether it holds a message; what it does guarantee decides instead.
+``queued`` means RabbitMQ confirmed the message: it is on disk in a durable queue and survives a
+restart, and a killed worker's unacknowledged messages go back to the queue when its connection
+closes. ``received`` means the hand-off was never confirmed (RabbitMQ was down, or the intake died
+first), so such an event is sent again once due. A ``queued`` event still waiting after
+``requeue_after_seconds`` is sent again only when the queue has no message ready for a consumer:
+while a backlog waits there, its messages are where they should be and sending them again would
+only lengthen it, every ``requeue_after_seconds``. Once the queue is empty, a waiting event's
+message sits in a worker's prefetch (a stalled or busy worker's) or was removed (a purged or
+deleted queue); its new message goes to a worker with room, and the old one claims nothing.
 
 Events that are held (no message, ``sweep_after`` in the future) are sent when they come due;
 the sweep wakes up for the earliest of them rather than at its next interval.
 
-Every re-send first swaps the event's token in one compare-and-set UPDATE, so when several
-sweeps race only one sends, and the old message, if it ever runs, claims nothing.
+Every re-send first swaps the event's token in one compare-and-set UPDATE (leaving it
+``received``), so when several sweeps race only one sends, and the old message, if it ever runs,
+claims nothing; once the broker took the message, the event is ``queued``, as the intake marks it.
 
 The log tells routine from recovery. Normal operation is DEBUG: held events coming due, and
 events whose message a worker used up while the event waited behind an earlier, unfinished event
@@ -28,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,9 +128,7 @@ class RecoverySweep(Periodic):
                 .where(events.c.status == PROCESSING, events.c.lease_expires_at <= store_time())
                 .limit(BATCH)
             ).all()
-        missing = self.event_queue.missing([row.message_id for row in waiting if row.message_id])
-        held = [row.message_id for row in waiting if row.message_id and row.message_id not in missing]
-        lost = missing | self.event_queue.orphaned(held, self.settings.requeue_after_seconds)
+        lost = self.lost_messages(waiting)
         present = [row for row in waiting if row.message_id and row.message_id not in lost]
         resend = [row for row in waiting if row.message_id is None or row.message_id in lost]
         # An event whose message was used up while it waited behind an earlier event of its
@@ -157,7 +170,7 @@ class RecoverySweep(Periodic):
                     )
                 else:
                     token = new_token()
-                    values.update(status=QUEUED, message_id=token, sweep_after=later)
+                    values.update(status=RECEIVED, message_id=token, sweep_after=later)
                 changed = conn.execute(update(events).where(*guard).values(**values)).rowcount
                 if changed and token:
                     sent.append((row.id, token))
@@ -177,8 +190,37 @@ class RecoverySweep(Periodic):
             worker_metrics.failed_try(row.provider, final=True)
         if sent:
             self.event_queue.send(sent)
+            self.mark_queued(sent)
             self.report(counts)
         return len(sent)
+
+    def lost_messages(self, waiting: Sequence[Any]) -> set[str]:
+        """The tokens of these due events whose broker message is lost (see the module's docstring)."""
+        tokens = [row.message_id for row in waiting if row.message_id]
+        if not tokens:
+            return set()
+        if self.event_queue.tracks_messages:
+            missing = self.event_queue.missing(tokens)
+            held = [token for token in tokens if token not in missing]
+            return missing | self.event_queue.orphaned(held, self.settings.requeue_after_seconds)
+        unconfirmed = {row.message_id for row in waiting if row.message_id and row.status == RECEIVED}
+        if len(unconfirmed) < len(tokens) and self.event_queue.backlog() == 0:
+            return set(tokens)
+        return unconfirmed
+
+    def mark_queued(self, sent: list[tuple[int, str]]) -> None:
+        """Record that the broker took these messages, unless a worker moved the event meanwhile."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(events)
+                .where(
+                    events.c.id == bindparam("pk"),
+                    events.c.message_id == bindparam("token"),
+                    events.c.status == RECEIVED,
+                )
+                .values(status=QUEUED),
+                [{"pk": pk, "token": token} for pk, token in sent],
+            )
 
     def report(self, counts: Pass) -> None:
         """Log what a pass sent: events that were held or waiting behind another are routine
@@ -190,8 +232,8 @@ class RecoverySweep(Periodic):
             log.debug("%d events waiting behind an earlier event of their resource were sent again", counts.behind)
         if counts.lost:
             log.warning(
-                "sent %d events again whose broker message was lost (gone from the broker, or "
-                "prefetched by a consumer silent for over %.1f s)",
+                "sent %d events again whose broker message was lost (gone from the broker, never "
+                "confirmed by it, or prefetched by a worker that is silent or stalled for over %.1f s)",
                 counts.lost,
                 self.settings.requeue_after_seconds,
             )

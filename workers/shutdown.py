@@ -28,6 +28,7 @@ from collections import defaultdict
 from types import FrameType
 
 import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import iter_queue
 
 from gateway.config import WorkerSettings
@@ -92,7 +93,11 @@ def hand_back_prefetched(worker: dramatiq.Worker) -> int:
     """Give the messages ``worker`` has prefetched but not started back to Redis, now.
 
     Dramatiq's own stop does this only after its running actors return, which may be a whole
-    handler time limit later; meanwhile no other worker could run those events.
+    handler time limit later; meanwhile no other worker could run those events. Dramatiq's
+    RabbitMQ consumer gives nothing back here (RabbitMQ redelivers a connection's unacknowledged
+    messages when it closes, after the running actors): the messages are only dropped from the
+    work queue, and the recovery sweep sends their events again if they wait longer than
+    ``requeue_after_seconds`` while the queue is empty.
     """
     by_queue: defaultdict[str, list[dramatiq.MessageProxy]] = defaultdict(list)
     for item in iter_queue(worker.work_queue):
@@ -110,9 +115,15 @@ def stop_gracefully(worker: dramatiq.Worker, processor: Processor | None, stop_t
         processor.stop(deadline)
     stop_fetching(worker)
     handed_back = hand_back_prefetched(worker)
+    given_back = (
+        "not started; RabbitMQ takes them back"
+        if isinstance(worker.broker, RabbitmqBroker)
+        else ("handed back to the broker")
+    )
     log.info(
-        "stopping: %d prefetched messages handed back to the broker; running handlers get %.3g s to finish",
+        "stopping: %d prefetched messages %s; running handlers get %.3g s to finish",
         handed_back,
+        given_back,
         stop_timeout,
     )
     exit_at = deadline + RENEWAL_GRACE_SECONDS

@@ -37,8 +37,10 @@ from sqlmodel import SQLModel
 
 from gateway.models import events
 from gateway.queue import NAMESPACE, QUEUE_NAME
+from gateway.rabbitmq import is_rabbitmq_url
 from tests.conftest import Hookgate
 from tests.faults.handlers import LEDGER_PREFIXES, Effect
+from tests.support import rabbitmq
 from tests.support.servers import ROOT, WorkerProcess, wait_for
 
 #: How long every scenario may take to bring all acknowledged events to ``processed``.
@@ -127,9 +129,17 @@ class Faults:
         self.hg.workers.append(worker)
         return worker
 
-    def held_by_consumers(self, redis_url: str | None = None) -> set[str]:
-        """Message ids that some worker has fetched (prefetched or running) and not acked."""
-        return set().union(*self.acks(redis_url).values())
+    def held(self, broker_url: str | None = None) -> int:
+        """How many messages workers have fetched (prefetched or running) and not acked."""
+        url = broker_url or self.hg.broker_url
+        if is_rabbitmq_url(url):
+            return rabbitmq.unacknowledged(url)
+        client = redis.Redis.from_url(url, decode_responses=True)
+        try:
+            keys = client.keys(f"{NAMESPACE}:__acks__.*.{QUEUE_NAME}")
+            return sum(client.scard(key) for key in keys)
+        finally:
+            client.close()
 
     def acks(self, redis_url: str | None = None) -> dict[str, set[str]]:
         """Each consumer's ack set (one per worker process): the message ids it has fetched and

@@ -23,7 +23,10 @@ from tests.faults.conftest import (
     assert_nothing_lost_or_duplicated,
     assert_sweeps_never_failed,
 )
+from tests.support import rabbitmq
 from tests.support.servers import wait_for
+
+pytestmark = pytest.mark.broker
 
 
 def stream_with_sigterm(
@@ -97,6 +100,8 @@ def test_sigterm_of_serve_under_load(faults: Faults, serve: Serve) -> None:
 @pytest.fixture
 def private_redis() -> Iterator[EmbeddedRedis]:
     """A Redis of this test's own (a Unix socket), so that it can be stopped and started empty."""
+    if rabbitmq.configured_url():
+        pytest.skip(rabbitmq.REDIS_ONLY)
     server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="hgf-")))
     server.start()
     yield server
@@ -107,7 +112,7 @@ def test_redis_restarted_empty_under_load(faults: Faults, private_redis: Embedde
     """Redis stops with events queued and prefetched and comes back empty at the same address:
     meanwhile the intake answers 200 only for what it stored, else 503; nothing acknowledged is lost."""
     url = private_redis.url
-    faults.hg.start_intake(redis_url=url)
+    faults.hg.start_intake(broker_url=url)
     faults.start_worker(threads=4, prefetch=8, HOOKGATE_REDIS_URL=url)
     slow = [f"redis-slow-{i}" for i in range(4)]
     queued = [f"redis-fx-a{i}" for i in range(30)]
@@ -115,8 +120,8 @@ def test_redis_restarted_empty_under_load(faults: Faults, private_redis: Embedde
     requests = {i: faults.request(faults.slow, i) for i in slow}
     requests |= {i: faults.request("fx.redis", i) for i in queued + during}
     faults.occupy_then_queue({i: requests[i] for i in slow}, {i: requests[i] for i in queued})
-    wait_for(lambda: len(faults.held_by_consumers(url)) >= 8, 15, what="the worker to prefetch")
-    in_redis = len(faults.held_by_consumers(url))
+    wait_for(lambda: faults.held(url) >= 8, 15, what="the worker to prefetch")
+    in_redis = faults.held(url)
     private_redis.stop()
     (private_redis.data_dir / "appendonly.aof").unlink(missing_ok=True)  # it comes back empty
     stopped_at = time.monotonic()
@@ -144,6 +149,50 @@ def test_redis_restarted_empty_under_load(faults: Faults, private_redis: Embedde
     assert_nothing_lost_or_duplicated(faults, figures)
     assert len(again) + len(accepted_down) == len(during)
     assert all(faults.runs()[i] == 1 for i in queued + during), "an event that was not running ran twice"
+
+
+def test_rabbitmq_restarted_under_load(faults: Faults, rabbitmq_url: str) -> None:
+    """RabbitMQ stops (``rabbitmqctl stop_app``) with messages queued, prefetched and running, and
+    starts again: durable queues and persistent messages come back, and what was delivered and not
+    acknowledged is delivered again. Meanwhile the intake answers 200 only for what it stored, else
+    503, and /readyz says the broker is down. Every event ends processed, none twice."""
+    faults.hg.start_intake()
+    faults.start_worker(threads=4, prefetch=8)
+    slow = [f"rmq-slow-{i}" for i in range(4)]
+    queued = [f"rmq-fx-a{i}" for i in range(30)]
+    during = [f"rmq-fx-b{i}" for i in range(30)]
+    requests = {i: faults.request(faults.slow, i) for i in slow}
+    requests |= {i: faults.request("fx.rabbit", i) for i in queued + during}
+    faults.occupy_then_queue({i: requests[i] for i in slow}, {i: requests[i] for i in queued})
+    wait_for(lambda: faults.held() >= 8, 15, what="the worker to prefetch")
+    ready, unacked = rabbitmq.queue_counts(rabbitmq_url)
+    with rabbitmq.stopped(rabbitmq_url):
+        stopped_at = time.monotonic()
+        down = faults.post_many({i: requests[i] for i in during})
+        readyz = httpx.get(f"{faults.hg.url}/readyz", timeout=30)
+    restarted_at = time.monotonic()
+    assert {a.status for a in down.values()} <= {200, 503}, down
+    accepted_down = [i for i, a in down.items() if a.status == 200]
+    stored = faults.rows(during)
+    assert [i for i in accepted_down if i not in stored] == [], "answered 200 and not stored"
+    assert all(a.retry_after for a in down.values() if a.status == 503)
+    assert (readyz.status_code, "broker" in readyz.json()["problems"]) == (503, True)
+    faults.release()
+    again = faults.post_until_accepted({i: requests[i] for i in during if i not in accepted_down})
+    figures = faults.verdict(
+        "rabbitmq-restarted",
+        requests,
+        restarted_at,
+        extra={
+            "ready / unacked when stopped": f"{ready} / {unacked}",
+            "answered 200 while down": len(accepted_down),
+            "answered 503 while down": len(down) - len(accepted_down),
+            "down for": f"{restarted_at - stopped_at:.1f} s",
+        },
+    )
+    assert_nothing_lost_or_duplicated(faults, figures)
+    assert len(again) + len(accepted_down) == len(during)
+    assert max(faults.runs().values()) == 1, "an event ran twice"
 
 
 def test_store_stopped_at_the_intake(faults: Faults, store_outage: Any) -> None:

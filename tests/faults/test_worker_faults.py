@@ -9,8 +9,12 @@ import signal
 import socket
 import time
 
+import pytest
+
 from tests.faults.conftest import Faults, assert_nothing_lost_or_duplicated, assert_sweeps_never_failed, stays
 from tests.support.servers import wait_for
+
+pytestmark = pytest.mark.broker
 
 
 def test_sigkill_of_a_worker_holding_prefetched_messages(faults: Faults) -> None:
@@ -23,8 +27,8 @@ def test_sigkill_of_a_worker_holding_prefetched_messages(faults: Faults) -> None
     answers = faults.occupy_then_queue(
         {i: faults.request(faults.slow, i) for i in slow}, {i: faults.request("fx.kill", i) for i in fast}
     )
-    wait_for(lambda: len(faults.held_by_consumers()) >= prefetch, 15, what="the worker to prefetch")
-    held = len(faults.held_by_consumers()) - len(slow)
+    wait_for(lambda: faults.held() >= prefetch, 15, what="the worker to prefetch")
+    held = faults.held() - len(slow)
     first.kill()
     killed_at = time.monotonic()
     faults.release()
@@ -55,8 +59,7 @@ def test_sigstop_of_a_worker_past_its_lease_then_sigcont(faults: Faults) -> None
     answers = faults.occupy_then_queue(
         {i: faults.request(faults.slow, i) for i in slow}, {i: faults.request("fx.stop", i) for i in early}
     )
-    wait_for(lambda: len(faults.held_by_consumers()) >= 20, 15, what="the worker to prefetch")
-    held = faults.held_by_consumers()  # running and prefetched: every message the stopped worker holds
+    wait_for(lambda: faults.held() >= 20, 15, what="the worker to prefetch")
     os.killpg(stale.process.pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
@@ -76,7 +79,7 @@ def test_sigstop_of_a_worker_past_its_lease_then_sigcont(faults: Faults) -> None
     # The resumed worker's handlers return (released, or interrupted by the time limit that
     # passed while it was stopped) and it acks every message it held; nothing it did commits.
     before = {i: (r.status, r.attempts, r.updated_at) for i, r in faults.rows(answers).items()}
-    wait_for(lambda: not held & faults.held_by_consumers(), 30, what="the resumed worker to finish what it held")
+    wait_for(lambda: faults.held() == 0, 30, what="the resumed worker to finish what it held")
     stays(
         lambda: {i: (r.status, r.attempts, r.updated_at) for i, r in faults.rows(answers).items()} == before,
         1.5,
@@ -103,8 +106,8 @@ def test_sigterm_of_a_worker_under_load(faults: Faults) -> None:
     answers = faults.occupy_then_queue(
         {i: faults.request(faults.slow, i) for i in slow}, {i: faults.request("fx.term", i) for i in fast}
     )
-    wait_for(lambda: len(faults.held_by_consumers()) >= 12, 15, what="the worker to prefetch")
-    prefetched = len(faults.held_by_consumers()) - len(slow)
+    wait_for(lambda: faults.held() >= 12, 15, what="the worker to prefetch")
+    prefetched = faults.held() - len(slow)
     stopping.process.send_signal(signal.SIGTERM)  # the main process only, as a deploy does
     stopped_at = time.monotonic()
     faults.start_worker(threads=4)
@@ -208,7 +211,7 @@ def test_events_prefetched_by_a_worker_whose_every_thread_hangs(faults: Faults, 
     fast = [f"stuck-fx-{i}" for i in range(20)]
     answers |= faults.post_many({i: faults.request("fx.stuck", i) for i in fast})
     assert {a.status for a in answers.values()} == {200}
-    wait_for(lambda: len(faults.held_by_consumers()) >= 4, 15, what="the stuck worker to prefetch")
+    wait_for(lambda: faults.held() >= 4, 15, what="the stuck worker to prefetch")
     faults.start_worker(threads=2)
     settings = faults.hg.config.workers
     # The blocked call's leases lapse after its time limit + 5 s; every other event is free.

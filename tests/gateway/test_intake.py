@@ -213,7 +213,7 @@ def test_store_outage_is_503_then_the_same_event_is_accepted(hookgate: Hookgate,
 
 def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate) -> None:
     broker = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="hgb-")))
-    hookgate.start_intake(redis_url=broker.start())
+    hookgate.start_intake(broker_url=broker.start())
     try:
         broker.stop()
         assert httpx.get(f"{hookgate.url}/readyz").status_code == 503
@@ -232,7 +232,7 @@ def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate) -> None:
         )
         assert hookgate.event("stripe", "evt_a").status == "received"
         # The acknowledged event that never reached Redis is found and sent by the recovery sweep.
-        hookgate.start_worker(redis_url=broker.url)
+        hookgate.start_worker(broker_url=broker.url)
         hookgate.wait_status("stripe", "evt_a", "processed")
         hookgate.wait_status("stripe", "evt_b", "processed")
     finally:

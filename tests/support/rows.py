@@ -18,8 +18,12 @@ def insert_waiting(
     resource: str | None = None,
     due: bool = True,
     attempts: int = 0,
+    status: str | None = None,
 ) -> int:
-    """A waiting event as the intake, a worker or the sweep leaves it; ``due`` for the sweep now."""
+    """A waiting event as the intake, a worker or the sweep leaves it; ``due`` for the sweep now.
+
+    Its status is ``queued`` when it has a message (the broker took it), else ``received``.
+    """
     with engine.begin() as conn:
         return conn.execute(
             insert(events)
@@ -31,7 +35,7 @@ def insert_waiting(
                 body=b"{}",
                 headers="{}",
                 received_at=now - 10,
-                status=QUEUED if message_id else RECEIVED,
+                status=status or (QUEUED if message_id else RECEIVED),
                 attempts=attempts,
                 message_id=message_id,
                 sweep_after=now - 1 if due else now + 3600,

@@ -1,4 +1,5 @@
-"""Real HTTP → real store → real Redis → real Dramatiq worker processes → handler plugins."""
+"""Real HTTP → real store → real broker (Redis, or RabbitMQ in the broker pass) → real Dramatiq
+worker processes → handler plugins."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from datetime import UTC, datetime
 
 import httpx
 import orjson
+import pytest
 import redis
 import standardwebhooks
 import stripe
 
+from gateway.queue import EventQueue, create_broker
 from tests.conftest import ACME_SECRET, ACME_SECRET_NEW, STANDARD_SECRET, STRIPE_SECRET, Hookgate
 from tests.support.servers import wait_for
+
+pytestmark = pytest.mark.broker
 
 
 def test_stripe_github_and_standard_events_run_their_handler_exactly_once(hookgate: Hookgate) -> None:
@@ -65,7 +70,8 @@ def test_twenty_concurrent_copies_run_the_handler_once(hookgate: Hookgate) -> No
     hookgate.wait_status("acme", "dup-1", "processed")
     assert hookgate.count() == 1
     # The worker's queue drains; nothing else runs the handler.
-    wait_for(lambda: redis.Redis.from_url(hookgate.redis_url).llen("hookgate:hookgate") == 0, 10, what="queue empty")
+    queue = EventQueue(create_broker(hookgate.broker_url))
+    wait_for(lambda: queue.backlog() == 0 if queue.publisher else llen(hookgate) == 0, 10, what="queue empty")
     assert len(hookgate.effects()) == 1
 
 
@@ -126,12 +132,16 @@ def test_worker_killed_mid_handler_the_event_still_ends_processed_once(hookgate:
     assert [e[2] for e in hookgate.effects()] == ["kill-me"]
 
 
-def test_flushall_while_events_are_queued_loses_nothing(hookgate: Hookgate) -> None:
+def llen(hookgate: Hookgate) -> int:
+    return int(redis.Redis.from_url(hookgate.redis_url).llen("hookgate:hookgate"))
+
+
+def test_flushall_while_events_are_queued_loses_nothing(hookgate: Hookgate, redis_url: str) -> None:
     hookgate.start_intake()
     ids = [f"flush-{i}" for i in range(30)]
     for event_id in ids:
         assert hookgate.post("acme", *hookgate.signed("acme", "thing.updated", event_id)).status_code == 200
-    client = redis.Redis.from_url(hookgate.redis_url)
+    client = redis.Redis.from_url(redis_url)
     wait_for(lambda: client.llen("hookgate:hookgate") == len(ids), 10, what="all events enqueued")
     client.flushall()
     flushed_at = time.monotonic()
