@@ -235,26 +235,26 @@ def test_a_closed_postgres_port_is_named(
     )
 
 
-def test_a_redis_that_does_not_answer_is_named_without_its_password(
-    bare: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("HOOKGATE_REDIS_URL", "redis://:{password}@127.0.0.1:{port}/0"),
+        ("HOOKGATE_BROKER_URL", "amqp://hookgate:{password}@127.0.0.1:{port}/hg"),
+    ],
+)
+def test_a_broker_that_does_not_answer_is_named_without_its_password(
+    bare: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    url: str,
 ) -> None:
     port = free_port()
     monkeypatch.setenv("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp_path}/hookgate.db")
-    monkeypatch.setenv("HOOKGATE_REDIS_URL", f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+    monkeypatch.setenv(variable, url.format(password="s3cret-pw", port=port))
     assert check_err(bare, capsys) == (
-        f"HOOKGATE_REDIS_URL=redis://:***@127.0.0.1:{port}/0: the broker does not answer: "
-        f"connection refused at 127.0.0.1:{port}"
-    )
-
-
-def test_a_rabbitmq_that_does_not_answer_is_named_without_its_password(
-    bare: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    port = free_port()
-    monkeypatch.setenv("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp_path}/hookgate.db")
-    monkeypatch.setenv("HOOKGATE_BROKER_URL", f"amqp://hookgate:s3cret-pw@127.0.0.1:{port}/hg")
-    assert check_err(bare, capsys) == (
-        f"HOOKGATE_BROKER_URL=amqp://hookgate:***@127.0.0.1:{port}/hg: the broker does not answer: "
+        f"{variable}={url.format(password='***', port=port)}: the broker does not answer: "
         f"connection refused at 127.0.0.1:{port}"
     )
 
