@@ -347,11 +347,10 @@ def _next(row: Any) -> str:
 
 
 def cmd_events_list(args: argparse.Namespace) -> int:
-    from .eventlog import list_events
+    from .eventlog import EventFilter, list_events
 
-    rows = list_events(
-        _engine(args), provider=args.provider, status=args.status, event_type=args.type, limit=args.limit
-    )
+    where = EventFilter.from_params({"provider": args.provider, "status": args.status, "type": args.type})
+    rows = list_events(_engine(args), where, limit=args.limit).rows
     head = f"{'ID':>7}  {'RECEIVED':19}  {'PROVIDER':10}  {'STATUS':10}  {'TRIES':>5}  {'NEXT':31}  {'TYPE':28}"
     print(f"{head}  EVENT ID")
     for r in rows:

@@ -9,14 +9,16 @@ here: the gateway never loads the workers).
 
 from __future__ import annotations
 
+import base64
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, Engine, Select, and_, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, Engine, Select, and_, bindparam, case, func, or_, select, update
 
-from .errors import ReplayError
+from .errors import HookgateError, ReplayError
 from .models import FAILED, PRUNED, QUEUED, RECEIVED, STATUSES, UNFINISHED, events, handler_runs
 
 
@@ -67,40 +69,190 @@ def _with_next(query: Select[Any]) -> Select[Any]:
     )
 
 
-def list_events(
-    engine: Engine,
-    *,
-    provider: str | None = None,
-    status: str | None = None,
-    event_type: str | None = None,
-    limit: int = 50,
-) -> Sequence[Any]:
-    """Newest first, without bodies, with what each event waits for (see :func:`_with_next`)."""
-    query = (
-        _with_next(
-            select(
-                events.c.id,
-                events.c.provider,
-                events.c.event_id,
-                events.c.event_type,
-                events.c.status,
-                events.c.attempts,
-                events.c.received_at,
-                events.c.last_error,
-            )
-        )
-        .where(events.c.status != PRUNED)
-        .order_by(events.c.id.desc())
-        .limit(limit)
+class FilterError(HookgateError):
+    """Raised when an event filter is unusable (an unknown status, a bad pattern or time)."""
+
+
+def parse_time(value: str) -> float:
+    """Unix seconds from ``value``: a number of seconds, or an ISO 8601 time (UTC if it names
+    no zone).
+
+    Raises:
+        FilterError: it is neither.
+    """
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(f"{value!r} is not a time (ISO 8601, e.g. 2026-12-05T10:00:00Z, or Unix seconds)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def type_condition(pattern: str) -> ColumnElement[bool] | None:
+    """The event types that ``pattern`` takes, as a handler pattern does: ``*`` (every type, no
+    condition), ``prefix.*`` or ``prefix/*``, or one exact type.
+
+    Raises:
+        FilterError: a ``*`` anywhere else.
+    """
+    if pattern == "*":
+        return None
+    if pattern.endswith((".*", "/*")) and "*" not in pattern[:-1]:
+        return events.c.event_type.startswith(pattern[:-1], autoescape=True)
+    if "*" in pattern:
+        raise FilterError(f"type {pattern!r}: use an exact type, 'prefix.*', or '*'")
+    return events.c.event_type == pattern
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a list, a count or a bulk replay covers; every field set narrows it (AND).
+
+    ``q`` is the console's search box: an event id or a resource id, exactly. ``error`` is free
+    text found anywhere in the last error, in any case.
+    """
+
+    provider: str | None = None
+    type: str | None = None
+    status: str | None = None
+    received_from: float | None = None
+    received_to: float | None = None
+    event_id: str | None = None
+    resource_id: str | None = None
+    error: str | None = None
+    q: str | None = None
+
+    #: The names a filter takes in a query string, a JSON body or a replay job's record.
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "provider",
+        "type",
+        "status",
+        "received_from",
+        "received_to",
+        "event_id",
+        "resource_id",
+        "error",
+        "q",
     )
-    if provider:
-        query = query.where(events.c.provider == provider)
-    if status:
-        query = query.where(events.c.status == status)
-    if event_type:
-        query = query.where(events.c.event_type == event_type)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> EventFilter:
+        """A filter from request parameters or stored JSON; empty values are left out.
+
+        Raises:
+            FilterError: an unknown status, a bad type pattern or an unreadable time.
+        """
+        values: dict[str, Any] = {}
+        for name in cls.FIELDS:
+            value = params.get(name)
+            if value is None or value == "":
+                continue
+            if name in ("received_from", "received_to"):
+                values[name] = value if isinstance(value, int | float) else parse_time(str(value))
+            else:
+                values[name] = str(value).strip()
+        made = cls(**values)
+        made.conditions()  # validates
+        return made
+
+    def to_params(self) -> dict[str, Any]:
+        """The fields that are set, for a query string or JSON (:meth:`from_params` reads it back)."""
+        return {name: getattr(self, name) for name in self.FIELDS if getattr(self, name) not in (None, "")}
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The WHERE terms; a pruned event (an id-only tombstone) never matches."""
+        if self.status is not None and self.status not in STATUSES:
+            raise FilterError(f"unknown status {self.status!r} (one of: {', '.join(STATUSES)})")
+        terms: list[ColumnElement[bool]] = [events.c.status != PRUNED]
+        if self.provider:
+            terms.append(events.c.provider == self.provider)
+        if self.type and (condition := type_condition(self.type)) is not None:
+            terms.append(condition)
+        if self.status:
+            terms.append(events.c.status == self.status)
+        if self.received_from is not None:
+            terms.append(events.c.received_at >= self.received_from)
+        if self.received_to is not None:
+            terms.append(events.c.received_at < self.received_to)
+        if self.event_id:
+            terms.append(events.c.event_id == self.event_id)
+        if self.resource_id:
+            terms.append(events.c.resource_id == self.resource_id)
+        if self.error:
+            terms.append(events.c.last_error.icontains(self.error, autoescape=True))
+        if self.q:
+            terms.append(or_(events.c.event_id == self.q, events.c.resource_id == self.q))
+        return terms
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """One page of the event log, newest first; ``next_cursor`` is ``None`` on the last page."""
+
+    rows: Sequence[Any]
+    next_cursor: str | None
+
+
+#: The most events one page holds.
+MAX_PAGE = 500
+
+
+def encode_cursor(pk: int) -> str:
+    """An opaque cursor: the page after it starts below store id ``pk``."""
+    return base64.urlsafe_b64encode(f"id:{pk}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The store id a cursor stands for.
+
+    Raises:
+        FilterError: it is not a cursor this module made.
+    """
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, pk = text.partition(":")
+        if kind == "id" and pk.isdigit():
+            return int(pk)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise FilterError(f"{cursor!r} is not a cursor of this event list")
+
+
+def list_events(
+    engine: Engine, where: EventFilter | None = None, *, cursor: str | None = None, limit: int = 50
+) -> EventPage:
+    """A page of events matching ``where``, newest first, without bodies, with what each waits
+    for (see :func:`_with_next`).
+
+    Pages are cut on the store id (keyset), not an offset: events that arrive between two pages
+    come before the first one and never shift what the next page holds, and a page costs the
+    same however deep it is.
+    """
+    limit = max(1, min(limit, MAX_PAGE))
+    query = _with_next(
+        select(
+            events.c.id,
+            events.c.provider,
+            events.c.event_id,
+            events.c.event_type,
+            events.c.resource_id,
+            events.c.status,
+            events.c.attempts,
+            events.c.received_at,
+            events.c.last_error,
+        )
+    ).where(*(where or EventFilter()).conditions())
+    if cursor is not None:
+        query = query.where(events.c.id < decode_cursor(cursor))
+    query = query.order_by(events.c.id.desc()).limit(limit + 1)
     with engine.connect() as conn:
-        return conn.execute(query).all()
+        rows = conn.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EventPage(rows, encode_cursor(rows[-1].id) if more else None)
 
 
 def find_event(engine: Engine, ref: str, provider: str | None = None) -> tuple[Any, list[Any]] | None:

@@ -8,7 +8,18 @@ an unfinished event (or when a retry is due).
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 #: Statuses, in the order an event moves through them.
@@ -19,6 +30,16 @@ STATUSES = (RECEIVED, QUEUED, PROCESSING, PROCESSED, SUPERSEDED, FAILED)
 #: A finished event past its retention whose id is kept to answer duplicates (see
 #: :mod:`gateway.retention`): no body, no handler runs, invisible to the event log.
 PRUNED = "pruned"
+
+#: What made an attempt run: the first delivery, a retry after a failed try, a replay of one event
+#: (CLI, API, page), a bulk replay job, a provider resumed after a pause, or the recovery sweep
+#: re-sending an event whose message or worker was lost.
+INITIAL, RETRY, REPLAY, BULK_REPLAY, RESUME, SWEEP = "initial", "retry", "replay", "bulk_replay", "resume", "sweep"
+TRIGGERS = (INITIAL, RETRY, REPLAY, BULK_REPLAY, RESUME, SWEEP)
+#: How an attempt ended. ``retry``: it failed and another try is scheduled; ``deferred``: it ended
+#: without running the handlers to an outcome (the worker stopped, the reconciliation asked to
+#: wait) and the event waits again without the try counting as a failure.
+OUTCOMES = (PROCESSED, "retry", FAILED, SUPERSEDED, "deferred")
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -33,6 +54,12 @@ class EventRecord(SQLModel, table=True):
         Index("ix_hookgate_events_sweep", "status", "sweep_after"),
         Index("ix_hookgate_events_received", "received_at"),
         Index("ix_hookgate_events_resource", "provider", "resource_id", "status"),
+        # The console's filters, each newest first (keyset pagination on ``id``).
+        Index("ix_hookgate_events_provider_id", "provider", "id"),
+        Index("ix_hookgate_events_status_id", "status", "id"),
+        Index("ix_hookgate_events_event_id", "event_id"),
+        Index("ix_hookgate_events_resource_id", "resource_id"),
+        Index("ix_hookgate_events_error_group", "error_group", "status"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(_Id, primary_key=True, autoincrement=True))
@@ -64,6 +91,13 @@ class EventRecord(SQLModel, table=True):
     #: :mod:`gateway.tracing`); NULL when tracing is off.
     traceparent: str | None = Field(default=None, max_length=64)
     tracestate: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: What the event's next try is run for (see :data:`TRIGGERS`), written by whoever makes it
+    #: due and copied into its attempt row; the intake binds nothing for it (server default).
+    next_trigger: str = Field(default="initial", sa_column=Column(String(16), nullable=False, server_default="initial"))
+    #: The failure group of an event whose latest try failed (``failed``, or ``queued`` for a
+    #: retry): the exception type and the handler that raised it, not the message text, which
+    #: varies (see the console's failure groups). NULL once the event settles.
+    error_group: str | None = Field(default=None, max_length=255)
 
 
 class HandlerRun(SQLModel, table=True):
@@ -111,13 +145,106 @@ class LeaseRecord(SQLModel, table=True):
     expires_at: float | None = None
 
 
+class AttemptRecord(SQLModel, table=True):
+    """One try of an event, written in the transaction that records the try's outcome."""
+
+    __tablename__ = "hookgate_attempts"
+    __table_args__ = (Index("ix_hookgate_attempts_event", "event_pk", "attempt"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_Id, primary_key=True, autoincrement=True))
+    event_pk: int = Field(sa_column=Column(_Id, ForeignKey("hookgate_events.id", ondelete="CASCADE"), nullable=False))
+    attempt: int
+    round: int = Field(default=0)
+    started_at: float
+    finished_at: float
+    outcome: str = Field(max_length=16)
+    trigger: str = Field(max_length=16)
+    #: JSON list of ``{"handler", "type", "message", "frame"}``, one per handler that raised.
+    errors: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: The reconciliation's answer: the API's status code, or the error when there was none.
+    reconcile_status: int | None = None
+    reconcile_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: ``host:pid`` of the worker process that ran the try.
+    worker: str = Field(max_length=255)
+
+
+class RejectionRecord(SQLModel, table=True):
+    """A refused request, kept in a bounded log per provider (see :mod:`gateway.rejections`):
+    never the body, never a signature value."""
+
+    __tablename__ = "hookgate_rejections"
+    __table_args__ = (Index("ix_hookgate_rejections_provider", "provider", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_Id, primary_key=True, autoincrement=True))
+    at: float
+    provider: str = Field(max_length=64)
+    status: int
+    cause: str = Field(max_length=64)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: JSON object of the allowlisted request headers.
+    headers: str = Field(sa_column=Column(Text, nullable=False))
+    body_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    body_sha256: str | None = Field(default=None, max_length=64)
+    source: str | None = Field(default=None, max_length=255)
+
+
+class ProviderStateRecord(SQLModel, table=True):
+    """A provider's operational state, seen by every process: paused or active."""
+
+    __tablename__ = "hookgate_provider_states"
+
+    provider: str = Field(primary_key=True, max_length=64)
+    paused: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
+    changed_at: float
+
+
+class ReplayJobRecord(SQLModel, table=True):
+    """A bulk replay over the store, run in batches by whoever holds its lease (see
+    :mod:`gateway.replays`), resumable from ``after_id`` and cancellable."""
+
+    __tablename__ = "hookgate_replay_jobs"
+
+    id: int | None = Field(default=None, sa_column=Column(_Id, primary_key=True, autoincrement=True))
+    #: JSON of the event filter the job replays.
+    filters: str = Field(sa_column=Column(Text, nullable=False))
+    force: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
+    status: str = Field(max_length=16)
+    total: int = Field(default=0)
+    done: int = Field(default=0)
+    #: Events up to this store id (descending scans: down to it) have been looked at.
+    cursor: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    holder: str | None = Field(default=None, max_length=64)
+    lease_expires_at: float | None = None
+    created_at: float
+    updated_at: float
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class AlertStateRecord(SQLModel, table=True):
+    """Whether an alert rule is firing and when it last sent, so that one message goes out per
+    change whichever worker evaluates the rule."""
+
+    __tablename__ = "hookgate_alert_states"
+
+    rule: str = Field(primary_key=True, max_length=255)
+    firing: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
+    since: float | None = None
+    last_sent_at: float | None = None
+    value: float | None = None
+
+
 #: The tables, for SQLAlchemy Core queries on the hot paths.
 events = SQLModel.metadata.tables[EventRecord.__tablename__]
 handler_runs = SQLModel.metadata.tables[HandlerRun.__tablename__]
 resources = SQLModel.metadata.tables[ResourceRecord.__tablename__]
 leases = SQLModel.metadata.tables[LeaseRecord.__tablename__]
+attempts = SQLModel.metadata.tables[AttemptRecord.__tablename__]
+rejections = SQLModel.metadata.tables[RejectionRecord.__tablename__]
+provider_states = SQLModel.metadata.tables[ProviderStateRecord.__tablename__]
+replay_jobs = SQLModel.metadata.tables[ReplayJobRecord.__tablename__]
+alert_states = SQLModel.metadata.tables[AlertStateRecord.__tablename__]
 #: Hookgate's own tables: users' handler modules may declare theirs on the same metadata.
-TABLES = (events, handler_runs, resources, leases)
+TABLES = (events, handler_runs, resources, leases, attempts, rejections, provider_states, replay_jobs, alert_states)
 
 # The head of each resource's unfinished events in the order they are applied (sequence, an event
 # without one first, then arrival): "waiting behind event N" is one probe of it, however long the
