@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from sqlalchemy import ColumnElement, Engine, Select, and_, bindparam, case, func, or_, select, update
 
 from .errors import HookgateError, ReplayError
-from .models import FAILED, PRUNED, QUEUED, RECEIVED, STATUSES, UNFINISHED, events, handler_runs
+from .models import FAILED, PRUNED, QUEUED, RECEIVED, REPLAY, STATUSES, UNFINISHED, events, handler_runs
 
 
 def waiting_behind(event: Any = events) -> ColumnElement[Any]:
@@ -124,6 +124,8 @@ class EventFilter:
     resource_id: str | None = None
     error: str | None = None
     q: str | None = None
+    #: A failure group's signature (``events.error_group``), as the failure groups list it.
+    group: str | None = None
 
     #: The names a filter takes in a query string, a JSON body or a replay job's record.
     FIELDS: ClassVar[tuple[str, ...]] = (
@@ -185,6 +187,8 @@ class EventFilter:
             terms.append(events.c.last_error.icontains(self.error, autoescape=True))
         if self.q:
             terms.append(or_(events.c.event_id == self.q, events.c.resource_id == self.q))
+        if self.group:
+            terms.append(events.c.error_group == self.group)
         return terms
 
 
@@ -276,6 +280,24 @@ def find_event(engine: Engine, ref: str, provider: str | None = None) -> tuple[A
     return row, list(runs)
 
 
+def replay_values(now: float, *, force: bool, trigger: str) -> dict[str, Any]:
+    """The new values of a finished event queued again: the sweep sends it at once, the tries
+    of the new round count from here, and a forced replay starts a new round (every handler
+    runs again). ``trigger`` says what its next attempt is run for (see ``models.TRIGGERS``)."""
+    values: dict[str, Any] = {
+        "status": QUEUED,
+        "message_id": None,
+        "sweep_after": now,
+        "lease_expires_at": None,
+        "attempts_before_round": events.c.attempts,
+        "updated_at": now,
+        "next_trigger": trigger,
+    }
+    if force:
+        values["round"] = events.c.round + 1
+    return values
+
+
 @dataclass(slots=True)
 class Replay:
     """What a replay did: the events queued again and those it refused, with the reason."""
@@ -292,6 +314,7 @@ def replay(
     provider: str | None = None,
     force: bool = False,
     dry_run: bool = False,
+    trigger: str = REPLAY,
 ) -> Replay:
     """Queue stored events again; the workers' sweep sends them within a second or so.
 
@@ -332,18 +355,10 @@ def replay(
             if dry_run:
                 result.queued.append(row)
                 continue
-            values: dict[str, Any] = {
-                "status": QUEUED,
-                "message_id": None,
-                "sweep_after": now,
-                "lease_expires_at": None,
-                "attempts_before_round": events.c.attempts,
-                "updated_at": now,
-            }
-            if force:
-                values["round"] = events.c.round + 1
             changed = conn.execute(
-                update(events).where(events.c.id == row.id, events.c.status == row.status).values(**values)
+                update(events)
+                .where(events.c.id == row.id, events.c.status == row.status)
+                .values(**replay_values(now, force=force, trigger=trigger))
             ).rowcount
             if changed:
                 result.queued.append(row)
