@@ -29,6 +29,7 @@ from .pruning import PruneLoop
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
 from .registry import HandlerRegistry, load_handler_modules, registry, warn_about_registrations
+from .replaying import ReplayJobs
 from .shutdown import count_repeated_signals_once, stop_gracefully
 
 log = logging.getLogger("hookgate.worker")
@@ -67,6 +68,7 @@ class WorkerRuntime(dramatiq.Middleware):
         self.sweep: RecoverySweep | None = None
         self.pruning: PruneLoop | None = None
         self.keeper: LeaseKeeper | None = None
+        self.replays: ReplayJobs | None = None
         self.reconciler: Reconciler | None = None
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -91,15 +93,16 @@ class WorkerRuntime(dramatiq.Middleware):
         )
         self.sweep = RecoverySweep(engine, EventQueue(broker), settings)
         self.pruning = PruneLoop(engine, self.config)
+        self.replays = ReplayJobs(engine)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         count_repeated_signals_once()
-        for task in (self.keeper, self.sweep, self.pruning):
+        for task in (self.keeper, self.sweep, self.pruning, self.replays):
             if task is not None:
                 task.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        for task in (self.sweep, self.pruning):
+        for task in (self.sweep, self.pruning, self.replays):
             if task is not None:
                 task.stop()
         stop_gracefully(worker, self.processor, self.config.workers.stop_timeout_seconds)
