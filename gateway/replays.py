@@ -135,7 +135,9 @@ def _free(store_now: ColumnElement[float], holder: str) -> ColumnElement[bool]:
 
 def adoptable(engine: Engine) -> list[int]:
     """Running jobs that nobody holds a live lease on, oldest first."""
-    from workers.leases import store_time  # the store's clock, shared with every other lease
+    # The store's clock, as every lease uses it. Imported here: only the CLI and the workers run
+    # jobs, and the intake (which only creates, reads and cancels them) never loads the workers.
+    from workers.leases import store_time
 
     query = (
         select(replay_jobs.c.id)

@@ -241,6 +241,23 @@ def test_a_job_whose_runner_is_killed_is_adopted_by_a_worker_and_finishes(hookga
     assert set(ran.values()) == {1}
 
 
+def test_a_job_nobody_runs_is_run_by_a_worker(hookgate: Hookgate) -> None:
+    """As the admin API leaves it: created, not run."""
+    store(hookgate.engine, "processed", 40)
+    job_id, total = replays.start(hookgate.engine, EventFilter(type="thing.*"), force=True)
+    assert total == 40
+    hookgate.start_worker()
+    wait_for(
+        lambda: (s := replays.status(hookgate.engine, job_id)) and s["status"] == "done" and s["done"] == 40,
+        60,
+        what="a worker to run the job",
+    )
+    wait_for(lambda: statuses(hookgate.engine) == Counter(processed=40), 60, what="the events to be processed again")
+    with hookgate.engine.connect() as conn:
+        assert set(conn.scalars(select(events.c.round))) == {1}
+    assert Counter(line[2] for line in hookgate.effects()) == Counter({f"processed-{n:05}": 1 for n in range(40)})
+
+
 # -- the CLI -------------------------------------------------------------------------------
 
 
