@@ -78,7 +78,7 @@ def test_filters_combine_and_types_match_as_handler_patterns_do(engine: Any) -> 
 
 def test_filters_read_from_request_parameters_and_back() -> None:
     where = EventFilter.from_params(
-        {"provider": "stripe", "type": "invoice.*", "status": "", "received_from": "2026-12-05T10:00:00Z", "x": "1"}
+        {"provider": "stripe", "type": "invoice.*", "status": "", "since": "2026-12-05T10:00:00Z", "x": "1"}
     )
     assert where == EventFilter(provider="stripe", type="invoice.*", received_from=1_796_464_800.0)
     assert EventFilter.from_params(where.to_params()) == where
@@ -91,7 +91,7 @@ def test_filters_read_from_request_parameters_and_back() -> None:
         ({"status": "done"}, "unknown status 'done'"),
         ({"type": "invoice*"}, "use an exact type, 'prefix.*', or '*'"),
         ({"type": "*.paid"}, "use an exact type"),
-        ({"received_to": "yesterday"}, "is not a time"),
+        ({"until": "yesterday"}, "is not a time"),
     ],
 )
 def test_unusable_filters_are_refused_with_the_reason(params: dict[str, str], message: str) -> None:
