@@ -347,13 +347,13 @@ def _next(row: Any) -> str:
     return "-"
 
 
-#: The event filters of ``events list`` and ``events replay``: option, EventFilter field, help.
+#: The event filters of ``events list`` and ``events replay``: option, EventFilter parameter, help.
 EVENT_FILTERS = (
     ("--provider", "provider", "one provider"),
     ("--type", "type", "an event type, or a pattern as handlers take: 'invoice.*', '*'"),
     ("--status", "status", "received, queued, processing, processed, superseded or failed"),
-    ("--since", "received_from", "received at or after this time (ISO 8601, UTC unless it says; or Unix seconds)"),
-    ("--until", "received_to", "received before this time (same forms)"),
+    ("--since", "since", "received at or after this time (ISO 8601, UTC unless it says; or Unix seconds)"),
+    ("--until", "until", "received before this time (same forms)"),
     ("--event-id", "event_id", "the provider's event id"),
     ("--resource", "resource_id", "the resource id"),
     ("--error", "error", "TEXT found in the last error, in any case"),
@@ -362,15 +362,15 @@ EVENT_FILTERS = (
 
 
 def _add_event_filters(p: argparse.ArgumentParser) -> None:
-    for option, field, text in EVENT_FILTERS:
-        p.add_argument(option, dest=f"filter_{field}", metavar=option[2:].upper().replace("-", "_"), help=text)
+    for option, param, text in EVENT_FILTERS:
+        p.add_argument(option, dest=f"filter_{param}", metavar=option[2:].upper().replace("-", "_"), help=text)
 
 
 def _event_filter(args: argparse.Namespace) -> EventFilter:
     """The filter the options name (an unusable one is a FilterError: one line, exit 1)."""
     from .eventlog import EventFilter
 
-    return EventFilter.from_params({field: getattr(args, f"filter_{field}") for _, field, _ in EVENT_FILTERS})
+    return EventFilter.from_params({param: getattr(args, f"filter_{param}") for _, param, _ in EVENT_FILTERS})
 
 
 def _event_json(row: Any) -> bytes:
