@@ -19,6 +19,7 @@ from gateway import tracing
 from gateway.config import Config
 from gateway.database import create_store_engine
 from gateway.logs import quiet_http_client_logs
+from gateway.pausing import PausedProviders
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
 from gateway.schema import prepare_store
 
@@ -86,10 +87,18 @@ class WorkerRuntime(dramatiq.Middleware):
         limiter = TimeLimiter(
             settings.handler_time_limit_seconds, threads=worker.worker_threads, on_all_stuck=exit_all_stuck
         )
+        paused = PausedProviders(engine)
         self.processor = Processor(
-            engine, settings, self.handlers, self.reconciler, self.config.providers, self.keeper, limiter=limiter
+            engine,
+            settings,
+            self.handlers,
+            self.reconciler,
+            self.config.providers,
+            self.keeper,
+            limiter=limiter,
+            paused=paused,
         )
-        self.sweep = RecoverySweep(engine, EventQueue(broker), settings)
+        self.sweep = RecoverySweep(engine, EventQueue(broker), settings, paused=paused)
         self.pruning = PruneLoop(engine, self.config)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
