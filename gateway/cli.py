@@ -432,9 +432,9 @@ def cmd_providers_pause(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = _config(settings)
     if args.name not in config.providers:
+        configured = ", ".join(config.providers)
         print(
-            f"unknown provider {args.name!r}: not in {settings.config_path} (configured: {', '.join(config.providers)})",
-            file=sys.stderr,
+            f"unknown provider {args.name!r}: not in {settings.config_path} (configured: {configured})", file=sys.stderr
         )
         return 2
     pausing_it = args.providers_command == "pause"

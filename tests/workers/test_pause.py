@@ -105,7 +105,7 @@ def test_resume_makes_the_parked_events_due_for_the_resume_trigger(hookgate: Hoo
     with hookgate.engine.connect() as conn:
         rows = {r.id: r for r in conn.execute(select(events))}
     assert rows[parked].next_trigger == RESUME
-    assert rows[parked].sweep_after is not None and rows[parked].sweep_after >= now
+    assert rows[parked].sweep_after >= now
     assert rows[scheduled].next_trigger == "initial"  # a retry scheduled before the pause keeps its time
     assert rows[scheduled].sweep_after > now + 3000
     # Once active, nothing is parked, whatever a stale cache believes.
@@ -143,4 +143,4 @@ def test_providers_pause_and_resume_name_a_configured_provider(hookgate: Hookgat
     code, out = providers_cli("list")
     assert code == 0
     listed = dict(line.split() for line in out.splitlines())
-    assert listed == {name: "active" for name in hookgate.config.providers}
+    assert listed == dict.fromkeys(hookgate.config.providers, "active")
