@@ -23,6 +23,7 @@ from gateway.pausing import PausedProviders
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
 from gateway.schema import prepare_store
 
+from .alerts import AlertLoop
 from .calls import TimeLimiter
 from .leases import LeaseKeeper
 from .processing import Processor
@@ -67,6 +68,7 @@ class WorkerRuntime(dramatiq.Middleware):
         self.processor: Processor | None = None
         self.sweep: RecoverySweep | None = None
         self.pruning: PruneLoop | None = None
+        self.alerts: AlertLoop | None = None
         self.keeper: LeaseKeeper | None = None
         self.reconciler: Reconciler | None = None
 
@@ -100,15 +102,16 @@ class WorkerRuntime(dramatiq.Middleware):
         )
         self.sweep = RecoverySweep(engine, EventQueue(broker), settings, paused=paused)
         self.pruning = PruneLoop(engine, self.config)
+        self.alerts = AlertLoop(engine, self.config.alerts, settings.alert_interval_seconds)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         count_repeated_signals_once()
-        for task in (self.keeper, self.sweep, self.pruning):
+        for task in (self.keeper, self.sweep, self.pruning, self.alerts):
             if task is not None:
                 task.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        for task in (self.sweep, self.pruning):
+        for task in (self.sweep, self.pruning, self.alerts):
             if task is not None:
                 task.stop()
         stop_gracefully(worker, self.processor, self.config.workers.stop_timeout_seconds)
