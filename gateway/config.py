@@ -100,7 +100,7 @@ class AlertRule:
     threshold: float
     #: ``webhook`` or ``slack``, and the URL to POST to (it may carry a secret: never logged whole).
     destination: str
-    url: str
+    url: str = field(repr=False)
     #: The rule covers this provider only; ``None``: every provider.
     provider: str | None = None
     #: The window the failures or rejections are counted in; 0 for backlog.

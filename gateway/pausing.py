@@ -5,11 +5,12 @@ worker reads the paused set at most once a second (:class:`PausedProviders`), so
 effect within about a second: an event claimed in that second still runs.
 
 A waiting event of a paused provider that reaches a worker (its broker message) or the recovery
-sweep (a held event coming due, a lost message, an expired lease) is *parked*: no message, no
+sweep (a held event or a retry coming due, a lost message) is *parked*: no message, no
 ``sweep_after``, so the sweep passes over it and its broker message, if any, claims nothing. No
 try is used up. Parking is fenced by the provider's row (:func:`park`): it happens only while
 the provider is still paused, so a worker whose cached set is a second old cannot park an event
-after the resume that should have released it.
+after the resume that should have released it. (An event whose worker died mid-try is sent
+again by the sweep as usual, and parked by the worker that receives it.)
 
 :func:`resume` releases the parked events in the transaction that marks the provider active:
 they are due at once, for the trigger ``resume``, and the sweep sends them. A resource pass then

@@ -163,15 +163,15 @@ class AlertEvaluator:
     def evaluate(self, rule: AlertRule) -> bool:
         """Measure the rule and send a firing or resolved message if its state changes."""
         now = self.clock()
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             value = measure(conn, rule, now)
-            insert_ignoring_conflict(conn, alert_states, {"rule": rule.name, "firing": False})
-            state = conn.execute(select(alert_states).where(alert_states.c.rule == rule.name)).one()
+            state = conn.execute(select(alert_states).where(alert_states.c.rule == rule.name)).one_or_none()
         firing = value >= rule.threshold
-        if firing == bool(state.firing):
+        if firing == bool(state is not None and state.firing):
             return False
-        if firing and state.since is not None and now - state.since < rule.cooldown_seconds:
+        if firing and state is not None and state.since is not None and now - state.since < rule.cooldown_seconds:
             return False  # fired a moment ago: stay quiet until the cooldown ends
+        status = "firing" if firing else "resolved"
         try:
             self.send(rule.url, message(rule, firing, value, now))
         except Exception as exc:
@@ -181,7 +181,7 @@ class AlertEvaluator:
             log.warning(
                 "alert %s: the %s message to %s failed (%s); it is sent again at the next evaluation",
                 rule.name,
-                "firing" if firing else "resolved",
+                status,
                 shown_url(rule.url),
                 reason,
             )
@@ -190,13 +190,10 @@ class AlertEvaluator:
         if firing:
             values["since"] = now
         with self.engine.begin() as conn:
+            insert_ignoring_conflict(conn, alert_states, {"rule": rule.name, "firing": False})
             conn.execute(update(alert_states).where(alert_states.c.rule == rule.name).values(**values))
         log.log(
-            logging.WARNING if firing else logging.INFO,
-            "alert %s %s: %s",
-            rule.name,
-            "firing" if firing else "resolved",
-            describe(rule, value),
+            logging.WARNING if firing else logging.INFO, "alert %s %s: %s", rule.name, status, describe(rule, value)
         )
         return True
 
