@@ -32,8 +32,9 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import Connection, Engine, func, select, update
 
+from gateway.backlog import BACKLOG_QUERY
 from gateway.config import AlertRule
-from gateway.models import FAILED, UNFINISHED, alert_states, attempts, events, rejections
+from gateway.models import FAILED, alert_states, attempts, events, rejections
 from gateway.queue import new_token
 from providers.base import Clock
 
@@ -87,12 +88,10 @@ def _failed_events_fallback(conn: Connection, provider: str | None, since: float
 
 
 def oldest_unfinished_age(conn: Connection, provider: str | None, now: float) -> float:
-    """Seconds since the oldest unfinished event was received; 0 when there is none."""
-    query = select(func.min(events.c.received_at)).where(events.c.status.in_(UNFINISHED))
-    if provider is not None:
-        query = query.where(events.c.provider == provider)
-    oldest = conn.execute(query).scalar_one_or_none()
-    return 0.0 if oldest is None else max(0.0, now - oldest)
+    """Seconds since the oldest unfinished event was received; 0 when there is none. Read with the
+    backlog gauges' query, which reads only unfinished events (see :mod:`gateway.backlog`)."""
+    oldest = [received for name, _, received in conn.execute(BACKLOG_QUERY) if provider in (None, name)]
+    return max(0.0, now - min(oldest)) if oldest else 0.0
 
 
 def signature_rejections(conn: Connection, provider: str | None, since: float) -> int:
