@@ -528,6 +528,34 @@ def _bulk_replay(args: argparse.Namespace, where: EventFilter) -> int:
     return 0
 
 
+def cmd_providers_list(args: argparse.Namespace) -> int:
+    from .pausing import states
+
+    config = _config(_settings(args))
+    for name, state in states(_engine(args), config.providers).items():
+        print(f"{name:20}  {state}")
+    return 0
+
+
+def cmd_providers_pause(args: argparse.Namespace) -> int:
+    """``pause`` and ``resume``: the provider must be configured, so that a typo is not stored."""
+    from . import pausing
+
+    settings = _settings(args)
+    config = _config(settings)
+    if args.name not in config.providers:
+        configured = ", ".join(config.providers)
+        print(
+            f"unknown provider {args.name!r}: not in {settings.config_path} (configured: {configured})", file=sys.stderr
+        )
+        return 2
+    pausing_it = args.providers_command == "pause"
+    changed = (pausing.pause if pausing_it else pausing.resume)(_engine(args), args.name)
+    state = pausing.PAUSED if pausing_it else pausing.ACTIVE
+    print(f"{args.name}: {state}" + ("" if changed else f" (it was already {state})"))
+    return 0
+
+
 #: What ``hookgate send --data FILE`` does with the file's JSON object, per provider type, as each
 #: type's ``sample()`` builds its event (tests/test_send_data.py checks every line against it).
 SEND_DATA = {
@@ -648,6 +676,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_event_filters(p)
     p.add_argument("--force", action="store_true", help="also processed/superseded events: every handler runs again")
     p.add_argument("--dry-run", action="store_true", help="say what would be queued; change nothing")
+
+    providers = sub.add_parser("providers", help="pause and resume providers").add_subparsers(
+        dest="providers_command", required=True
+    )
+    command("list", cmd_providers_list, "each configured provider, active or paused", providers)
+    for name, text in (
+        ("pause", "stored events of the provider wait unprocessed; the intake keeps accepting them"),
+        ("resume", "process the provider's events again, the waiting ones first, in order"),
+    ):
+        command(name, cmd_providers_pause, text, providers).add_argument(
+            "name", help="the provider, as in providers.yaml"
+        )
 
     p = command("send", cmd_send, "sign a sample event as the provider would and POST it")
     p.add_argument("provider")
