@@ -86,8 +86,10 @@ class Reply(Exception):
     ) -> None:
         super().__init__(status)
         self.status, self.content, self.headers, self.outcome = status, content, headers or {}, outcome
-        #: For the rejection log (gateway.rejections): the cause word, and what was read of the body.
-        self.cause, self.body = cause, Body()
+        #: For the rejection log (gateway.rejections): the cause word, and what was read of the body
+        #: (None: nothing was, its declared length is recorded).
+        self.cause = cause
+        self.body: Body | None = None
 
 
 JSON = b"application/json"
@@ -185,9 +187,10 @@ class Intake:
         else:
             provider, detail = name, str(reply.content.get("error", ""))
         client = scope.get("client")
+        body = reply.body or Body(declared_length(scope["headers"]))
         headers = kept_headers(scope["headers"], allowed)
         self.rejection_log.record(
-            provider, reply.status, reply.cause, detail, headers, reply.body, client[0] if client else None
+            provider, reply.status, reply.cause, detail, headers, body, client[0] if client else None
         )
 
     async def handle(self, name: str, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
@@ -306,7 +309,6 @@ class Intake:
         too_large = Reply(413, {"error": "body too large"}, UNREAD, outcome="too_large", cause=TOO_LARGE)
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            too_large.body = Body(min(int(declared), MAX_RECORDED_SIZE))
             raise too_large
         chunks, size, more = [], 0, True
         try:
@@ -374,6 +376,14 @@ class Intake:
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.metric_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def declared_length(raw: list[tuple[bytes, bytes]]) -> int:
+    """The request's ``Content-Length`` (0 when absent or not a number), capped for the store."""
+    for key, value in raw:
+        if key == b"content-length":
+            return min(int(value), MAX_RECORDED_SIZE) if value.isdigit() else 0
+    return 0
 
 
 def request_url(scope: Scope, headers: Headers) -> str:
