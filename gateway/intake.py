@@ -54,6 +54,7 @@ from .rejections import (
     cause_of,
     kept_headers,
     printable,
+    signature_headers,
 )
 from .schema import prepare_store
 from .settings import DEFAULT_LIMITS, ServerLimits
@@ -67,8 +68,8 @@ MAX_ID_LENGTH = 255
 #: Sent with an answer given before the body was read: the connection is not reused, so that the
 #: rest of the body is not left for the client to trickle on it.
 UNREAD = {"Connection": "close"}
-#: The headers a refusal keeps for a provider name that is not configured.
-GENERIC_REFUSAL_HEADERS = frozenset(h.encode() for h in GENERIC_HEADERS)
+#: The headers a refusal keeps for a provider name that is not configured: with their value, by name.
+GENERIC_REFUSAL_HEADERS = (frozenset(h.encode() for h in GENERIC_HEADERS), frozenset[bytes]())
 #: The largest body size a refusal records (a declared length can be any number of digits).
 MAX_RECORDED_SIZE = 2**63 - 1
 
@@ -152,9 +153,13 @@ class Intake:
             max_waiting=limits.rejections_max_waiting,
             metrics=self.intake_metrics,
         )
-        #: Per provider: the headers a refusal keeps with their value (see gateway.rejections).
+        #: Per provider: the headers a refusal keeps with their value, and those it keeps by name
+        #: only (see gateway.rejections).
         self._refusal_headers = {
-            name: frozenset(h.encode() for h in GENERIC_HEADERS | entry.provider.stored_headers())
+            name: (
+                frozenset(h.encode() for h in GENERIC_HEADERS | entry.provider.stored_headers()),
+                signature_headers(entry.provider),
+            )
             for name, entry in config.providers.items()
         }
 
@@ -181,14 +186,14 @@ class Intake:
     def note_refusal(self, name: str, scope: Scope, reply: Reply) -> None:
         """Queue a 4xx refusal for the rejection log (no I/O here). Names that are not configured
         share the :data:`~gateway.rejections.UNKNOWN` bucket, the name itself in ``detail``."""
-        allowed = self._refusal_headers.get(name)
-        if allowed is None:
-            provider, detail, allowed = UNKNOWN, f"provider {printable(name, 64)!r}", GENERIC_REFUSAL_HEADERS
+        policy = self._refusal_headers.get(name)
+        if policy is None:
+            provider, detail, policy = UNKNOWN, f"provider {printable(name, 64)!r}", GENERIC_REFUSAL_HEADERS
         else:
             provider, detail = name, str(reply.content.get("error", ""))
         client = scope.get("client")
         body = reply.body or Body(declared_length(scope["headers"]))
-        headers = kept_headers(scope["headers"], allowed)
+        headers = kept_headers(scope["headers"], *policy)
         self.rejection_log.record(
             provider, reply.status, reply.cause, detail, headers, body, client[0] if client else None
         )

@@ -24,7 +24,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ import orjson
 from sqlalchemy import Engine, func, select, text
 
 from providers import DeliveryRejected, SignatureRejected
+from providers.base import BaseProvider
 
 from .metrics import IntakeMetrics
 from .models import rejections
@@ -89,14 +90,24 @@ def cause_of(exc: DeliveryRejected) -> str:
     return UNPARSEABLE_BODY
 
 
-def kept_headers(raw: Iterable[tuple[bytes, bytes]], allowed: frozenset[bytes]) -> dict[str, str]:
+def signature_headers(provider: BaseProvider) -> frozenset[bytes]:
+    """The signature header a provider's options name (``signature: {header: …}`` of the
+    declarative ``hmac`` type), whatever it is called: kept by name only."""
+    signature = provider.settings.options.get("signature")
+    header = signature.get("header") if isinstance(signature, Mapping) else None
+    return frozenset({header.lower().encode()}) if isinstance(header, str) else frozenset()
+
+
+def kept_headers(
+    raw: Iterable[tuple[bytes, bytes]], allowed: frozenset[bytes], redacted: frozenset[bytes] = frozenset()
+) -> dict[str, str]:
     """The request's headers as a refusal keeps them: ``allowed`` ones with their (first, truncated)
-    value, any whose name looks like a signature or a secret by name only."""
+    value; ``redacted`` ones and any whose name looks like a signature or a secret by name only."""
     kept: dict[str, str] = {}
     for key, value in raw:
         if key in NEVER_KEPT:
             continue
-        secret = SECRET_NAME.search(key) is not None
+        secret = key in redacted or SECRET_NAME.search(key) is not None
         if secret or key in allowed:
             name = key.decode("latin-1")
             if name not in kept:

@@ -285,3 +285,22 @@ def test_a_dead_store_still_gets_its_refusals_answered(
 )
 def test_a_provider_refusal_maps_to_its_cause(error: Any, cause: str) -> None:
     assert cause_of(error) == cause
+
+
+def test_a_configured_signature_header_is_redacted_whatever_its_name(
+    hookgate: Hookgate, servers: list[ServerThread]
+) -> None:
+    acme = hookgate.config.providers["acme"].provider.settings.options
+    hookgate.configure_provider(
+        "proof",
+        type="hmac",
+        secrets=["proof-secret-one"],
+        signature={"header": "X-Proof", "algorithm": "sha256", "encoding": "hex"},
+        event=dict(acme["event"]),
+    )
+    url = serve(hookgate, servers)
+    body, headers = wrong_signature(hookgate, "proof")
+    assert httpx.post(f"{url}/webhooks/proof", content=body, headers=headers).status_code == 401
+    [row] = wait_rows(hookgate.engine, 1)
+    assert row["headers"]["x-proof"] == REDACTED
+    assert headers["X-Proof"] not in "\n".join(rows_text(hookgate.engine))
