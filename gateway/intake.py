@@ -46,6 +46,7 @@ from .queue import EventQueue, new_token
 from .rejections import (
     BAD_REQUEST,
     GENERIC_HEADERS,
+    MAX_NAME,
     TOO_LARGE,
     UNKNOWN,
     UNKNOWN_PROVIDER,
@@ -188,7 +189,7 @@ class Intake:
         share the :data:`~gateway.rejections.UNKNOWN` bucket, the name itself in ``detail``."""
         policy = self._refusal_headers.get(name)
         if policy is None:
-            provider, detail, policy = UNKNOWN, f"provider {printable(name, 64)!r}", GENERIC_REFUSAL_HEADERS
+            provider, detail, policy = UNKNOWN, f"provider {printable(name, MAX_NAME)!r}", GENERIC_REFUSAL_HEADERS
         else:
             provider, detail = name, str(reply.content.get("error", ""))
         client = scope.get("client")

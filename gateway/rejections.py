@@ -68,8 +68,11 @@ NEVER_KEPT = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"s
 #: Header names that may carry a signature or a secret: kept by name only, wherever they come from.
 SECRET_NAME = re.compile(rb"sig|mac|token|secret|password|key|auth", re.IGNORECASE)
 MAX_HEADER_VALUE = 256
-MAX_DETAIL = 200
+#: Headers one refusal keeps, and the longest name of one kept only for its name: a request with
+#: a thousand ``x-sig-…`` headers adds no more than that to the row.
+MAX_HEADERS = 32
 MAX_NAME = 64
+MAX_DETAIL = 200
 
 
 def cause_of(exc: DeliveryRejected) -> str:
@@ -105,13 +108,15 @@ def kept_headers(
     value; ``redacted`` ones and any whose name looks like a signature or a secret by name only."""
     kept: dict[str, str] = {}
     for key, value in raw:
-        if key in NEVER_KEPT:
+        if key in NEVER_KEPT or len(key) > MAX_NAME:
             continue
         secret = key in redacted or SECRET_NAME.search(key) is not None
         if secret or key in allowed:
             name = key.decode("latin-1")
             if name not in kept:
                 kept[name] = REDACTED if secret else value[:MAX_HEADER_VALUE].decode("latin-1")
+                if len(kept) == MAX_HEADERS:
+                    break
     return kept
 
 

@@ -23,6 +23,8 @@ from gateway.models import rejections
 from gateway.queue import EventQueue, create_broker
 from gateway.rejections import (
     BAD_REQUEST,
+    MAX_HEADERS,
+    MAX_NAME,
     MISSING_HEADER,
     REDACTED,
     SIGNATURE_MISMATCH,
@@ -304,3 +306,13 @@ def test_a_configured_signature_header_is_redacted_whatever_its_name(
     [row] = wait_rows(hookgate.engine, 1)
     assert row["headers"]["x-proof"] == REDACTED
     assert headers["X-Proof"] not in "\n".join(rows_text(hookgate.engine))
+
+
+def test_a_refusal_keeps_a_bounded_set_of_headers(hookgate: Hookgate, servers: list[ServerThread]) -> None:
+    url = serve(hookgate, servers)
+    body, headers = wrong_signature(hookgate, "stripe")
+    flood = {f"x-sig-{index}": "v" for index in range(100)} | {"x-" + "sig" * 30: "v"}
+    assert httpx.post(f"{url}/webhooks/stripe", content=body, headers=headers | flood).status_code == 401
+    [row] = wait_rows(hookgate.engine, 1)
+    assert len(row["headers"]) == MAX_HEADERS
+    assert all(len(name) <= MAX_NAME for name in row["headers"])
