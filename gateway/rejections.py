@@ -146,6 +146,7 @@ class RejectionLog:
         per_provider: rows kept per provider (the newest, by id).
         max_waiting: entries waiting to be written; past it new ones are dropped and counted.
         max_batch: the most entries in one transaction.
+        pause: seconds the writer rests after a batch, so that refusals gather into larger ones.
         metrics: where drops are counted.
     """
 
@@ -159,11 +160,13 @@ class RejectionLog:
         per_provider: int = 1000,
         max_waiting: int = 10_000,
         max_batch: int = 500,
+        pause: float = 0.2,
         metrics: IntakeMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.per_provider = per_provider
         self.max_batch = max_batch
+        self.pause = pause
         self.metrics = metrics
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_waiting)
         self._stopping = threading.Event()
@@ -228,6 +231,9 @@ class RejectionLog:
             batch = self._take()
             if batch:
                 self.write(batch)
+                # Under a flood, fewer and larger transactions: on SQLite every one of them takes
+                # the write lock the group commit of accepted events needs.
+                self._stopping.wait(self.pause)
             self._warn()
             if not batch and self._stopping.is_set():
                 return
