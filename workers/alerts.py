@@ -1,11 +1,12 @@
 """Alerts: the ``alerts:`` rules of providers.yaml, evaluated by the workers.
 
 Every ``alert_interval_seconds`` one worker process, holding the store's ``alerts`` lease,
-measures each rule and compares it with its threshold:
+measures each rule and compares it with its threshold (the rule's ``when:`` in the file, read by
+:mod:`gateway.config` into an :class:`~gateway.config.AlertRule`):
 
 * ``failures``: failed tries (attempts that ended ``retry`` or ``failed``) that finished within
-  the last ``window_seconds``;
-* ``backlog``: the age in seconds of the oldest unfinished event;
+  the last ``window_seconds`` (``within_minutes``);
+* ``backlog``: the age in seconds of the oldest unfinished event (``backlog_age_seconds``);
 * ``rejections``: requests refused for a signature mismatch within the last ``window_seconds``
   (a provider that rotated its secret before Hookgate was given the new one).
 
@@ -15,7 +16,8 @@ webhook (``{"text": …}``). Whether a rule is firing is kept in ``hookgate_aler
 written under the lease, so one message goes out per change whatever the number of workers. A
 message that cannot be sent is logged and sent at the next evaluation; the state changes only
 once it was sent. After a firing message, the rule sends no other firing message for
-``cooldown_seconds``: a condition that flaps sends a resolved message, then stays quiet.
+``cooldown_seconds`` (``cooldown_minutes``): a condition that flaps sends a resolved message,
+then stays quiet.
 
 Alert URLs may hold a secret (a Slack webhook's path is one): the log shows only the scheme and
 host.
