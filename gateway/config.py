@@ -502,21 +502,16 @@ class _Loader:
 
     def alert_condition(self, raw: Any, path: Path_) -> tuple[str, float, float] | None:
         """``when:``: the rule's kind, its threshold and its window in minutes (0 for backlog)."""
-        if not isinstance(raw, dict):
-            what = "required" if raw is None else "must be a mapping"
-            self.problem(path, f"{what}: one condition, e.g. {{failures: 10, within_minutes: 5}}")
+        key = self.one_key(
+            raw,
+            path,
+            ALERT_CONDITIONS,
+            ALERT_WHEN_KEYS,
+            "one condition, e.g. {failures: 10, within_minutes: 5}",
+            "one condition: failures: N or rejections: N with within_minutes: M, or backlog_age_seconds: S",
+        )
+        if key is None:
             return None
-        misspelt = self.unknown_keys(raw, path, ALERT_WHEN_KEYS)
-        found = [key for key in ALERT_CONDITIONS if key in raw]
-        if len(found) != 1:
-            if found or not misspelt:  # a misspelt condition is named as such already
-                self.problem(
-                    path,
-                    "needs one condition: failures: N or rejections: N with within_minutes: M, "
-                    "or backlog_age_seconds: S" + (f" (found {', '.join(found)})" if found else ""),
-                )
-            return None
-        key = found[0]
         threshold = self.alert_number(raw, key, path, required=True)
         if key == "backlog_age_seconds":
             if "within_minutes" in raw:
@@ -526,21 +521,33 @@ class _Loader:
 
     def alert_destination(self, raw: Any, path: Path_) -> tuple[str, str] | None:
         """``send:``: ``webhook`` or ``slack``, and its URL."""
-        if not isinstance(raw, dict):
-            what = "required" if raw is None else "must be a mapping"
-            self.problem(path, f"{what}: one destination, {{webhook: URL}} or {{slack: URL}}")
+        example = "one destination, {webhook: URL} or {slack: URL}"
+        needs = "one destination: webhook: URL or slack: URL"
+        key = self.one_key(raw, path, ALERT_DESTINATIONS, ALERT_DESTINATIONS, example, needs)
+        if key is None:
             return None
-        misspelt = self.unknown_keys(raw, path, ALERT_DESTINATIONS)
-        found = [key for key in ALERT_DESTINATIONS if key in raw]
-        if len(found) != 1:
-            if found or not misspelt:
-                self.problem(path, "needs one destination: webhook: URL or slack: URL")
-            return None
-        url = raw[found[0]]
+        url = raw[key]
         unresolved = path[:2] in self.unresolved  # its ${NAME} is reported already
         if not unresolved and (not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url)):
-            self.problem((*path, found[0]), "must be an http:// or https:// URL")
-        return found[0], str(url)
+            self.problem((*path, key), "must be an http:// or https:// URL")
+        return key, str(url)
+
+    def one_key(
+        self, raw: Any, path: Path_, choices: Iterable[str], known: Iterable[str], example: str, needs: str
+    ) -> str | None:
+        """The one key of ``choices`` in the mapping ``raw`` (``when:``'s condition, ``send:``'s
+        destination); ``None``, and a problem, when ``raw`` is no mapping or has none or several."""
+        if not isinstance(raw, dict):
+            what = "required" if raw is None else "must be a mapping"
+            self.problem(path, f"{what}: {example}")
+            return None
+        misspelt = self.unknown_keys(raw, path, known)
+        found = [key for key in choices if key in raw]
+        if len(found) == 1:
+            return found[0]
+        if found or not misspelt:  # a misspelt key is named as such already
+            self.problem(path, f"needs {needs}" + (f" (found {', '.join(found)})" if found else ""))
+        return None
 
     def alert_number(self, raw: Mapping[str, Any], key: str, path: Path_, *, required: bool) -> float:
         value = raw.get(key)

@@ -349,7 +349,7 @@ def test_alert_rule_problems_name_their_line(tmp_path: Path) -> None:
         f"{path}:10: alerts[1].send.slack: must be an http:// or https:// URL",
         f"{path}:11: alerts[2].when.failures: must be a number > 0",
         f"{path}:11: alerts[2].when.within_minutes: required: a number > 0",
-        f"{path}:11: alerts[2].send: needs one destination: webhook: URL or slack: URL",
+        f"{path}:11: alerts[2].send: needs one destination: webhook: URL or slack: URL (found webhook, slack)",
         f"{path}:12: alerts[3].when: needs one condition: failures: N or rejections: N with within_minutes: M, "
         "or backlog_age_seconds: S (found failures, rejections)",
         f"{path}:12: alerts[3].send: needs one destination: webhook: URL or slack: URL",
