@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 from sqlalchemy import event, func, select
 
@@ -149,6 +150,40 @@ def test_a_try_whose_lease_was_lost_writes_no_attempt(hookgate: Hookgate) -> Non
     only = [(a["attempt"], a["trigger"], a["outcome"], a["worker"]) for a in history(hookgate, "lost-1")]
     assert only == [(2, "sweep", "processed", f"{HOST}:{taker}")]
     stays(lambda: len(history(hookgate, "lost-1")) == 1, 1.0, "the stale worker wrote an attempt")
+
+
+def test_a_try_cut_short_by_the_worker_s_stop_is_deferred_not_a_failure(hookgate: Hookgate) -> None:
+    hookgate.configure_workers(stop_timeout_seconds=0.5)
+    hookgate.start_intake()
+    stopping = hookgate.start_worker()
+    post(hookgate, "slow.cut", "cut-1")
+    wait_for(lambda: hookgate.effects("started"), 30, what="the handler to start")
+    stopping.process.send_signal(signal.SIGTERM)
+    assert stopping.process.wait(timeout=30) == 0
+    (cut,) = history(hookgate, "cut-1")
+    assert (cut["trigger"], cut["outcome"]) == ("initial", "deferred")
+    assert [(e["handler"], e["type"]) for e in cut["errors"]] == [(ACME_HANDLER, "workers.calls.WorkerStopping")]
+    waiting = hookgate.event("acme", "cut-1")
+    assert (waiting.status, waiting.next_trigger, waiting.error_group) == ("queued", "retry", None)
+    (hookgate.dir / "release").touch()
+    hookgate.start_worker()
+    hookgate.wait_status("acme", "cut-1", "processed")
+    assert [(a["trigger"], a["outcome"]) for a in history(hookgate, "cut-1")] == [
+        ("initial", "deferred"),
+        ("retry", "processed"),
+    ]
+
+
+def test_an_event_whose_message_the_broker_lost_is_tried_for_the_sweep(hookgate: Hookgate, redis_url: str) -> None:
+    hookgate.start_intake()
+    post(hookgate, "thing.updated", "flushed-1")
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.llen("hookgate:hookgate") == 1, 10, what="the event enqueued")
+    client.flushall()
+    client.close()
+    hookgate.start_worker()
+    hookgate.wait_status("acme", "flushed-1", "processed")
+    assert [(a["trigger"], a["outcome"]) for a in history(hookgate, "flushed-1")] == [("sweep", "processed")]
 
 
 def test_events_failing_alike_with_different_messages_form_one_failure_group(hookgate: Hookgate) -> None:
