@@ -278,9 +278,7 @@ class Processor:
                 prepared = self.prepare(row, key, fetch, stored)
             except PreparationError as exc:
                 exc.describe(tried)
-                status = self.record_failure(
-                    row, token, str(exc), tried, retry_after=exc.retry_after, permanent=exc.permanent
-                )
+                status = self.record_failure(row, token, str(exc), tried, exc)
                 return stored if status == FAILED else None
             leases = [lease for lease in (event_lease, resource_lease) if lease is not None]
             return self.run_and_commit(prepared, row, token, key, stored, leases, tried)
@@ -323,16 +321,11 @@ class Processor:
         return entry.provider.decode(row.body, headers)
 
     def record_failure(
-        self,
-        row: Any,
-        token: str,
-        error: str,
-        tried: Try,
-        *,
-        retry_after: float | None = None,
-        permanent: bool = False,
+        self, row: Any, token: str, error: str, tried: Try, preparation: PreparationError | None = None
     ) -> str | None:
-        """Record a failed try in a transaction of its own; the new status, or ``None``."""
+        """Record a failed try in a transaction of its own (a failed ``preparation`` says whether
+        and when to retry); the new status, or ``None``."""
+        retry_after, permanent = (preparation.retry_after, preparation.permanent) if preparation else (None, False)
         with self.engine.begin() as conn:
             outcome = self.lifecycle.fail(
                 conn, row, token, error, tried=tried, retry_after=retry_after, permanent=permanent

@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 import redis
 import yaml
 from sqlalchemy import event, func, select
+from sqlmodel import SQLModel
 
 from gateway.attempts import attempts_for, failure_groups
 from gateway.cli import main
@@ -24,7 +27,9 @@ from gateway.retention import DAY, Pruner
 from tests.conftest import Hookgate
 from tests.support import handlers
 from tests.support.fake_api import Answer, FakeApi
-from tests.support.servers import wait_for
+from tests.support.handlers import DeferredChild
+from tests.support.servers import WorkerProcess, wait_for
+from tests.workers.test_guarantees import create_ledger, store_raw_event
 
 ACME_HANDLER = "tests.support.handlers.acme_handler"
 HOST = socket.gethostname()
@@ -55,6 +60,16 @@ def stays(predicate: Any, seconds: float, what: str) -> None:
     while time.monotonic() < deadline:
         assert predicate(), what
         time.sleep(0.05)
+
+
+@contextmanager
+def stopped(worker: WorkerProcess) -> Iterator[None]:
+    """The worker's processes stopped (SIGSTOP) for the duration of the block."""
+    os.killpg(worker.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(worker.process.pid, signal.SIGCONT)
 
 
 @pytest.fixture
@@ -137,14 +152,11 @@ def test_a_try_whose_lease_was_lost_writes_no_attempt(hookgate: Hookgate) -> Non
     stale = hookgate.start_worker()
     post(hookgate, "slow.lost", "lost-1")
     wait_for(lambda: hookgate.effects("started"), 30, what="the handler to start")
-    os.killpg(stale.process.pid, signal.SIGSTOP)
-    try:
+    with stopped(stale):
         hookgate.start_worker()
         wait_for(lambda: len(hookgate.effects("started")) == 2, 30, what="another worker to take the event over")
         (hookgate.dir / "release").touch()
         hookgate.wait_status("acme", "lost-1", "processed")
-    finally:
-        os.killpg(stale.process.pid, signal.SIGCONT)
     wait_for(lambda: len(hookgate.effects("released")) == 2, 30, what="the resumed worker's handler to return")
     taker = pids(hookgate, "started", "lost-1")[1]
     only = [(a["attempt"], a["trigger"], a["outcome"], a["worker"]) for a in history(hookgate, "lost-1")]
@@ -229,6 +241,27 @@ def test_events_failing_alike_with_different_messages_form_one_failure_group(hoo
             steps = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
             plan = " / ".join(str(step[3]) for step in steps)
         assert "USING INDEX ix_hookgate_events_error_group" in plan, plan
+
+
+def test_failures_before_and_after_the_handlers_are_grouped_by_their_stage(hookgate: Hookgate) -> None:
+    """A body that cannot be decoded, and an outcome whose commit the database refuses."""
+    create_ledger(hookgate)
+    SQLModel.metadata.create_all(hookgate.engine, tables=[DeferredChild.__table__])  # type: ignore[list-item]
+    hookgate.start_intake()
+    hookgate.start_worker()
+    store_raw_event(hookgate, "acme", "undecodable-1", b"{not json", None)
+    post(hookgate, "orphan.write", "orphan-1")
+    undecodable = hookgate.wait_status("acme", "undecodable-1", "failed")
+    (only,) = history(hookgate, "undecodable-1")
+    assert (only["outcome"], only["errors"][0]["handler"]) == ("failed", "decode")
+    assert undecodable.error_group == f"decode:{only['errors'][0]['type'].rsplit('.', 1)[-1]}"
+    orphan = hookgate.wait_status("acme", "orphan-1", "failed")
+    tries = history(hookgate, "orphan-1")
+    assert [a["outcome"] for a in tries] == ["retry", "retry", "failed"]
+    assert {(e["handler"], e["type"]) for a in tries for e in a["errors"]} == {
+        ("commit", "sqlalchemy.exc.IntegrityError")
+    }
+    assert orphan.error_group == "commit:IntegrityError"
 
 
 def test_the_reconciliation_s_answer_is_recorded_with_each_try(hookgate: Hookgate, fake_api: FakeApi) -> None:
