@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from gateway.config import WorkerSettings
-from gateway.models import FAILED, QUEUED, RECEIVED, RETRY, attempts, events, handler_runs
+from gateway.models import FAILED, QUEUED, RECEIVED, RETRY, events, handler_runs
+from gateway.models import attempts as attempt_rows  # ``attempts`` is a count in fail()
 from providers.base import Clock
 
 from .leases import holds_event
@@ -103,7 +104,7 @@ class EventLifecycle:
     def record_attempt(self, conn: Connection, tried: Try, status: str) -> None:
         """Write the try's attempt row, in the transaction of its outcome; call only once the
         fence has held (see :meth:`finish`)."""
-        conn.execute(insert(attempts).values(**tried.row(status, self.clock())))
+        conn.execute(insert(attempt_rows).values(**tried.row(status, self.clock())))
 
     def finish(self, conn: Connection, pk: int, token: str, status: str) -> bool:
         """Mark the event ``processed`` or ``superseded``; ``False`` if the lease was lost."""
