@@ -72,20 +72,6 @@ def failed_tries(conn: Connection, provider: str | None, since: float) -> int:
     )
     if provider is not None:
         query = query.join(events, events.c.id == attempts.c.event_pk).where(events.c.provider == provider)
-    count = int(conn.execute(query).scalar_one())
-    if count or conn.execute(select(attempts.c.id).limit(1)).first() is not None:
-        return count
-    return _failed_events_fallback(conn, provider, since)
-
-
-def _failed_events_fallback(conn: Connection, provider: str | None, since: float) -> int:
-    """TEMPORARY, until the workers record attempts (issue 12, item 1, on its own branch): with no
-    attempt ever recorded, a failed try is read off the events, as an event whose latest try
-    failed (``last_error`` set, still waiting or ``failed``) updated at or after ``since``. It
-    counts events, not tries. Remove it once ``hookgate_attempts`` is written."""
-    query = select(func.count()).where(events.c.last_error.is_not(None), events.c.updated_at >= since)
-    if provider is not None:
-        query = query.where(events.c.provider == provider)
     return int(conn.execute(query).scalar_one())
 
 
