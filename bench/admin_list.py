@@ -5,7 +5,8 @@ of traffic leave it: mostly processed, some failed, retrying and superseded, sev
 types and resources, each with a small body and a last error on the failed ones. Then times
 each filter of the event log (the first page, 50 events, newest first) and a page deep into the
 list through its cursor: the store's query alone, then the admin API and the HTML page over
-real HTTP when the console is there. Prints the median and the slowest of ``--repeat`` runs.
+real HTTP from ``hookgate serve --admin-only`` (the stats, the failure groups and an event's
+page too). Prints the median and the slowest of ``--repeat`` runs.
 
     python -m bench.admin_list [--events 1000000] [--store /tmp/hg-admin-1m.db] [--repeat 7]
 """
@@ -13,13 +14,18 @@ real HTTP when the console is there. Prints the median and the slowest of ``--re
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from sqlalchemy import Engine, insert, select
 
@@ -36,6 +42,7 @@ ERRORS = (
     "reconciliation: the provider's API answered 500",
 )
 BATCH = 20_000
+TOKEN = "bench-admin-token-0123456789"
 
 
 def status_for(n: int) -> str:
@@ -127,6 +134,65 @@ def deep_cursor(engine: Engine, pages: int) -> str | None:
     return cursor
 
 
+def serve_admin(store: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``hookgate serve --admin-only`` on the store, on a free port; the process and its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "HOOKGATE_CONFIG": str(Path(__file__).with_name("providers.yaml")),
+        "HOOKGATE_DATABASE_URL": f"sqlite:///{store}",
+        "HOOKGATE_ADMIN_TOKEN": TOKEN,
+    }
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--admin-only", "--port", str(port)]
+    process = subprocess.Popen(command, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/healthz").raise_for_status()
+            return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("hookgate serve --admin-only did not answer within 30 s")
+
+
+def time_http(engine: Engine, store: Path, repeat: int) -> None:
+    """The API and the pages over HTTP, for the same filters, and the stats and one event."""
+    process, url = serve_admin(store)
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+            pages = httpx.Client(base_url=url, timeout=30)  # a browser: the session cookie of the login form
+            assert pages.post("/admin/login", data={"token": TOKEN}).status_code < 400
+            with engine.connect() as conn:
+                failed = conn.execute(
+                    select(events.c.provider, events.c.event_id).where(events.c.status == FAILED)
+                ).first()
+            assert failed is not None
+            requests: dict[str, tuple[httpx.Client, str, dict[str, str]]] = {
+                "api: stats": (client, "/admin/api/stats", {}),
+                "api: failure groups": (client, "/admin/api/failure-groups", {}),
+                f"api: event {failed.event_id}": (client, f"/admin/api/events/{failed.provider}/{failed.event_id}", {}),
+                "page: event": (pages, f"/admin/events/{failed.provider}/{failed.event_id}", {}),
+                "page: failure groups": (pages, "/admin/failure-groups", {}),
+            }
+            for name, params in cases(engine).items():
+                requests[f"api: {name}"] = (client, "/admin/api/events", params)
+                requests[f"page: {name}"] = (pages, "/admin", params)
+            for name, (session, path, params) in requests.items():
+
+                def get(session: httpx.Client = session, path: str = path, params: dict[str, str] = params) -> None:
+                    session.get(path, params=params).raise_for_status()
+
+                median, slowest = timed(get, repeat)
+                print(f"{name:40} {median:10.1f} {slowest:11.1f}")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -149,6 +215,7 @@ def main() -> None:
     cursor = deep_cursor(engine, 50)
     median, slowest = timed(lambda: list_events(engine, EventFilter(), cursor=cursor), args.repeat)
     print(f"{'store: page 51 through the cursor':40} {median:10.1f} {slowest:11.1f}")
+    time_http(engine, args.store, args.repeat)
 
 
 if __name__ == "__main__":
