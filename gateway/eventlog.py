@@ -138,6 +138,7 @@ class EventFilter:
         "resource_id",
         "error",
         "q",
+        "group",
     )
 
     @classmethod
