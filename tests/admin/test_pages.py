@@ -1,0 +1,94 @@
+"""The console's pages over HTTP, as a browser without script sees them (the browser tests
+drive them in Chromium): the table, its search, its pages, the event page, escaping."""
+
+from __future__ import annotations
+
+import re
+
+from tests.admin.conftest import log_in, store_event, store_resource
+from tests.conftest import Hookgate
+
+
+def rows(html: str) -> list[str]:
+    return re.findall(r'<tr class="(\w+)">', html)
+
+
+def test_the_event_table_searches_filters_and_pages(console: Hookgate) -> None:
+    for n in range(60):
+        store_event(console.engine, f"evt-{n:02}", status="failed" if n == 7 else "processed", resource=f"cus-{n}")
+    browser = log_in(console.url)
+    page = browser.get("/admin").text
+    assert 'name="q"' in page
+    assert len(rows(page)) == 50
+    assert 'href="/admin/events/stripe/evt-59"' in page  # each row links to its page
+    assert 'href="/admin/resources/stripe/cus-59"' in page
+    assert ">processed</span> 59<" in page  # the status counts
+    assert ">failed</span> 1<" in page
+    nxt = re.search(r'<a href="([^"]+)" rel="next">', page)
+    assert nxt is not None
+    assert "cursor=" in nxt.group(1)
+    assert "offset" not in nxt.group(1)
+    second = browser.get(nxt.group(1).replace("&amp;", "&")).text
+    assert len(rows(second)) == 10
+    assert 'rel="next"' not in second
+
+    found = browser.get("/admin", params={"q": "evt-07"}).text
+    assert rows(found) == ["failed"]  # failed rows are marked (and styled) as such
+    assert browser.get("/admin", params={"q": "cus-8"}).text.count("evt-08") >= 1
+    filtered = browser.get("/admin", params={"status": "failed"}).text
+    assert rows(filtered) == ["failed"]
+    bad = browser.get("/admin", params={"status": "bogus"})
+    assert bad.status_code == 400
+    assert "unknown status" in bad.text
+
+
+def test_the_event_page(console: Hookgate) -> None:
+    store_resource(console.engine, "stripe", "cus_1", '{"version": 4, "plan": "pro"}', sequence=4)
+    store_event(
+        console.engine,
+        "evt_page",
+        status="failed",
+        resource="cus_1",
+        last_error="tests.support.handlers.stripe_handler: ValueError: boom",
+        body=b'{"id":"evt_page","data":{"object":{"id":"cus_1"}}}',
+    )
+    browser = log_in(console.url)
+    page = browser.get("/admin/events/stripe/evt_page").text
+    assert re.search(r"<button[^>]*>Replay</button>", page)
+    assert "ValueError: boom" in page
+    assert '"data": {\n    "object"' in page.replace("&#34;", '"')  # the payload, pretty-printed
+    assert "&#34;plan&#34;: &#34;pro&#34;" in page  # the reconciled state
+    assert "stripe-signature" in page
+    assert browser.get("/admin/events/stripe/none").status_code == 404
+    resource = browser.get("/admin/resources/stripe/cus_1").text
+    assert 'href="/admin/events/stripe/evt_page"' in resource
+
+
+def test_a_refused_replay_says_why_and_a_queued_one_says_so(console: Hookgate) -> None:
+    store_event(console.engine, "evt_done", status="processed")
+    browser = log_in(console.url)
+    refused = browser.post("/admin/events/stripe/evt_done/replay", data={"csrf": browser.csrf})
+    assert refused.status_code == 409
+    assert "already processed" in refused.text
+    forced = browser.post("/admin/events/stripe/evt_done/replay", data={"csrf": browser.csrf, "force": "1"})
+    assert forced.status_code == 303
+    assert "Queued again" in browser.get(forced.headers["location"]).text
+
+
+def test_everything_shown_is_escaped(console: Hookgate) -> None:
+    hostile = "<script>alert(1)</script>"
+    store_event(
+        console.engine,
+        f"evt{hostile}",
+        event_type=f"x.{hostile}",
+        status="failed",
+        last_error=hostile,
+        body=hostile.encode(),
+        headers='{"x-h": "<img src=x onerror=alert(1)>"}',
+    )
+    browser = log_in(console.url)
+    for path in ("/admin", "/admin/events/stripe/evt<script>alert(1)</script>"):
+        page = browser.get(path).text
+        assert "<script>" not in page, path
+        assert "<img" not in page
+        assert "&lt;script&gt;" in page
