@@ -127,30 +127,32 @@ class EventFilter:
     #: A failure group's signature (``events.error_group``), as the failure groups list it.
     group: str | None = None
 
-    #: The names a filter takes in a query string, a JSON body or a replay job's record.
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "provider",
-        "type",
-        "status",
-        "received_from",
-        "received_to",
-        "event_id",
-        "resource_id",
-        "error",
-        "q",
-        "group",
-    )
+    #: The names a filter takes in a query string, a JSON body or a replay job's record: the
+    #: fields', except ``since`` and ``until`` for the received time.
+    PARAMS: ClassVar[dict[str, str]] = {
+        "provider": "provider",
+        "type": "type",
+        "status": "status",
+        "since": "received_from",
+        "until": "received_to",
+        "event_id": "event_id",
+        "resource_id": "resource_id",
+        "error": "error",
+        "q": "q",
+        "group": "group",
+    }
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> EventFilter:
-        """A filter from request parameters or stored JSON; empty values are left out.
+        """A filter from request parameters or stored JSON (see :data:`PARAMS`); empty values
+        are left out, and so are names it does not know (a page's other parameters).
 
         Raises:
             FilterError: an unknown status, a bad type pattern or an unreadable time.
         """
         values: dict[str, Any] = {}
-        for name in cls.FIELDS:
-            value = params.get(name)
+        for param, name in cls.PARAMS.items():
+            value = params.get(param)
             if value is None or value == "":
                 continue
             if name in ("received_from", "received_to"):
@@ -162,8 +164,8 @@ class EventFilter:
         return made
 
     def to_params(self) -> dict[str, Any]:
-        """The fields that are set, for a query string or JSON (:meth:`from_params` reads it back)."""
-        return {name: getattr(self, name) for name in self.FIELDS if getattr(self, name) not in (None, "")}
+        """The fields that are set, named as :meth:`from_params` reads them."""
+        return {param: getattr(self, name) for param, name in self.PARAMS.items() if getattr(self, name) is not None}
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """The WHERE terms; a pruned event (an id-only tombstone) never matches."""

@@ -27,7 +27,7 @@ from .console import Console, Endpoint, parse_filter
 
 HOME = "/admin"
 #: What the list's filter form holds, in its order.
-FILTER_FIELDS = ("q", "provider", "type", "status", "received_from", "received_to", "event_id", "resource_id", "error")
+FILTER_FIELDS = ("q", "provider", "type", "status", "since", "until", "event_id", "resource_id", "error")
 
 
 def when(timestamp: float | None) -> str:
@@ -232,7 +232,7 @@ class Pages:
         if module is None:
             return PlainTextResponse("bulk replay is not part of this build", 501)
         try:
-            where = parse_filter({name: form_text(form, name) for name in EventFilter.FIELDS})
+            where = parse_filter({name: form_text(form, name) for name in EventFilter.PARAMS})
         except FilterError as exc:
             return PlainTextResponse(str(exc), 400)
         job_id, _ = await run_in_threadpool(module.start, self.engine, where, force=form_text(form, "force") == "1")
