@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+from gateway.admin.views import optional
 from tests.admin.conftest import log_in, store_event, store_resource
 from tests.conftest import Hookgate
 
@@ -92,3 +95,40 @@ def test_everything_shown_is_escaped(console: Hookgate) -> None:
         assert "<script>" not in page, path
         assert "<img" not in page
         assert "&lt;script&gt;" in page
+
+
+def requires(module: str) -> None:
+    if optional(module) is None:
+        pytest.skip(f"pending: {module} is not in this build yet")
+
+
+def test_pause_and_resume_from_the_providers_page(console: Hookgate) -> None:
+    requires("gateway.pausing")
+    browser = log_in(console.url)
+    page = browser.get("/admin/providers").text
+    assert 'action="/admin/providers/stripe/pause"' in page
+    assert browser.post("/admin/providers/stripe/pause", data={}).status_code == 403  # no CSRF proof
+    done = browser.post("/admin/providers/stripe/pause", data={"csrf": browser.csrf})
+    assert done.status_code == 303
+    page = browser.get("/admin/providers").text
+    assert 'action="/admin/providers/stripe/resume"' in page
+    assert browser.post("/admin/providers/stripe/resume", data={"csrf": browser.csrf}).status_code == 303
+    assert 'action="/admin/providers/stripe/pause"' in browser.get("/admin/providers").text
+
+
+def test_bulk_replay_shows_the_count_then_asks_for_confirmation(console: Hookgate) -> None:
+    requires("gateway.replays")
+    for n in range(2):
+        store_event(console.engine, f"b-{n}", status="failed", last_error="boom")
+    store_event(console.engine, "b-done", status="processed")
+    browser = log_in(console.url)
+    preview = browser.get("/admin/replays/new", params={"provider": "stripe"}).text
+    assert '<strong id="replay-count">2</strong>' in preview
+    assert "Replay 2 events" in preview
+    assert console.event("stripe", "b-0").status == "failed"  # the preview changes nothing
+    assert browser.post("/admin/replays", data={"provider": "stripe"}).status_code == 403
+    started = browser.post("/admin/replays", data={"provider": "stripe", "csrf": browser.csrf})
+    assert started.status_code == 303
+    job = browser.get(started.headers["location"]).text
+    assert 'id="job-status"' in job
+    assert "of 2" in job
