@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,6 +15,8 @@ from starlette.routing import Route
 
 from gateway import eventlog
 from gateway.eventlog import FilterError
+from providers.errors import PayloadRejected
+from providers.payload import parse_json_object
 
 from . import views
 from .console import Console, json_response, parse_filter
@@ -41,12 +42,9 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
+        return parse_json_object(raw)
+    except PayloadRejected as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def flag(body: dict[str, Any], name: str) -> bool:

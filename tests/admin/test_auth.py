@@ -71,6 +71,12 @@ def test_login_sets_a_strict_http_only_cookie_and_a_wrong_token_is_refused(conso
     assert "secure" in over_https.headers["set-cookie"].lower()
 
 
+def test_a_page_refuses_a_token_in_its_url_even_with_a_session(console: Hookgate) -> None:
+    browser = log_in(console.url)
+    for name in ("token", "access_token"):
+        assert browser.get("/admin", params={name: TOKEN}).status_code == 401
+
+
 def test_a_forged_or_foreign_session_cookie_is_no_session(console: Hookgate) -> None:
     for value in ("1.abc", "", "9999999999.00", "x.y"):
         page = httpx.get(console.url + "/admin", cookies={COOKIE: value})
