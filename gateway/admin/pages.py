@@ -7,6 +7,7 @@ After a change the browser is sent on with a 303, so that reloading never posts 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -19,7 +20,7 @@ from starlette.routing import Route
 
 from gateway import eventlog
 from gateway.eventlog import EventFilter, FilterError
-from gateway.models import FAILED, STATUSES
+from gateway.models import STATUSES
 
 from . import views
 from .auth import COOKIE, COOKIE_PATH, SESSION_SECONDS, is_https, token_in_query
@@ -32,6 +33,18 @@ FILTER_FIELDS = ("q", "provider", "type", "status", "since", "until", "event_id"
 
 def when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "-"
+
+
+def age(seconds: float) -> str:
+    """``seconds`` as a person reads an age: 45 s, 12 min, 3 h 05 min, 2 d 4 h."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min"
+    if whole < 86400:
+        return f"{whole // 3600} h {whole % 3600 // 60:02} min"
+    return f"{whole // 86400} d {whole % 86400 // 3600} h"
 
 
 def pretty(text: str) -> str:
@@ -160,6 +173,8 @@ class Pages:
         except FilterError as exc:
             where, page, error = EventFilter(), {"events": [], "next_cursor": None}, str(exc)
         counts = await run_in_threadpool(views.status_counts, self.engine)
+        oldest = await run_in_threadpool(views.oldest_unfinished, self.engine)
+        failures = await run_in_threadpool(views.failures_last_hour, self.engine, time.time())
         query = where.to_params()
         next_url = f"{HOME}?{urlencode({**query, 'cursor': page['next_cursor']})}" if page["next_cursor"] else None
         return self.render(
@@ -173,7 +188,8 @@ class Pages:
                 "status_links": {s: f"{HOME}?{urlencode({**query, 'status': s})}" for s in STATUSES},
                 "next_url": next_url,
                 "replay_url": f"{HOME}/replays/new?{urlencode(query)}",
-                "failed": FAILED,
+                "backlog_age": None if oldest is None else age(time.time() - oldest),
+                "failures_last_hour": failures,
             },
             400 if error else 200,
         )

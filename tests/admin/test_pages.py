@@ -27,6 +27,7 @@ def test_the_event_table_searches_filters_and_pages(console: Hookgate) -> None:
     assert 'href="/admin/resources/stripe/cus-59"' in page
     assert ">processed</span> 59<" in page  # the status counts
     assert ">failed</span> 1<" in page
+    assert "Oldest unfinished event: none" in page
     nxt = re.search(r'<a href="([^"]+)" rel="next">', page)
     assert nxt is not None
     assert "cursor=" in nxt.group(1)
@@ -132,3 +133,15 @@ def test_bulk_replay_shows_the_count_then_asks_for_confirmation(console: Hookgat
     job = browser.get(started.headers["location"]).text
     assert 'id="job-status"' in job
     assert "of 2" in job
+
+
+def test_ages_read_as_a_person_says_them() -> None:
+    from gateway.admin.pages import age
+
+    assert [age(s) for s in (-1, 45, 125, 3700, 2 * 86400 + 4 * 3600 + 5)] == [
+        "0 s",
+        "45 s",
+        "2 min",
+        "1 h 01 min",
+        "2 d 4 h",
+    ]
