@@ -53,6 +53,8 @@ class Console:
                     {"error": "give the admin token as Authorization: Bearer <token> (never in the URL)"},
                     {"WWW-Authenticate": 'Bearer realm="hookgate-admin"'},
                 )
-            return await handler(request)
+            response = await handler(request)
+            response.headers["Cache-Control"] = "no-store"
+            return response
 
         return guarded

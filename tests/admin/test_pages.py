@@ -96,6 +96,10 @@ def test_everything_shown_is_escaped(console: Hookgate) -> None:
         assert "<script>" not in page, path
         assert "<img" not in page
         assert "&lt;script&gt;" in page
+    answer = browser.get("/admin")
+    assert "default-src 'none'" in answer.headers["content-security-policy"]  # and no script would run
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["cache-control"] == "no-store"
 
 
 def requires(module: str) -> None:
