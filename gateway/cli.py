@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from workers.registry import Finding
 
+    from .eventlog import EventFilter
     from .schema import Migration
 
 
@@ -377,17 +378,69 @@ def _next(row: Any) -> str:
     return "-"
 
 
-def cmd_events_list(args: argparse.Namespace) -> int:
-    from .eventlog import EventFilter, list_events
+#: The event filters of ``events list`` and ``events replay``: option, EventFilter parameter, help.
+EVENT_FILTERS = (
+    ("--provider", "provider", "one provider"),
+    ("--type", "type", "an event type, or a pattern as handlers take: 'invoice.*', '*'"),
+    ("--status", "status", "received, queued, processing, processed, superseded or failed"),
+    ("--since", "since", "received at or after this time (ISO 8601, UTC unless it says; or Unix seconds)"),
+    ("--until", "until", "received before this time (same forms)"),
+    ("--event-id", "event_id", "the provider's event id"),
+    ("--resource", "resource_id", "the resource id"),
+    ("--error", "error", "TEXT found in the last error, in any case"),
+    ("--group", "group", "a failure group, e.g. handlers.charge:ValueError"),
+)
 
-    where = EventFilter.from_params({"provider": args.provider, "status": args.status, "type": args.type})
-    rows = list_events(_engine(args), where, limit=args.limit).rows
-    head = f"{'ID':>7}  {'RECEIVED':19}  {'PROVIDER':10}  {'STATUS':10}  {'TRIES':>5}  {'NEXT':31}  {'TYPE':28}"
-    print(f"{head}  EVENT ID")
-    for r in rows:
-        when, step = _when(r.received_at), _next(r)
-        line = f"{r.id:>7}  {when:19}  {r.provider:10}  {r.status:10}  {r.attempts:>5}  {step:31}  {r.event_type:28}"
-        print(f"{line}  {r.event_id}")
+
+def _add_event_filters(p: argparse.ArgumentParser) -> None:
+    for option, param, text in EVENT_FILTERS:
+        p.add_argument(option, dest=f"filter_{param}", metavar=option[2:].upper().replace("-", "_"), help=text)
+
+
+def _event_filter(args: argparse.Namespace) -> EventFilter:
+    """The filter the options name (an unusable one is a FilterError: one line, exit 1)."""
+    from .eventlog import EventFilter
+
+    return EventFilter.from_params({param: getattr(args, f"filter_{param}") for _, param, _ in EVENT_FILTERS})
+
+
+def _event_json(row: Any) -> bytes:
+    """An event as one line of ``events list --json``: the fields of the admin API's list."""
+    return orjson.dumps(
+        {
+            "id": row.id,
+            "provider": row.provider,
+            "event_id": row.event_id,
+            "type": row.event_type,
+            "resource_id": row.resource_id,
+            "status": row.status,
+            "attempts": row.attempts,
+            "received_at": row.received_at,
+            "last_error": row.last_error,
+        }
+    )
+
+
+def cmd_events_list(args: argparse.Namespace) -> int:
+    from .eventlog import list_events
+
+    page = list_events(_engine(args), _event_filter(args), cursor=args.cursor, limit=args.limit)
+    rows = page.rows
+    if args.json:
+        for r in rows:
+            sys.stdout.buffer.write(_event_json(r) + b"\n")
+    else:
+        head = f"{'ID':>7}  {'RECEIVED':19}  {'PROVIDER':10}  {'STATUS':10}  {'TRIES':>5}  {'NEXT':31}  {'TYPE':28}"
+        print(f"{head}  EVENT ID")
+        for r in rows:
+            when, step = _when(r.received_at), _next(r)
+            line = (
+                f"{r.id:>7}  {when:19}  {r.provider:10}  {r.status:10}  {r.attempts:>5}  {step:31}  {r.event_type:28}"
+            )
+            print(f"{line}  {r.event_id}")
+    if page.next_cursor is not None:
+        sys.stdout.flush()
+        print(f"next page: --cursor {page.next_cursor}", file=sys.stderr)
     return 0
 
 
@@ -430,21 +483,108 @@ def cmd_events_show(args: argparse.Namespace) -> int:
 def cmd_events_replay(args: argparse.Namespace) -> int:
     from .eventlog import replay
 
-    if not args.ids and not args.status:
-        print("name events (store ids or provider event ids), or --status failed", file=sys.stderr)
+    where = _event_filter(args)
+    if not args.ids:
+        if not where.to_params():
+            print(
+                "name events (store ids or provider event ids), or filter them (e.g. --status failed)", file=sys.stderr
+            )
+            return 2
+        return _bulk_replay(args, where)
+    if where.to_params().keys() - {"provider", "status"}:
+        print("name events or filter them, not both (only --provider and --status go with ids)", file=sys.stderr)
         return 2
     done = replay(
-        _engine(args), args.ids, status=args.status, provider=args.provider, force=args.force, dry_run=args.dry_run
+        _engine(args), args.ids, status=where.status, provider=where.provider, force=args.force, dry_run=args.dry_run
     )
     verb = "would queue" if args.dry_run else "queued"
-    effect = "every handler runs again" if args.force else "handlers that succeeded are not run again"
     for row in done.queued:
-        print(f"{verb} {row.id} ({row.provider}/{row.event_id}), {row.status} until now: {effect}")
+        print(f"{verb} {row.id} ({row.provider}/{row.event_id}), {row.status} until now: {_replay_effect(args.force)}")
     for _, reason in done.refused:
         print(f"not replayed: {reason}", file=sys.stderr)
     if not done.queued and not done.refused:
         print("no events to replay")
     return 1 if done.refused else 0
+
+
+def _replay_effect(force: bool) -> str:
+    return "every handler runs again" if force else "handlers that succeeded are not run again"
+
+
+def _bulk_replay(args: argparse.Namespace, where: EventFilter) -> int:
+    """Replay every event ``where`` matches as a replay job run here, with a progress bar on
+    stderr; Ctrl-C cancels the job after its current batch (what was queued stays queued)."""
+    import signal
+    import threading
+
+    from . import replays
+    from .progress import ProgressBar
+
+    engine = _engine(args)
+    effect = _replay_effect(args.force)
+    if args.dry_run:
+        print(f"would queue {replays.count(engine, where, force=args.force)} events: {effect}")
+        return 0
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        job_id, total = replays.start(engine, where, force=args.force)
+
+        def keep_going() -> bool:
+            if interrupted.is_set():
+                replays.cancel(engine, job_id)  # before run() gives the lease back: no worker adopts it
+                return False
+            return True
+
+        bar = ProgressBar(total)
+        if total:
+            bar.update(0)
+            replays.run(engine, job_id, progress=bar.update, keep_going=keep_going)
+            bar.finish()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if not total:
+        print("no events to replay")
+        return 0
+    state = replays.status(engine, job_id)
+    assert state is not None
+    counts = f"{state['done']} of {state['total']} events"
+    if state["status"] == replays.CANCELLED:
+        print(f"replay job {job_id} cancelled: queued {counts}; the others are left as they were")
+        return 130 if interrupted.is_set() else 1
+    if state["status"] == replays.RUNNING:  # another runner took it over (this one's lease lapsed)
+        print(f"replay job {job_id} goes on in another process: queued {counts} so far")
+        return 1
+    print(f"replay job {job_id}: queued {counts}: {effect}")
+    return 0
+
+
+def cmd_providers_list(args: argparse.Namespace) -> int:
+    from .pausing import states
+
+    config = _config(_settings(args))
+    for name, state in states(_engine(args), config.providers).items():
+        print(f"{name:20}  {state}")
+    return 0
+
+
+def cmd_providers_pause(args: argparse.Namespace) -> int:
+    """``pause`` and ``resume``: the provider must be configured, so that a typo is not stored."""
+    from . import pausing
+
+    settings = _settings(args)
+    config = _config(settings)
+    if args.name not in config.providers:
+        configured = ", ".join(config.providers)
+        print(
+            f"unknown provider {args.name!r}: not in {settings.config_path} (configured: {configured})", file=sys.stderr
+        )
+        return 2
+    pausing_it = args.providers_command == "pause"
+    changed = (pausing.pause if pausing_it else pausing.resume)(_engine(args), args.name)
+    state = pausing.PAUSED if pausing_it else pausing.ACTIVE
+    print(f"{args.name}: {state}" + ("" if changed else f" (it was already {state})"))
+    return 0
 
 
 #: What ``hookgate send --data FILE`` does with the file's JSON object, per provider type, as each
@@ -561,21 +701,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = sub.add_parser("events", help="the event log").add_subparsers(dest="events_command", required=True)
     p = command("list", cmd_events_list, "list events, newest first", events)
-    p.add_argument("--provider")
-    p.add_argument("--status")
-    p.add_argument("--type")
+    _add_event_filters(p)
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", help="the next page: the cursor the previous page printed on stderr")
+    p.add_argument("--json", action="store_true", help="one JSON object per event and line")
     p = command("show", cmd_events_show, "one event: headers, body, status, attempts, errors, handler runs", events)
     p.add_argument("id", help="store id, or the provider's event id")
     p.add_argument("--provider")
     p = command(
         "replay", cmd_events_replay, "queue stored events again (failed ones; --force for any finished)", events
     )
-    p.add_argument("ids", nargs="*", help="store ids or provider event ids")
-    p.add_argument("--status", help="replay every event with this status, e.g. failed")
-    p.add_argument("--provider")
+    p.add_argument("ids", nargs="*", help="store ids or provider event ids; without them, the events the filters match")
+    _add_event_filters(p)
     p.add_argument("--force", action="store_true", help="also processed/superseded events: every handler runs again")
     p.add_argument("--dry-run", action="store_true", help="say what would be queued; change nothing")
+
+    providers = sub.add_parser("providers", help="pause and resume providers").add_subparsers(
+        dest="providers_command", required=True
+    )
+    command("list", cmd_providers_list, "each configured provider, active or paused", providers)
+    for name, text in (
+        ("pause", "stored events of the provider wait unprocessed; the intake keeps accepting them"),
+        ("resume", "process the provider's events again, the waiting ones first, in order"),
+    ):
+        command(name, cmd_providers_pause, text, providers).add_argument(
+            "name", help="the provider, as in providers.yaml"
+        )
 
     p = command("send", cmd_send, "sign a sample event as the provider would and POST it")
     p.add_argument("provider")

@@ -27,7 +27,7 @@ from .errors import ConfigError
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 COMMON_KEYS = ("type", "secrets", "tolerance_seconds", "max_body_bytes", "api", "ordering", "retention")
-SECTIONS = ("defaults", "providers", "handlers", "workers", "retention")
+SECTIONS = ("defaults", "providers", "handlers", "workers", "retention", "alerts")
 DEFAULTS_KEYS = ("tolerance_seconds", "max_body_bytes", "ordering")
 #: How long fresh events of a resource are held so that stragglers are applied in order.
 DEFAULT_WINDOW_MS = 2000
@@ -56,6 +56,8 @@ class WorkerSettings:
     #: After SIGTERM, how long handler calls already running may go on: one still running then is
     #: interrupted and its event retried elsewhere; the process exits at most 5 s later.
     stop_timeout_seconds: float = 45.0
+    #: How often one worker process evaluates the ``alerts:`` rules (see :mod:`workers.alerts`).
+    alert_interval_seconds: float = 15.0
 
     def backoff(self, attempts: int) -> float:
         """Delay before try ``attempts + 1``: doubling from the minimum, capped."""
@@ -76,6 +78,35 @@ class Retention:
 #: Stripe retries for three days and GitHub allows redeliveries for three: an id remembered for
 #: less would let a retried payment event run its handlers twice.
 MIN_DEDUPE_DAYS = 3.0
+
+
+#: What an alert rule measures: failed tries in a window, the age of the oldest unfinished event,
+#: and signature rejections in a window (a rotated secret not yet configured).
+ALERT_KINDS = ("failures", "backlog", "rejections")
+#: Where an alert goes: a generic JSON webhook, or a Slack incoming webhook.
+ALERT_DESTINATIONS = ("webhook", "slack")
+#: After a firing message, the rule sends no other firing message for this long (``cooldown_seconds``).
+DEFAULT_COOLDOWN_SECONDS = 3600.0
+ALERT_KEYS = ("name", "kind", "provider", "threshold", "window_seconds", "cooldown_seconds", *ALERT_DESTINATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One rule of the ``alerts:`` section (see :mod:`workers.alerts`)."""
+
+    name: str
+    kind: str
+    #: A count (failures, rejections) or an age in seconds (backlog) that fires the alert when reached.
+    threshold: float
+    #: ``webhook`` or ``slack``, and the URL to POST to (it may carry a secret: never logged whole).
+    destination: str
+    url: str = field(repr=False)
+    #: The rule covers this provider only; ``None``: every provider.
+    provider: str | None = None
+    #: The window the failures or rejections are counted in; 0 for backlog.
+    window_seconds: float = 0.0
+    #: After a firing message, no other firing message of the rule for this long.
+    cooldown_seconds: float = DEFAULT_COOLDOWN_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +132,7 @@ class Config:
     handlers: tuple[str, ...] = ()
     workers: WorkerSettings = WorkerSettings()
     retention: Retention = Retention()
+    alerts: tuple[AlertRule, ...] = ()
     #: Line numbers of the file's entries, so that problems found later (a handler module that
     #: cannot be imported) point at their line like the loader's own problems do.
     lines: _Lines | None = field(default=None, compare=False, repr=False)
@@ -259,9 +291,10 @@ class _Loader:
             self.problem(("handlers",), "must be a list of importable module names")
             handlers = []
         workers = self.workers(data.get("workers") or {})
+        alerts = self.alerts(data.get("alerts") or [], raw_providers)
         if self.problems:
             raise ConfigError(self.problems)
-        return Config(self.path, providers, tuple(handlers), workers, retention, self.lines)
+        return Config(self.path, providers, tuple(handlers), workers, retention, alerts, self.lines)
 
     def unknown_keys(self, section: Any, path: Path_, known: Iterable[str], what: str = "unknown key") -> set[str]:
         """Report each key of ``section`` not in ``known``, naming the near match; returns them."""
@@ -384,6 +417,74 @@ class _Loader:
             else:
                 values[key] = int(value) if key == "max_attempts" else float(value)
         return WorkerSettings(**values)
+
+    def alerts(self, raw: Any, providers: Mapping[Any, Any]) -> tuple[AlertRule, ...]:
+        """The ``alerts:`` section: a list of rules, each checked like the rest of the file."""
+        if not isinstance(raw, list):
+            self.problem(("alerts",), "must be a list of rules, e.g. - {name: failing, kind: failures, ...}")
+            return ()
+        rules: list[AlertRule] = []
+        for index, item in enumerate(raw):
+            rule = self.alert(item, ("alerts", index), [str(p) for p in providers])
+            if rule is None:
+                continue
+            if any(r.name == rule.name for r in rules):
+                self.problem(("alerts", index, "name"), f"another rule is named {rule.name!r}: names must be unique")
+            rules.append(rule)
+        return tuple(rules)
+
+    def alert(self, raw: Any, path: Path_, providers: list[str]) -> AlertRule | None:
+        if not isinstance(raw, dict):
+            self.problem(path, "must be a mapping with name, kind, threshold and webhook or slack")
+            return None
+        before = len(self.problems)
+        self.unknown_keys(raw, path, ALERT_KEYS)
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            self.problem((*path, "name"), "required: a name of at most 255 characters")
+        kind = raw.get("kind")
+        if kind not in ALERT_KINDS:
+            what = "required" if kind is None else f"unknown kind {kind!r}"
+            self.problem((*path, "kind"), unknown(what, str(kind), ALERT_KINDS, label="kinds", always_list=True))
+        provider = raw.get("provider")
+        if provider is not None and provider not in providers:
+            what = f"unknown provider {provider!r}"
+            self.problem((*path, "provider"), unknown(what, str(provider), providers, label="configured"))
+        threshold = self.alert_number(raw, "threshold", path, required=True)
+        window = self.alert_number(raw, "window_seconds", path, required=kind in ("failures", "rejections"))
+        if kind == "backlog" and "window_seconds" in raw:
+            self.problem((*path, "window_seconds"), "a backlog rule has no window: its threshold is an age in seconds")
+        cooldown = self.alert_number(raw, "cooldown_seconds", path, required=False)
+        destinations = [key for key in ALERT_DESTINATIONS if key in raw]
+        if len(destinations) != 1:
+            self.problem(path, "needs one destination: webhook: URL or slack: URL")
+        url = raw.get(destinations[0]) if destinations else None
+        unresolved = path in self.unresolved  # its ${NAME} is reported already
+        if destinations and not unresolved and (not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url)):
+            self.problem((*path, destinations[0]), "must be an http:// or https:// URL")
+        if len(self.problems) > before:
+            return None
+        return AlertRule(
+            name=str(name),
+            kind=str(kind),
+            threshold=threshold,
+            destination=destinations[0],
+            url=str(url),
+            provider=provider,
+            window_seconds=window if kind != "backlog" else 0.0,
+            cooldown_seconds=cooldown if "cooldown_seconds" in raw else DEFAULT_COOLDOWN_SECONDS,
+        )
+
+    def alert_number(self, raw: Mapping[str, Any], key: str, path: Path_, *, required: bool) -> float:
+        value = raw.get(key)
+        if value is None:
+            if required:
+                self.problem((*path, key), "required: a number > 0")
+            return 0.0
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.problem((*path, key), "must be a number > 0")
+            return 0.0
+        return float(value)
 
 
 def load_config(

@@ -43,6 +43,20 @@ from .ingest import ACCEPTED, DUPLICATE, Ingestor
 from .metrics import IntakeMetrics
 from .models import RECEIVED
 from .queue import EventQueue, new_token
+from .rejections import (
+    BAD_REQUEST,
+    GENERIC_HEADERS,
+    MAX_NAME,
+    TOO_LARGE,
+    UNKNOWN,
+    UNKNOWN_PROVIDER,
+    Body,
+    RejectionLog,
+    cause_of,
+    kept_headers,
+    printable,
+    signature_headers,
+)
 from .schema import prepare_store
 from .settings import DEFAULT_LIMITS, ServerLimits
 
@@ -55,16 +69,29 @@ MAX_ID_LENGTH = 255
 #: Sent with an answer given before the body was read: the connection is not reused, so that the
 #: rest of the body is not left for the client to trickle on it.
 UNREAD = {"Connection": "close"}
+#: The headers a refusal keeps for a provider name that is not configured: with their value, by name.
+GENERIC_REFUSAL_HEADERS = (frozenset(h.encode() for h in GENERIC_HEADERS), frozenset[bytes]())
+#: The largest body size a refusal records (a declared length can be any number of digits).
+MAX_RECORDED_SIZE = 2**63 - 1
 
 
 class Reply(Exception):
     """Raised inside the webhook handler to answer at once with ``status`` and a JSON body."""
 
     def __init__(
-        self, status: int, content: dict[str, Any], headers: dict[str, str] | None = None, outcome: str | None = None
+        self,
+        status: int,
+        content: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        outcome: str | None = None,
+        cause: str = BAD_REQUEST,
     ) -> None:
         super().__init__(status)
         self.status, self.content, self.headers, self.outcome = status, content, headers or {}, outcome
+        #: For the rejection log (gateway.rejections): the cause word, and what was read of the body
+        #: (None: nothing was, its declared length is recorded).
+        self.cause = cause
+        self.body: Body | None = None
 
 
 JSON = b"application/json"
@@ -121,6 +148,21 @@ class Intake:
             self._kept_headers[name] = frozenset(h.encode() for h in kept)
             self._single_headers[name] = frozenset(h.encode() for h in kept - COMMON_HEADERS)
         self.requeue_after = config.workers.requeue_after_seconds
+        self.rejection_log = RejectionLog(
+            engine,
+            per_provider=limits.rejections_per_provider,
+            max_waiting=limits.rejections_max_waiting,
+            metrics=self.intake_metrics,
+        )
+        #: Per provider: the headers a refusal keeps with their value, and those it keeps by name
+        #: only (see gateway.rejections).
+        self._refusal_headers = {
+            name: (
+                frozenset(h.encode() for h in GENERIC_HEADERS | entry.provider.stored_headers()),
+                signature_headers(entry.provider),
+            )
+            for name, entry in config.providers.items()
+        }
 
     def count(self, provider: str, outcome: str) -> None:
         counter = self._counters.get((provider, outcome))
@@ -136,15 +178,32 @@ class Intake:
         except Reply as reply:
             if reply.outcome:
                 self.count(name, reply.outcome)
+            if 400 <= reply.status < 500:
+                self.note_refusal(name, scope, reply)
             await send_response(send, reply.status, orjson.dumps(reply.content), reply.headers)
             return
         await send_response(send, status, body, {}, media_type)
+
+    def note_refusal(self, name: str, scope: Scope, reply: Reply) -> None:
+        """Queue a 4xx refusal for the rejection log (no I/O here). Names that are not configured
+        share the :data:`~gateway.rejections.UNKNOWN` bucket, the name itself in ``detail``."""
+        policy = self._refusal_headers.get(name)
+        if policy is None:
+            provider, detail, policy = UNKNOWN, f"provider {printable(name, MAX_NAME)!r}", GENERIC_REFUSAL_HEADERS
+        else:
+            provider, detail = name, str(reply.content.get("error", ""))
+        client = scope.get("client")
+        body = reply.body or Body(declared_length(scope["headers"]))
+        headers = kept_headers(scope["headers"], *policy)
+        self.rejection_log.record(
+            provider, reply.status, reply.cause, detail, headers, body, client[0] if client else None
+        )
 
     async def handle(self, name: str, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         """The answer to a webhook request: status, body and media type (refusals raise Reply)."""
         entry = self.config.providers.get(name)
         if entry is None:
-            raise Reply(404, {"error": "unknown provider"}, UNREAD)
+            raise Reply(404, {"error": "unknown provider"}, UNREAD, cause=UNKNOWN_PROVIDER)
         method = scope["method"]
         if method != "POST" and not (method == "GET" and entry.provider.accepts_get):
             allowed = "GET, POST" if entry.provider.accepts_get else "POST"
@@ -155,6 +214,18 @@ class Intake:
         stored = self.stored_headers(name, scope["headers"])
         body = await self.read_body(headers, receive, entry.max_body_bytes, self.body_timeout)
         try:
+            return await self.handle_body(name, entry, scope, headers, stored, body)
+        except Reply as reply:
+            if reply.status < 500:  # a refusal: the rejection log keeps the body's size and hash
+                reply.body = Body.of(body)
+            raise
+
+    async def handle_body(
+        self, name: str, entry: ProviderEntry, scope: Scope, headers: Headers, stored: str, body: bytes
+    ) -> tuple[int, bytes, bytes]:
+        """The answer once the body is read: verified, parsed, then stored (refusals raise Reply)."""
+        method = scope["method"]
+        try:
             url = request_url(scope, headers) if entry.provider.reads_url else ""
             with tracing.verifying(name) if tracing.on else tracing.NOTHING:
                 delivery = entry.provider.verify_request(Inbound(body, headers, url, method))
@@ -163,7 +234,7 @@ class Intake:
                 "rejected provider=%s status=%d reason=%s", name, exc.status_code, exc.reason, extra={"provider": name}
             )
             outcome = "rejected_signature" if exc.status_code == 401 else "rejected_payload"
-            raise Reply(exc.status_code, {"error": exc.reason}, outcome=outcome) from None
+            raise Reply(exc.status_code, {"error": exc.reason}, outcome=outcome, cause=cause_of(exc)) from None
         if delivery.handshake is not None:  # answered as the provider expects, never stored
             self.count(name, "handshake")
             shake = delivery.handshake
@@ -171,7 +242,10 @@ class Intake:
         parts = delivery.batch or (delivery,)
         if len(parts) > self.ingestor.max_waiting_rows:  # could never be stored whole: not worth a retry
             raise Reply(
-                413, {"error": f"more than {self.ingestor.max_waiting_rows} events in one request"}, outcome="too_large"
+                413,
+                {"error": f"more than {self.ingestor.max_waiting_rows} events in one request"},
+                outcome="too_large",
+                cause=TOO_LARGE,
             )
         # A control character or a sequence past 64 bits would fail the whole group commit; every
         # type refuses them already (providers.payload), as the property test asserts for each.
@@ -238,7 +312,7 @@ class Intake:
         """The body, refused (without reading further) as soon as it passes ``limit`` bytes, or
         when it has not all arrived ``timeout`` seconds after the headers (a client trickling it
         would otherwise hold its connection and its buffers for as long as it likes)."""
-        too_large = Reply(413, {"error": "body too large"}, {"Connection": "close"}, outcome="too_large")
+        too_large = Reply(413, {"error": "body too large"}, UNREAD, outcome="too_large", cause=TOO_LARGE)
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
@@ -248,17 +322,20 @@ class Intake:
                 while more:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        raise Reply(400, {"error": "client disconnected"})
+                        gone = Reply(400, {"error": "client disconnected"})
+                        gone.body = Body(size)
+                        raise gone
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > limit:
+                        too_large.body = Body(size)
                         raise too_large
                     chunks.append(chunk)
                     more = message.get("more_body", False)
         except TimeoutError:
-            raise Reply(
-                408, {"error": "body not received in time"}, {"Connection": "close"}, outcome="body_timeout"
-            ) from None
+            late = Reply(408, {"error": "body not received in time"}, {"Connection": "close"}, outcome="body_timeout")
+            late.body = Body(size)
+            raise late from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def row(self, name: str, entry: ProviderEntry, delivery: Delivery, body: bytes, headers: str) -> dict[str, Any]:
@@ -305,6 +382,14 @@ class Intake:
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.metric_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def declared_length(raw: list[tuple[bytes, bytes]]) -> int:
+    """The request's ``Content-Length`` (0 when absent or not a number), capped for the store."""
+    for key, value in raw:
+        if key == b"content-length":
+            return min(int(value), MAX_RECORDED_SIZE) if value.isdigit() else 0
+    return 0
 
 
 def request_url(scope: Scope, headers: Headers) -> str:
@@ -379,10 +464,12 @@ def create_app(
         gc.collect()
         gc.freeze()
         intake.ingestor.start()
+        intake.rejection_log.start()
         try:
             yield
         finally:
             await run_in_threadpool(intake.ingestor.stop)
+            await run_in_threadpool(intake.rejection_log.stop)
 
     other = Starlette(
         routes=[

@@ -59,6 +59,13 @@ class IntakeMetrics:
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
+        self.rejections_dropped = Counter(
+            "hookgate_rejections_dropped",
+            "Refused requests left out of the rejection log: its queue was full (queue_full) or "
+            "the store did not take a batch (store_error).",
+            ["reason"],
+            registry=registry,
+        )
 
     def committed(self, rows: int, seconds: float) -> None:
         """One group commit of ``rows`` events that took ``seconds``."""

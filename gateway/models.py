@@ -149,7 +149,11 @@ class AttemptRecord(SQLModel, table=True):
     """One try of an event, written in the transaction that records the try's outcome."""
 
     __tablename__ = "hookgate_attempts"
-    __table_args__ = (Index("ix_hookgate_attempts_event", "event_pk", "attempt"),)
+    __table_args__ = (
+        Index("ix_hookgate_attempts_event", "event_pk", "attempt"),
+        # Failed tries in a recent window, for the ``failures`` alerts (see :mod:`workers.alerts`).
+        Index("ix_hookgate_attempts_outcome", "outcome", "finished_at"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(_Id, primary_key=True, autoincrement=True))
     event_pk: int = Field(sa_column=Column(_Id, ForeignKey("hookgate_events.id", ondelete="CASCADE"), nullable=False))

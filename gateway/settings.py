@@ -42,6 +42,10 @@ class ServerLimits:
     inbox_max_bytes: int = 64 * 1024 * 1024
     #: Connections the kernel queues before ``accept``.
     backlog: int = 2048
+    #: Refused requests kept per provider in the rejection log (the newest; see gateway.rejections).
+    rejections_per_provider: int = 1000
+    #: Refused requests waiting to be written to that log; past it, new ones are dropped and counted.
+    rejections_max_waiting: int = 10_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServerLimits:

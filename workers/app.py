@@ -19,9 +19,11 @@ from gateway import tracing
 from gateway.config import Config
 from gateway.database import create_store_engine
 from gateway.logs import quiet_http_client_logs
+from gateway.pausing import PausedProviders
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
 from gateway.schema import prepare_store
 
+from .alerts import AlertLoop
 from .calls import TimeLimiter
 from .leases import LeaseKeeper
 from .processing import Processor
@@ -29,6 +31,7 @@ from .pruning import PruneLoop
 from .reconcile import Reconciler
 from .recovery import RecoverySweep
 from .registry import HandlerRegistry, load_handler_modules, registry, warn_about_registrations
+from .replaying import ReplayJobs
 from .shutdown import count_repeated_signals_once, stop_gracefully
 
 log = logging.getLogger("hookgate.worker")
@@ -66,7 +69,9 @@ class WorkerRuntime(dramatiq.Middleware):
         self.processor: Processor | None = None
         self.sweep: RecoverySweep | None = None
         self.pruning: PruneLoop | None = None
+        self.alerts: AlertLoop | None = None
         self.keeper: LeaseKeeper | None = None
+        self.replays: ReplayJobs | None = None
         self.reconciler: Reconciler | None = None
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -86,20 +91,30 @@ class WorkerRuntime(dramatiq.Middleware):
         limiter = TimeLimiter(
             settings.handler_time_limit_seconds, threads=worker.worker_threads, on_all_stuck=exit_all_stuck
         )
+        paused = PausedProviders(engine)
         self.processor = Processor(
-            engine, settings, self.handlers, self.reconciler, self.config.providers, self.keeper, limiter=limiter
+            engine,
+            settings,
+            self.handlers,
+            self.reconciler,
+            self.config.providers,
+            self.keeper,
+            limiter=limiter,
+            paused=paused,
         )
-        self.sweep = RecoverySweep(engine, EventQueue(broker), settings)
+        self.sweep = RecoverySweep(engine, EventQueue(broker), settings, paused=paused)
         self.pruning = PruneLoop(engine, self.config)
+        self.replays = ReplayJobs(engine)
+        self.alerts = AlertLoop(engine, self.config.alerts, settings.alert_interval_seconds)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         count_repeated_signals_once()
-        for task in (self.keeper, self.sweep, self.pruning):
+        for task in (self.keeper, self.sweep, self.pruning, self.replays, self.alerts):
             if task is not None:
                 task.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        for task in (self.sweep, self.pruning):
+        for task in (self.sweep, self.pruning, self.replays, self.alerts):
             if task is not None:
                 task.stop()
         stop_gracefully(worker, self.processor, self.config.workers.stop_timeout_seconds)

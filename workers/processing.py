@@ -32,6 +32,7 @@ from gateway.config import ProviderEntry, WorkerSettings
 from gateway.logs import event_context
 from gateway.metrics import worker_metrics
 from gateway.models import FAILED, PROCESSED, PROCESSING, SUPERSEDED
+from gateway.pausing import PausedProviders, park
 from gateway.queue import new_token
 from providers.base import Clock
 
@@ -157,8 +158,11 @@ class Processor:
         limiter: TimeLimiter | None = None,
         pass_budget: float | None = None,
         clock: Clock = time.time,
+        paused: PausedProviders | None = None,
     ) -> None:
         self.engine = engine
+        #: Providers whose events wait (see :mod:`gateway.pausing`), read at most once a second.
+        self.paused = paused or PausedProviders(engine)
         self.lifecycle = EventLifecycle(engine, settings)
         self.event_leases = EventLeases(engine, settings)
         self.resource_leases = ResourceLeases(engine, settings)
@@ -194,6 +198,9 @@ class Processor:
         if row is None:
             log.debug("event %s: message %s is stale or the event is done; dropped", pk, token)
             return
+        if row.provider in self.paused and park(self.engine, row.provider, [(pk, token)]):
+            log.debug("event %s: provider %s is paused; the event waits for its resume", pk, row.provider)
+            return
         if row.resource_id is None:
             claimed = self.event_leases.claim(pk, token, message=token)
             if claimed is not None:
@@ -226,6 +233,8 @@ class Processor:
             stored: StoredResource | None = self.resources.stored(key)  # kept current while the lease is held
             for pending in batch:
                 if stored is None:  # the one before must wait (a retry) or the lease was lost
+                    return
+                if key[0] in self.paused:  # paused meanwhile: the rest is parked when it comes up
                     return
                 if settled and (self.clock() > deadline or self.stopping.is_set()):
                     self.lifecycle.schedule(pending.id, self.clock())  # the rest goes to a new message, now

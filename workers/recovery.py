@@ -53,6 +53,7 @@ from gateway.eventlog import waiting_behind
 from gateway.logs import event_context
 from gateway.metrics import worker_metrics
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
+from gateway.pausing import PausedProviders, park
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
 
@@ -80,10 +81,17 @@ class RecoverySweep(Periodic):
     name = "hookgate-recovery"
 
     def __init__(
-        self, engine: Engine, event_queue: EventQueue, settings: WorkerSettings, *, clock: Clock = time.time
+        self,
+        engine: Engine,
+        event_queue: EventQueue,
+        settings: WorkerSettings,
+        *,
+        clock: Clock = time.time,
+        paused: PausedProviders | None = None,
     ) -> None:
         super().__init__(settings.sweep_interval_seconds)
         self.engine = engine
+        self.paused = paused or PausedProviders(engine)
         self.event_queue = event_queue
         self.settings = settings
         self.clock = clock
@@ -109,7 +117,13 @@ class RecoverySweep(Periodic):
         now = self.clock()
         with self.engine.connect() as conn:
             waiting = conn.execute(
-                select(events.c.id, events.c.status, events.c.message_id, waiting_behind().label("behind"))
+                select(
+                    events.c.id,
+                    events.c.provider,
+                    events.c.status,
+                    events.c.message_id,
+                    waiting_behind().label("behind"),
+                )
                 .where(events.c.status.in_((RECEIVED, QUEUED)), events.c.sweep_after <= now)
                 .order_by(events.c.sweep_after)
                 .limit(BATCH)
@@ -128,6 +142,7 @@ class RecoverySweep(Periodic):
                 .where(events.c.status == PROCESSING, events.c.lease_expires_at <= store_time())
                 .limit(BATCH)
             ).all()
+        waiting = self.park_paused(waiting)
         lost = self.lost_messages(waiting)
         present = [row for row in waiting if row.message_id and row.message_id not in lost]
         resend = [row for row in waiting if row.message_id is None or row.message_id in lost]
@@ -193,6 +208,20 @@ class RecoverySweep(Periodic):
             self.mark_queued(sent)
             self.report(counts)
         return len(sent)
+
+    def park_paused(self, waiting: Sequence[Any]) -> list[Any]:
+        """Park the due events of paused providers (see :mod:`gateway.pausing`) instead of sending
+        them; the rest. An event that could not be parked (its provider was resumed a moment
+        ago) is left for the next pass, which sends it."""
+        paused = self.paused.get()
+        held: dict[str, list[tuple[int, str | None]]] = {}
+        for row in waiting:
+            if row.provider in paused:
+                held.setdefault(row.provider, []).append((row.id, row.message_id))
+        for provider, rows in held.items():
+            parked = park(self.engine, provider, rows)
+            log.debug("provider %s is paused: %d of its due events wait for its resume", provider, parked)
+        return [row for row in waiting if row.provider not in paused]
 
     def lost_messages(self, waiting: Sequence[Any]) -> set[str]:
         """The tokens of these due events whose broker message is lost (see the module's docstring)."""

@@ -257,7 +257,7 @@ def test_a_misspelt_section_is_named_with_the_section_it_probably_meant(tmp_path
     path = write(tmp_path, "provders:\n  stripe: {type: stripe, secrets: [whsec_12345678]}\n")
     assert problems(path) == [
         f"{path}:1: provders: unknown section: did you mean 'providers'? "
-        "(known: defaults, providers, handlers, workers, retention)",
+        "(known: defaults, providers, handlers, workers, retention, alerts)",
         f"{path}:1: providers: at least one provider is required",
     ]
 

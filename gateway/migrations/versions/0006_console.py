@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(255), nullable=False),
     )
     op.create_index("ix_hookgate_attempts_event", "hookgate_attempts", ["event_pk", "attempt"])
+    op.create_index("ix_hookgate_attempts_outcome", "hookgate_attempts", ["outcome", "finished_at"])
     op.create_table(
         "hookgate_rejections",
         sa.Column("id", _Id, primary_key=True, autoincrement=True),
