@@ -10,6 +10,7 @@ import pytest
 from gateway.admin.views import optional
 from tests.admin.conftest import log_in, store_event, store_resource
 from tests.conftest import Hookgate
+from tests.support.servers import wait_for
 
 
 def rows(html: str) -> list[str]:
@@ -149,3 +150,19 @@ def test_ages_read_as_a_person_says_them() -> None:
         "1 h 01 min",
         "2 d 4 h",
     ]
+
+
+def test_the_rejections_page_lists_a_refused_request(console: Hookgate) -> None:
+    requires("gateway.rejections")
+    body, headers = console.signed("github", "issues.opened", "evt_forged")
+    headers["X-Hub-Signature-256"] = "sha256=" + "0" * 64
+    assert console.post("github", body, headers).status_code == 401
+    browser = log_in(console.url)
+
+    def listed() -> str | None:
+        page = browser.get("/admin/rejections", params={"provider": "github"}).text
+        return page if "signature_mismatch" in page else None
+
+    page = wait_for(listed, 10, what="the refusal on the rejections page")
+    assert f"{len(body)} bytes" in page
+    assert "0" * 64 not in page
