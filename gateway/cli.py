@@ -444,10 +444,28 @@ def cmd_events_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeline(history: list[dict[str, Any]]) -> None:
+    """The attempts of ``events show``: one line per try, then its errors indented below it."""
+    print("attempt history:" + ("" if history else " none"))
+    for a in history:
+        took = a["finished_at"] - a["started_at"]
+        duration = f"{took * 1000:.0f} ms" if took < 1 else f"{took:.1f} s"
+        api = f"api {a['reconcile_status']}" if a["reconcile_status"] is not None else "-"
+        if a["reconcile_status"] is None and a["reconcile_error"]:
+            api = f"api: {a['reconcile_error']}"
+        when = _when(a["started_at"])
+        print(f"  #{a['attempt']:<3} {when}  {duration:>7}  {a['trigger']:11}  {a['outcome']:10}  {a['worker']}  {api}")
+        for e in a["errors"]:
+            where = f" at {e['frame']}" if e["frame"] else ""
+            print(f"        {e['handler']} raised {e['type']}: {e['message']}{where}")
+
+
 def cmd_events_show(args: argparse.Namespace) -> int:
+    from .attempts import attempts_for
     from .eventlog import find_event
 
-    found = find_event(_engine(args), args.id, args.provider)
+    engine = _engine(args)
+    found = find_event(engine, args.id, args.provider)
     if found is None:
         print(f"no event {args.id}", file=sys.stderr)
         return 1
@@ -472,6 +490,7 @@ def cmd_events_show(args: argparse.Namespace) -> int:
     for run in runs:
         replayed = f"  (forced replay {run.round})" if run.round else ""
         print(f"  {_when(run.finished_at)}  {run.handler}{replayed}")
+    _timeline(attempts_for(engine, row.id))
     print("headers:")
     for name, value in orjson.loads(row.headers).items():
         print(f"  {name}: {value}")

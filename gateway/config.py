@@ -80,21 +80,40 @@ class Retention:
 MIN_DEDUPE_DAYS = 3.0
 
 
-#: What an alert rule measures: failed tries in a window, the age of the oldest unfinished event,
-#: and signature rejections in a window (a rotated secret not yet configured).
-ALERT_KINDS = ("failures", "backlog", "rejections")
-#: Where an alert goes: a generic JSON webhook, or a Slack incoming webhook.
+#: What an alert rule watches, by its key in ``when:``, and the rule's kind: failed tries in a
+#: window, signature rejections in a window (a rotated secret not yet configured), and the age of
+#: the oldest unfinished event.
+ALERT_CONDITIONS = {"failures": "failures", "rejections": "rejections", "backlog_age_seconds": "backlog"}
+#: The keys of ``when:``: one condition, and the window of a count.
+ALERT_WHEN_KEYS = (*ALERT_CONDITIONS, "within_minutes")
+#: Where an alert goes (the keys of ``send:``): a generic JSON webhook, or a Slack incoming webhook.
 ALERT_DESTINATIONS = ("webhook", "slack")
-#: After a firing message, the rule sends no other firing message for this long (``cooldown_seconds``).
+#: After a firing message, the rule sends no other firing message for this long (``cooldown_minutes``).
 DEFAULT_COOLDOWN_SECONDS = 3600.0
-ALERT_KEYS = ("name", "kind", "provider", "threshold", "window_seconds", "cooldown_seconds", *ALERT_DESTINATIONS)
+#: ``name`` is optional: without it the rule is named after what it watches (see :func:`alert_name`).
+ALERT_KEYS = ("when", "provider", "send", "cooldown_minutes", "name")
+ALERT_EXAMPLE = "{when: {failures: 10, within_minutes: 5}, send: {webhook: URL}}"
+#: A key of ``when:`` or ``send:`` written in the rule itself is named with the section it belongs in.
+ALERT_NESTED_KEYS = {
+    **dict.fromkeys(ALERT_WHEN_KEYS, ("when", "{failures: 10, within_minutes: 5}")),
+    **dict.fromkeys(ALERT_DESTINATIONS, ("send", "{webhook: URL}")),
+}
+
+
+def alert_name(kind: str, threshold: float, within_minutes: float, provider: str | None) -> str:
+    """The name of a rule that has no ``name:``, read off what it watches (``failures≥10/5min
+    stripe``, ``backlog≥300s``), so that the same rule keeps its state row across restarts."""
+    condition = f"backlog≥{threshold:g}s" if kind == "backlog" else f"{kind}≥{threshold:g}/{within_minutes:g}min"
+    return f"{condition} {provider}" if provider else condition
 
 
 @dataclass(frozen=True, slots=True)
 class AlertRule:
     """One rule of the ``alerts:`` section (see :mod:`workers.alerts`)."""
 
+    #: The ``name:`` of the rule, else :func:`alert_name`; the key of its row in ``hookgate_alert_states``.
     name: str
+    #: ``failures``, ``rejections`` or ``backlog`` (see :data:`ALERT_CONDITIONS`).
     kind: str
     #: A count (failures, rejections) or an age in seconds (backlog) that fires the alert when reached.
     threshold: float
@@ -103,9 +122,9 @@ class AlertRule:
     url: str = field(repr=False)
     #: The rule covers this provider only; ``None``: every provider.
     provider: str | None = None
-    #: The window the failures or rejections are counted in; 0 for backlog.
+    #: The window the failures or rejections are counted in (``within_minutes``); 0 for backlog.
     window_seconds: float = 0.0
-    #: After a firing message, no other firing message of the rule for this long.
+    #: After a firing message, no other firing message of the rule for this long (``cooldown_minutes``).
     cooldown_seconds: float = DEFAULT_COOLDOWN_SECONDS
 
 
@@ -223,6 +242,10 @@ class _Loader:
 
     def problem(self, path: Path_, message: str) -> None:
         self.problems.append(f"{_where(self.path, self.lines, path)}: {message}")
+
+    def line(self, path: Path_) -> int:
+        """The line of the entry at ``path``, for a problem that names a second entry."""
+        return self.lines.line(path) if self.lines else 1
 
     def substitute(self, value: Any, path: Path_) -> Any:
         """Replace ``${NAME}`` in every string; a missing variable is a problem, never ''."""
@@ -421,59 +444,110 @@ class _Loader:
     def alerts(self, raw: Any, providers: Mapping[Any, Any]) -> tuple[AlertRule, ...]:
         """The ``alerts:`` section: a list of rules, each checked like the rest of the file."""
         if not isinstance(raw, list):
-            self.problem(("alerts",), "must be a list of rules, e.g. - {name: failing, kind: failures, ...}")
+            self.problem(("alerts",), f"must be a list of rules, e.g. - {ALERT_EXAMPLE}")
             return ()
         rules: list[AlertRule] = []
+        named: dict[str, Path_] = {}  # each name, and the rule that has it
         for index, item in enumerate(raw):
-            rule = self.alert(item, ("alerts", index), [str(p) for p in providers])
+            path: Path_ = ("alerts", index)
+            rule = self.alert(item, path, [str(p) for p in providers])
             if rule is None:
                 continue
-            if any(r.name == rule.name for r in rules):
-                self.problem(("alerts", index, "name"), f"another rule is named {rule.name!r}: names must be unique")
+            if rule.name in named:
+                first = named[rule.name]
+                own = item.get("name") is not None
+                fix = "names must be unique" if own else "give one of them a name:"
+                self.problem(
+                    (*path, "name") if own else path,
+                    f"{rule.name!r} is also the name of {_dotted(first)} (line {self.line(first)}): {fix}",
+                )
+            named.setdefault(rule.name, path)
             rules.append(rule)
         return tuple(rules)
 
     def alert(self, raw: Any, path: Path_, providers: list[str]) -> AlertRule | None:
+        """One rule: ``when:`` (one condition), optional ``provider:``, ``send:`` (one destination),
+        optional ``cooldown_minutes:`` and ``name:``."""
         if not isinstance(raw, dict):
-            self.problem(path, "must be a mapping with name, kind, threshold and webhook or slack")
+            self.problem(path, f"must be a mapping, e.g. {ALERT_EXAMPLE}")
             return None
         before = len(self.problems)
-        self.unknown_keys(raw, path, ALERT_KEYS)
+        for key in [key for key in raw if key in ALERT_NESTED_KEYS]:
+            section, example = ALERT_NESTED_KEYS[key]
+            self.problem((*path, key), f"unknown key: {key} belongs in {section}:, e.g. {section}: {example}")
+        self.unknown_keys({k: v for k, v in raw.items() if k not in ALERT_NESTED_KEYS}, path, ALERT_KEYS)
         name = raw.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
-            self.problem((*path, "name"), "required: a name of at most 255 characters")
-        kind = raw.get("kind")
-        if kind not in ALERT_KINDS:
-            what = "required" if kind is None else f"unknown kind {kind!r}"
-            self.problem((*path, "kind"), unknown(what, str(kind), ALERT_KINDS, label="kinds", always_list=True))
+        if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 255):
+            self.problem((*path, "name"), "must be a name of at most 255 characters")
+        condition = self.alert_condition(raw.get("when"), (*path, "when"))
         provider = raw.get("provider")
         if provider is not None and provider not in providers:
             what = f"unknown provider {provider!r}"
             self.problem((*path, "provider"), unknown(what, str(provider), providers, label="configured"))
-        threshold = self.alert_number(raw, "threshold", path, required=True)
-        window = self.alert_number(raw, "window_seconds", path, required=kind in ("failures", "rejections"))
-        if kind == "backlog" and "window_seconds" in raw:
-            self.problem((*path, "window_seconds"), "a backlog rule has no window: its threshold is an age in seconds")
-        cooldown = self.alert_number(raw, "cooldown_seconds", path, required=False)
-        destinations = [key for key in ALERT_DESTINATIONS if key in raw]
-        if len(destinations) != 1:
-            self.problem(path, "needs one destination: webhook: URL or slack: URL")
-        url = raw.get(destinations[0]) if destinations else None
-        unresolved = path in self.unresolved  # its ${NAME} is reported already
-        if destinations and not unresolved and (not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url)):
-            self.problem((*path, destinations[0]), "must be an http:// or https:// URL")
-        if len(self.problems) > before:
+        destination = self.alert_destination(raw.get("send"), (*path, "send"))
+        cooldown = self.alert_number(raw, "cooldown_minutes", path, required=False)
+        if len(self.problems) > before or condition is None or destination is None:
             return None
+        kind, threshold, within_minutes = condition
         return AlertRule(
-            name=str(name),
-            kind=str(kind),
+            name=name or alert_name(kind, threshold, within_minutes, provider),
+            kind=kind,
             threshold=threshold,
-            destination=destinations[0],
-            url=str(url),
+            destination=destination[0],
+            url=destination[1],
             provider=provider,
-            window_seconds=window if kind != "backlog" else 0.0,
-            cooldown_seconds=cooldown if "cooldown_seconds" in raw else DEFAULT_COOLDOWN_SECONDS,
+            window_seconds=within_minutes * 60,
+            cooldown_seconds=cooldown * 60 if "cooldown_minutes" in raw else DEFAULT_COOLDOWN_SECONDS,
         )
+
+    def alert_condition(self, raw: Any, path: Path_) -> tuple[str, float, float] | None:
+        """``when:``: the rule's kind, its threshold and its window in minutes (0 for backlog)."""
+        key = self.one_key(
+            raw,
+            path,
+            ALERT_CONDITIONS,
+            ALERT_WHEN_KEYS,
+            "one condition, e.g. {failures: 10, within_minutes: 5}",
+            "one condition: failures: N or rejections: N with within_minutes: M, or backlog_age_seconds: S",
+        )
+        if key is None:
+            return None
+        threshold = self.alert_number(raw, key, path, required=True)
+        if key == "backlog_age_seconds":
+            if "within_minutes" in raw:
+                self.problem((*path, "within_minutes"), "a backlog condition has no window: it is an age in seconds")
+            return ALERT_CONDITIONS[key], threshold, 0.0
+        return ALERT_CONDITIONS[key], threshold, self.alert_number(raw, "within_minutes", path, required=True)
+
+    def alert_destination(self, raw: Any, path: Path_) -> tuple[str, str] | None:
+        """``send:``: ``webhook`` or ``slack``, and its URL."""
+        example = "one destination, {webhook: URL} or {slack: URL}"
+        needs = "one destination: webhook: URL or slack: URL"
+        key = self.one_key(raw, path, ALERT_DESTINATIONS, ALERT_DESTINATIONS, example, needs)
+        if key is None:
+            return None
+        url = raw[key]
+        unresolved = path[:2] in self.unresolved  # its ${NAME} is reported already
+        if not unresolved and (not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url)):
+            self.problem((*path, key), "must be an http:// or https:// URL")
+        return key, str(url)
+
+    def one_key(
+        self, raw: Any, path: Path_, choices: Iterable[str], known: Iterable[str], example: str, needs: str
+    ) -> str | None:
+        """The one key of ``choices`` in the mapping ``raw`` (``when:``'s condition, ``send:``'s
+        destination); ``None``, and a problem, when ``raw`` is no mapping or has none or several."""
+        if not isinstance(raw, dict):
+            what = "required" if raw is None else "must be a mapping"
+            self.problem(path, f"{what}: {example}")
+            return None
+        misspelt = self.unknown_keys(raw, path, known)
+        found = [key for key in choices if key in raw]
+        if len(found) == 1:
+            return found[0]
+        if found or not misspelt:  # a misspelt key is named as such already
+            self.problem(path, f"needs {needs}" + (f" (found {', '.join(found)})" if found else ""))
+        return None
 
     def alert_number(self, raw: Mapping[str, Any], key: str, path: Path_, *, required: bool) -> float:
         value = raw.get(key)

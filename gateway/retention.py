@@ -4,10 +4,10 @@ for ``dedupe_days``.
 A provider may send an event again long after it was processed (Stripe retries for three days,
 GitHub's redeliveries are allowed for three), so an id must be remembered for at least that
 long, even when its body is no longer wanted. When ``dedupe_days`` outlasts ``events_days`` the
-event row stays as a *tombstone*: status ``pruned``, body, headers and error cleared, handler
-runs deleted. It is invisible to the event log, and its unique key keeps answering duplicates
-at no cost to the intake, whose one INSERT already dedupes on that key. Unfinished events are
-never touched.
+event row stays as a *tombstone*: status ``pruned``, body, headers, error and failure group
+cleared, handler runs and attempts deleted. It is invisible to the event log, and its unique
+key keeps answering duplicates at no cost to the intake, whose one INSERT already dedupes on
+that key. Unfinished events are never touched.
 
 Rows go in small batches, each its own short transaction whose size adapts to stay near
 :attr:`Pruner.target_seconds`: SQLite has one writer, and the intake's commits wait behind a
@@ -27,7 +27,7 @@ from sqlalchemy import Engine, and_, delete, func, or_, select, true, update
 from providers.base import Clock
 
 from .config import Config, Retention
-from .models import FAILED, PROCESSED, PRUNED, SUPERSEDED, events, handler_runs
+from .models import FAILED, PROCESSED, PRUNED, SUPERSEDED, attempts, events, handler_runs
 
 log = logging.getLogger("hookgate.retention")
 
@@ -164,13 +164,17 @@ class Pruner:
                     done = conn.execute(
                         update(events)
                         .where(chosen)
-                        .values(status=PRUNED, body=b"", headers="{}", last_error=None, message_id=None)
+                        .values(
+                            status=PRUNED, body=b"", headers="{}", last_error=None, message_id=None, error_group=None
+                        )
                         .returning(events.c.id)
                     ).all()
-                else:  # the handler runs go with their event (ON DELETE CASCADE), but say so
+                else:  # the handler runs and attempts go with their event (ON DELETE CASCADE), but say so
                     done = conn.execute(delete(events).where(chosen).returning(events.c.id, events.c.status)).all()
                 if done:
-                    conn.execute(delete(handler_runs).where(handler_runs.c.event_pk.in_([row.id for row in done])))
+                    gone = [row.id for row in done]
+                    conn.execute(delete(handler_runs).where(handler_runs.c.event_pk.in_(gone)))
+                    conn.execute(delete(attempts).where(attempts.c.event_pk.in_(gone)))
             elapsed = time.perf_counter() - started
             self._record(report, rows, done, tombstone=tombstone)
             report.longest_write = max(report.longest_write, elapsed)

@@ -72,7 +72,7 @@ def test_finished_events_go_their_ids_stay_duplicate_until_dedupe_days(hookgate:
     # Eight days on, the two processed events go; their ids stay.
     report = Pruner(hookgate.engine, hookgate.config, clock=lambda: now + 8 * DAY).run()
     assert (report.deleted, report.tombstoned, report.forgotten) == (0, 2, 0)
-    listed = {row.event_id for row in list_events(hookgate.engine)}
+    listed = {row.event_id for row in list_events(hookgate.engine).rows}
     assert listed == {"old-received", "old-queued", "old-processing"}
     assert find_event(hookgate.engine, "ret-1") is None
     with hookgate.engine.connect() as conn:
@@ -107,7 +107,7 @@ def test_a_provider_s_own_retention_overrides_the_top_level_one(hookgate: Hookga
             conn.execute(update(events).where(events.c.id == pk).values(provider=provider, status="processed"))
     report = Pruner(hookgate.engine, hookgate.config, clock=lambda: now + 4 * DAY).run()
     assert (report.deleted, report.by_provider) == (1, {"acme": 1})
-    assert {row.event_id for row in list_events(hookgate.engine)} == {"g-1"}
+    assert {row.event_id for row in list_events(hookgate.engine).rows} == {"g-1"}
 
 
 def test_prune_command_reports_and_dry_run_changes_nothing(
@@ -127,10 +127,10 @@ def test_prune_command_reports_and_dry_run_changes_nothing(
     capsys.readouterr()
     assert main(["prune", "--dry-run"]) == 0
     assert capsys.readouterr().out.strip() == "would prune 2 events"
-    assert len(list_events(hookgate.engine)) == 6
+    assert len(list_events(hookgate.engine).rows) == 6
     assert main(["prune"]) == 0
     assert capsys.readouterr().out.startswith("pruned 2 events in ")
-    assert {row.event_id for row in list_events(hookgate.engine)} == {
+    assert {row.event_id for row in list_events(hookgate.engine).rows} == {
         "cli-3",
         "old-received",
         "old-queued",

@@ -1,11 +1,12 @@
 """Alerts: the ``alerts:`` rules of providers.yaml, evaluated by the workers.
 
 Every ``alert_interval_seconds`` one worker process, holding the store's ``alerts`` lease,
-measures each rule and compares it with its threshold:
+measures each rule and compares it with its threshold (the rule's ``when:`` in the file, read by
+:mod:`gateway.config` into an :class:`~gateway.config.AlertRule`):
 
 * ``failures``: failed tries (attempts that ended ``retry`` or ``failed``) that finished within
-  the last ``window_seconds``;
-* ``backlog``: the age in seconds of the oldest unfinished event;
+  the last ``window_seconds`` (``within_minutes``);
+* ``backlog``: the age in seconds of the oldest unfinished event (``backlog_age_seconds``);
 * ``rejections``: requests refused for a signature mismatch within the last ``window_seconds``
   (a provider that rotated its secret before Hookgate was given the new one).
 
@@ -15,7 +16,8 @@ webhook (``{"text": …}``). Whether a rule is firing is kept in ``hookgate_aler
 written under the lease, so one message goes out per change whatever the number of workers. A
 message that cannot be sent is logged and sent at the next evaluation; the state changes only
 once it was sent. After a firing message, the rule sends no other firing message for
-``cooldown_seconds``: a condition that flaps sends a resolved message, then stays quiet.
+``cooldown_seconds`` (``cooldown_minutes``): a condition that flaps sends a resolved message,
+then stays quiet.
 
 Alert URLs may hold a secret (a Slack webhook's path is one): the log shows only the scheme and
 host.
@@ -70,20 +72,6 @@ def failed_tries(conn: Connection, provider: str | None, since: float) -> int:
     )
     if provider is not None:
         query = query.join(events, events.c.id == attempts.c.event_pk).where(events.c.provider == provider)
-    count = int(conn.execute(query).scalar_one())
-    if count or conn.execute(select(attempts.c.id).limit(1)).first() is not None:
-        return count
-    return _failed_events_fallback(conn, provider, since)
-
-
-def _failed_events_fallback(conn: Connection, provider: str | None, since: float) -> int:
-    """TEMPORARY, until the workers record attempts (issue 12, item 1, on its own branch): with no
-    attempt ever recorded, a failed try is read off the events, as an event whose latest try
-    failed (``last_error`` set, still waiting or ``failed``) updated at or after ``since``. It
-    counts events, not tries. Remove it once ``hookgate_attempts`` is written."""
-    query = select(func.count()).where(events.c.last_error.is_not(None), events.c.updated_at >= since)
-    if provider is not None:
-        query = query.where(events.c.provider == provider)
     return int(conn.execute(query).scalar_one())
 
 

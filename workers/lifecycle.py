@@ -19,10 +19,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from gateway.config import WorkerSettings
-from gateway.models import FAILED, QUEUED, RECEIVED, events, handler_runs
+from gateway.models import FAILED, QUEUED, RECEIVED, RETRY, events, handler_runs
+from gateway.models import attempts as attempt_rows  # ``attempts`` is a count in fail()
 from providers.base import Clock
 
 from .leases import holds_event
+from .tries import Try
 
 #: ``last_error`` keeps at most this many characters.
 MAX_ERROR = 4000
@@ -99,6 +101,11 @@ class EventLifecycle:
         if rows:
             conn.execute(insert(handler_runs), rows)
 
+    def record_attempt(self, conn: Connection, tried: Try, status: str) -> None:
+        """Write the try's attempt row, in the transaction of its outcome; call only once the
+        fence has held (see :meth:`finish`)."""
+        conn.execute(insert(attempt_rows).values(**tried.row(status, self.clock())))
+
     def finish(self, conn: Connection, pk: int, token: str, status: str) -> bool:
         """Mark the event ``processed`` or ``superseded``; ``False`` if the lease was lost."""
         now = self.clock()
@@ -113,6 +120,7 @@ class EventLifecycle:
                     lease_expires_at=None,
                     sweep_after=None,
                     last_error=None,
+                    error_group=None,
                 )
             ).rowcount
         )
@@ -124,6 +132,7 @@ class EventLifecycle:
         token: str,
         error: str,
         *,
+        tried: Try,
         retry_after: float | None = None,
         permanent: bool = False,
     ) -> FailedTry | None:
@@ -133,8 +142,9 @@ class EventLifecycle:
         to the broker here: clearing ``message_id`` and setting ``sweep_after`` makes the recovery
         sweep send it when it is due, so a retry survives any broker loss. A ``permanent``
         failure is ``failed`` at once. Each round (see :mod:`gateway.eventlog`'s replay) has
-        ``max_attempts`` tries of its own. Returns the new status and, for a retry, when it is due;
-        ``None`` if the lease was lost.
+        ``max_attempts`` tries of its own. The event joins the try's failure group, its next try is
+        a ``retry``, and the try's attempt row is written if the fence holds. Returns the new
+        status and, for a retry, when it is due; ``None`` if the lease was lost.
         """
         now = self.clock()
         attempts = row.attempts - row.attempts_before_round
@@ -144,7 +154,10 @@ class EventLifecycle:
         if not final:
             delay = max(self.settings.backoff(attempts), retry_after or 0.0)
             outcome = FailedTry(QUEUED, now + delay)
-            values.update(message_id=None)
-        values.update(status=outcome.status, sweep_after=outcome.retry_at)
+            values.update(message_id=None, next_trigger=RETRY)
+        values.update(status=outcome.status, sweep_after=outcome.retry_at, error_group=tried.group(outcome.status))
         changed = conn.execute(update(events).where(holds_event(row.id, token)).values(**values)).rowcount
-        return outcome if changed else None
+        if not changed:
+            return None
+        self.record_attempt(conn, tried, outcome.status)
+        return outcome

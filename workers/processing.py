@@ -44,6 +44,7 @@ from .ordering import due_at, due_prefix, is_superseded
 from .reconcile import Fetched, ReconcileError, Reconciler
 from .registry import Handler, HandlerRegistry
 from .resources import ResourceStore, StoredResource
+from .tries import Try
 
 log = logging.getLogger("hookgate.worker")
 
@@ -126,12 +127,24 @@ class SharedFetch:
 
 
 class PreparationError(Exception):
-    """Raised when a stored event cannot be made ready for its handlers (decode or reconcile)."""
+    """Raised when a stored event cannot be made ready for its handlers (decode or reconcile);
+    ``stage`` names which, and the exception that made it is its ``__cause__``."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = True) -> None:
+    def __init__(self, message: str, *, stage: str, retry_after: float | None = None, permanent: bool = True) -> None:
         super().__init__(message)
+        self.stage = stage
         self.retry_after = retry_after
         self.permanent = permanent
+
+    def describe(self, tried: Try) -> None:
+        """Record what failed in ``tried``: the error, and a failed reconciliation's answer."""
+        cause = self.__cause__ or self
+        tried.failed([(self.stage, cause)])
+        if self.stage == "reconcile":
+            tried.reconcile_status = getattr(cause, "status", None)
+            tried.reconcile_error = (
+                str(cause) if isinstance(cause, ReconcileError) else f"{type(cause).__name__}: {cause}"
+            )
 
 
 @dataclass(slots=True)
@@ -269,13 +282,15 @@ class Processor:
             tracing.processing(row, message_id=token if key is None else None),
             self.keeper.holding_event(row.id, token) as event_lease,
         ):
+            tried = Try.of(row)
             try:
                 prepared = self.prepare(row, key, fetch, stored)
             except PreparationError as exc:
-                status = self.record_failure(row, token, str(exc), retry_after=exc.retry_after, permanent=exc.permanent)
+                exc.describe(tried)
+                status = self.record_failure(row, token, str(exc), tried, exc)
                 return stored if status == FAILED else None
             leases = [lease for lease in (event_lease, resource_lease) if lease is not None]
-            return self.run_and_commit(prepared, row, token, key, stored, leases)
+            return self.run_and_commit(prepared, row, token, key, stored, leases, tried)
 
     def prepare(self, row: Any, key: ResourceKey | None, fetch: SharedFetch, stored: StoredResource) -> Prepared:
         """Decode the stored body, reconcile the resource, pick the handlers.
@@ -288,17 +303,19 @@ class Processor:
             headers = orjson.loads(row.headers)
             payload = self.decode(row, headers)
         except Exception as exc:
-            raise PreparationError(f"the stored body cannot be decoded: {type(exc).__name__}: {exc}") from exc
+            raise PreparationError(
+                f"the stored body cannot be decoded: {type(exc).__name__}: {exc}", stage="decode"
+            ) from exc
         fetched = Fetched(None)
         if key is not None and not superseded:
             try:
                 fetched = fetch.get(row, payload)
             except ReconcileError as exc:
                 raise PreparationError(
-                    f"reconciliation: {exc}", retry_after=exc.retry_after, permanent=exc.permanent
+                    f"reconciliation: {exc}", stage="reconcile", retry_after=exc.retry_after, permanent=exc.permanent
                 ) from exc
             except Exception as exc:
-                raise PreparationError(f"reconciliation: {type(exc).__name__}: {exc}") from exc
+                raise PreparationError(f"reconciliation: {type(exc).__name__}: {exc}", stage="reconcile") from exc
         event = to_event(row, payload, headers, stored, fetched, superseded)
         handlers = [
             h for h in self.registry.for_event(row.provider, row.event_type) if h.include_superseded or not superseded
@@ -313,11 +330,15 @@ class Processor:
         return entry.provider.decode(row.body, headers)
 
     def record_failure(
-        self, row: Any, token: str, error: str, *, retry_after: float | None = None, permanent: bool = False
+        self, row: Any, token: str, error: str, tried: Try, preparation: PreparationError | None = None
     ) -> str | None:
-        """Record a failed try in a transaction of its own; the new status, or ``None``."""
+        """Record a failed try in a transaction of its own (a failed ``preparation`` says whether
+        and when to retry); the new status, or ``None``."""
+        retry_after, permanent = (preparation.retry_after, preparation.permanent) if preparation else (None, False)
         with self.engine.begin() as conn:
-            outcome = self.lifecycle.fail(conn, row, token, error, retry_after=retry_after, permanent=permanent)
+            outcome = self.lifecycle.fail(
+                conn, row, token, error, tried=tried, retry_after=retry_after, permanent=permanent
+            )
         if outcome is None:
             log.warning(
                 "event %s/%s: lease lost before its failure was recorded: %s", row.provider, row.event_id, error
@@ -335,17 +356,20 @@ class Processor:
         key: ResourceKey | None,
         stored: StoredResource,
         leases: list[Lease],
+        tried: Try,
     ) -> StoredResource | None:
         """Run the handlers that have not succeeded yet and commit the outcome with their writes."""
+        tried.reconcile_status = prepared.fetched.status
         done = self.lifecycle.succeeded_handlers(row)
         todo = [h for h in prepared.handlers if h.name not in done]
         unrecorded: Exception | None = None
         with self.engine.connect() as conn:
             self.begin(conn, sessions=any(h.takes_session for h in todo))
             succeeded, failures = self.run_handlers(todo, prepared.event, conn, leases, row)
+            tried.failed(failures)
             try:
                 status, after, failed = self.record_outcome(
-                    conn, prepared, row, token, key, stored, succeeded, failures
+                    conn, prepared, row, token, key, stored, succeeded, failures, tried
                 )
             except Exception as exc:
                 conn.rollback()
@@ -353,7 +377,8 @@ class Processor:
         if unrecorded is not None:  # recorded as a failure on a connection of its own, this one given back
             log.error("event %s/%s: recording the outcome failed", row.provider, row.event_id, exc_info=unrecorded)
             error = f"recording the outcome failed: {type(unrecorded).__name__}: {unrecorded}"
-            return stored if self.record_failure(row, token, error) == FAILED else None
+            tried.failed([("commit", unrecorded)])
+            return stored if self.record_failure(row, token, error, tried) == FAILED else None
         if status is None:
             log.warning("event %s/%s: lease lost while running handlers", row.provider, row.event_id)
             return None
@@ -422,8 +447,9 @@ class Processor:
         stored: StoredResource,
         succeeded: list[str],
         failures: list[tuple[str, BaseException]],
+        tried: Try,
     ) -> tuple[str | None, StoredResource | None, FailedTry | None]:
-        """Write the status, the resource and the handler runs, fenced by the token; commit.
+        """Write the status, the resource, the handler runs and the attempt, fenced by the token; commit.
 
         Returns the new status (``None`` if the lease was lost and nothing was written), the
         resource as stored afterwards if the event settled (``None`` if the ones behind must wait)
@@ -431,7 +457,7 @@ class Processor:
         """
         failed: FailedTry | None = None
         if failures:
-            failed = self.lifecycle.fail(conn, row, token, describe_failures(failures))
+            failed = self.lifecycle.fail(conn, row, token, describe_failures(failures), tried=tried)
             status = failed.status if failed else None
             after = stored if status == FAILED else None
         else:
@@ -446,5 +472,7 @@ class Processor:
             conn.rollback()
             return None, None, None
         self.lifecycle.record_handlers(conn, row, succeeded)  # only once the fence has held
+        if failed is None:  # a failed try's attempt is written by lifecycle.fail, behind its fence
+            self.lifecycle.record_attempt(conn, tried, status)
         conn.commit()
         return status, after, failed

@@ -42,22 +42,28 @@ USER_AGENT = "Hookgate (+https://github.com/hookgate/hookgate)"
 
 
 class ReconcileError(Exception):
-    """The API did not give the state. ``permanent`` errors are not retried."""
+    """The API did not give the state. ``permanent`` errors are not retried; ``status`` is the
+    API's status code when it answered (for the attempt's record)."""
 
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool = False, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """What reconciliation learnt: ``state`` is ``None`` when nothing was fetched or it is gone."""
+    """What reconciliation learnt: ``state`` is ``None`` when nothing was fetched or it is gone;
+    ``status`` is the API's status code when it was asked."""
 
     resource_type: str | None
     state: Any = None
     deleted: bool = False
     fetched_at: float | None = None
+    status: int | None = None
 
     @property
     def reconciled(self) -> bool:
@@ -121,33 +127,36 @@ class ProviderApi:
         now = time.time()
         status = response.status_code
         if status in (404, 410):
-            return Fetched(ref.type, None, True, now)
+            return Fetched(ref.type, None, True, now, status)
         answer = f"GET {shown} answered {status}: {_snippet(body)}"
         if status in TRANSIENT_STATUSES:
-            raise ReconcileError(answer, retry_after=parse_retry_after(response.headers.get("retry-after"), now))
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now)
+            raise ReconcileError(answer, retry_after=retry_after, status=status)
         if not 200 <= status < 300:
             if 300 <= status < 400:
                 answer += " (redirects are not followed)"
-            raise ReconcileError(answer, permanent=True)
+            raise ReconcileError(answer, permanent=True, status=status)
         try:
             state = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ReconcileError(
-                f"GET {shown} answered {status} with a body that is not JSON", permanent=True
+                f"GET {shown} answered {status} with a body that is not JSON", permanent=True, status=status
             ) from None
         deleted = self.provider.is_deleted(state)
-        return Fetched(ref.type, state, deleted, now)
+        return Fetched(ref.type, state, deleted, now, status)
 
     def _read(self, response: httpx.Response, shown: str) -> bytes:
-        limit = self.settings.max_response_bytes
+        limit, status = self.settings.max_response_bytes, response.status_code
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise ReconcileError(f"GET {shown}: the answer is larger than {limit} bytes", permanent=True)
+            raise ReconcileError(f"GET {shown}: the answer is larger than {limit} bytes", permanent=True, status=status)
         chunks, size = [], 0
         for chunk in response.iter_bytes():
             size += len(chunk)
             if size > limit:
-                raise ReconcileError(f"GET {shown}: the answer is larger than {limit} bytes", permanent=True)
+                raise ReconcileError(
+                    f"GET {shown}: the answer is larger than {limit} bytes", permanent=True, status=status
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -52,7 +52,7 @@ from gateway.config import WorkerSettings
 from gateway.eventlog import waiting_behind
 from gateway.logs import event_context
 from gateway.metrics import worker_metrics
-from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, events
+from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, SWEEP, events
 from gateway.pausing import PausedProviders, park
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
@@ -63,6 +63,8 @@ from .periodic import Periodic
 log = logging.getLogger("hookgate.recovery")
 
 BATCH = 500
+#: The failure group of an event given up after its worker stopped on every try of its round.
+GIVEN_UP_GROUP = "worker:LeaseExpired"
 
 
 @dataclass(slots=True)
@@ -174,7 +176,7 @@ class RecoverySweep(Periodic):
                     events.c.message_id.is_(None) if row.message_id is None else events.c.message_id == row.message_id
                 )
                 values: dict[str, object] = {"lease_expires_at": None, "updated_at": now}
-                token = None
+                token, why = None, self.why(row, lost_first)
                 if row.status == PROCESSING:
                     guard.append(events.c.lease_expires_at <= store_time())
                 if row.status == PROCESSING and row.tries >= self.settings.max_attempts:  # this replay's own tries
@@ -182,21 +184,17 @@ class RecoverySweep(Periodic):
                         status=FAILED,
                         sweep_after=None,
                         last_error=f"the worker stopped while processing it, {row.tries} times",
+                        error_group=GIVEN_UP_GROUP,
                     )
                 else:
                     token = new_token()
                     values.update(status=RECEIVED, message_id=token, sweep_after=later)
+                    if why in ("lost", "expired"):  # a recovery: the next try is the sweep's
+                        values.update(next_trigger=SWEEP)
                 changed = conn.execute(update(events).where(*guard).values(**values)).rowcount
                 if changed and token:
                     sent.append((row.id, token))
-                    if row.status == PROCESSING:
-                        counts.expired += 1
-                    elif row.message_id is None:
-                        counts.held += 1
-                    elif row.behind is not None and row.behind not in lost_first:
-                        counts.behind += 1
-                    else:
-                        counts.lost += 1
+                    setattr(counts, why, getattr(counts, why) + 1)
                 elif changed:
                     given_up.append((row, str(values["last_error"])))
         for row, error in given_up:
@@ -208,6 +206,19 @@ class RecoverySweep(Periodic):
             self.mark_queued(sent)
             self.report(counts)
         return len(sent)
+
+    @staticmethod
+    def why(row: Any, lost_first: set[int]) -> str:
+        """Why an event is sent again, as :class:`Pass` counts it: its lease ``expired``, it was
+        ``held`` until due (a retry, an ordering window: its trigger stands), it waited ``behind``
+        an earlier event of its resource (routine), or its message was ``lost``."""
+        if row.status == PROCESSING:
+            return "expired"
+        if row.message_id is None:
+            return "held"
+        if row.behind is not None and row.behind not in lost_first:
+            return "behind"
+        return "lost"
 
     def park_paused(self, waiting: Sequence[Any]) -> list[Any]:
         """Park the due events of paused providers (see :mod:`gateway.pausing`) instead of sending

@@ -4,7 +4,8 @@ Each records what it did as one line in a file under ``$HOOKGATE_TEST_EFFECTS`` 
 short line are atomic, so lines from several processes never interleave). Event types steer them:
 
 * ``fail.always`` raises on every try; ``fail.once`` raises on the first try only;
-  ``fail.until_fixed`` raises until the file ``fixed`` exists;
+  ``fail.until_fixed`` raises until the file ``fixed`` exists; ``fail.by_id`` always raises a
+  ``ValueError`` whose message names the event (one reason, a different message per event);
 * ``slow.*`` writes a ``started`` line, then waits for the file ``release`` before its effect;
 * ``ledger.*`` (acme) also writes a row through its session, and ``ledger.fail_once`` raises
   after writing on the first try; on ``ledger.slow_after`` a later handler of the same event
@@ -100,6 +101,8 @@ def behave(event: Event) -> None:
         hang_in_recv(event)
     if event.type == "fail.until_fixed" and not (EFFECTS / "fixed").exists():
         raise ValueError(f"not fixed yet on try {event.attempt}")
+    if event.type == "fail.by_id":
+        raise ValueError(f"no account for {event.id}")
     if event.type == "fail.always" or (event.type == "fail.once" and event.attempt == 1):
         raise ValueError(f"boom on try {event.attempt}")
     record("effect", event)

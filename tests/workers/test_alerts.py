@@ -248,9 +248,8 @@ def configure_alerts(hookgate: Hookgate, rules: list[dict[str, Any]], **workers:
 def test_a_failure_burst_with_two_worker_processes_sends_one_firing_and_one_resolved_message(
     hookgate: Hookgate, sink: AlertSink
 ) -> None:
-    window = 3.0
-    failing = {"name": "acme-failing", "kind": "failures", "threshold": 3, "window_seconds": window}
-    configure_alerts(hookgate, [{**failing, "webhook": sink.url}], alert_interval_seconds=0.1)
+    failing = {"name": "acme-failing", "when": {"failures": 3, "within_minutes": 0.05}, "send": {"webhook": sink.url}}
+    configure_alerts(hookgate, [failing], alert_interval_seconds=0.1)
     hookgate.start_intake()
     hookgate.start_worker()
     hookgate.start_worker()
@@ -280,65 +279,111 @@ def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
     return info.value.problems
 
 
-def test_alert_rules_are_read_from_providers_yaml(tmp_path: Path) -> None:
+def test_alert_rules_are_read_from_providers_yaml_in_the_spec_format(tmp_path: Path) -> None:
     path = write_alerts(
         tmp_path,
-        "  - {name: failing, kind: failures, threshold: 5, window_seconds: 300, slack: '${SLACK_URL}'}\n"
-        "  - {name: slow, kind: backlog, provider: stripe, threshold: 600, cooldown_seconds: 60,"
-        " webhook: 'https://alerts.example/hook'}\n",
+        "  - when: {failures: 10, within_minutes: 5}\n"
+        "    provider: stripe\n"
+        "    send: {webhook: '${ALERT_URL}'}\n"
+        "    cooldown_minutes: 30\n"
+        "  - {when: {backlog_age_seconds: 300}, send: {slack: '${SLACK_URL}'}}\n"
+        "  - {name: rotated, when: {rejections: 50, within_minutes: 0.5}, send: {webhook: 'https://a.example/'}}\n",
     )
-    config = load_config(path, {"SLACK_URL": "https://hooks.slack.com/services/T/B/x"})
-    failing, slow = config.alerts
-    assert (failing.kind, failing.provider, failing.threshold, failing.window_seconds) == ("failures", None, 5, 300)
-    assert (failing.destination, failing.url) == ("slack", "https://hooks.slack.com/services/T/B/x")
-    assert failing.cooldown_seconds == 3600
-    assert (slow.kind, slow.provider, slow.threshold, slow.cooldown_seconds) == ("backlog", "stripe", 600, 60)
-    assert (slow.destination, slow.url) == ("webhook", "https://alerts.example/hook")
+    environ = {"ALERT_URL": "https://alerts.example/hook", "SLACK_URL": "https://hooks.slack.com/services/T/B/x"}
+    failing, backlog, rotated = load_config(path, environ).alerts
+    assert failing == AlertRule(
+        name="failures≥10/5min stripe",
+        kind="failures",
+        threshold=10,
+        destination="webhook",
+        url="https://alerts.example/hook",
+        provider="stripe",
+        window_seconds=300,
+        cooldown_seconds=1800,
+    )
+    assert (backlog.name, backlog.kind, backlog.threshold, backlog.window_seconds) == (
+        "backlog≥300s",
+        "backlog",
+        300,
+        0,
+    )
+    assert (backlog.provider, backlog.cooldown_seconds) == (None, 3600)
+    assert (backlog.destination, backlog.url) == ("slack", "https://hooks.slack.com/services/T/B/x")
+    assert (rotated.name, rotated.kind, rotated.threshold, rotated.window_seconds) == ("rotated", "rejections", 50, 30)
+
+
+def test_a_rule_without_a_name_keeps_its_state_across_a_restart(tmp_path: Path, engine: Any, sink: AlertSink) -> None:
+    path = write_alerts(
+        tmp_path, f"  - {{when: {{failures: 3, within_minutes: 1}}, send: {{webhook: '{sink.url}'}}}}\n"
+    )
+    now = time.time()
+    add_failed_tries(engine, insert_waiting(engine, "evt", None, now), 3, now)
+    assert AlertEvaluator(engine, load_config(path, {}).alerts, clock=Clock(now)).run() == 1
+    restarted = AlertEvaluator(engine, load_config(path, {}).alerts, clock=Clock(now + 1))
+    assert restarted.run() == 0  # still firing, under the same name: no second message
+    assert [(m["rule"], m["status"]) for m in sink.messages()] == [("failures≥3/1min", "firing")]
 
 
 def test_alert_rule_problems_name_their_line(tmp_path: Path) -> None:
     path = write_alerts(
         tmp_path,
-        "  - name: one\n"  # line 4
-        "    kind: failure\n"
-        "    treshold: 5\n"
-        "    window_seconds: 60\n"
-        "    webhook: https://a.example/\n"
-        "  - name: two\n"  # line 9
-        "    kind: backlog\n"
+        "  - when: {failure: 10, within_minutes: 5}\n"  # line 4
+        "    provder: stripe\n"
+        "    send: {webhok: 'https://a.example/'}\n"
+        "    cooldown_minute: 30\n"
+        "  - when: {backlog_age_seconds: 300, within_minutes: 5}\n"  # line 8
         "    provider: strpe\n"
-        "    threshold: 60\n"
-        "    window_seconds: 60\n"
-        "    slack: not-a-url\n"
-        "  - {name: three, kind: rejections, threshold: 0, window_seconds: 60}\n"  # line 15
-        "  - {name: one, kind: backlog, threshold: 5, webhook: 'https://a.example/', slack: 'https://b.example/'}\n",
+        "    send: {slack: not-a-url}\n"
+        "  - {when: {failures: 0}, send: {webhook: 'https://a.example/', slack: 'https://b.example/'}}\n"  # line 11
+        "  - {when: {failures: 5, rejections: 5, within_minutes: 1}, send: {}, cooldown_minutes: -1}\n"
+        "  - {when: {rejections: 5, within_minutes: 1}, name: ''}\n"
+        "  - {failures: 10, webhook: 'https://a.example/'}\n",  # line 14
     )
     assert problems(path) == [
-        f"{path}:6: alerts[0].treshold: unknown key: did you mean 'threshold'?",
-        f"{path}:5: alerts[0].kind: unknown kind 'failure': did you mean 'failures'? "
-        "(kinds: failures, backlog, rejections)",
-        f"{path}:4: alerts[0].threshold: required: a number > 0",
-        f"{path}:11: alerts[1].provider: unknown provider 'strpe': did you mean 'stripe'?",
-        f"{path}:13: alerts[1].window_seconds: a backlog rule has no window: its threshold is an age in seconds",
-        f"{path}:14: alerts[1].slack: must be an http:// or https:// URL",
-        f"{path}:15: alerts[2].threshold: must be a number > 0",
-        f"{path}:15: alerts[2]: needs one destination: webhook: URL or slack: URL",
-        f"{path}:16: alerts[3]: needs one destination: webhook: URL or slack: URL",
+        f"{path}:5: alerts[0].provder: unknown key: did you mean 'provider'?",
+        f"{path}:7: alerts[0].cooldown_minute: unknown key: did you mean 'cooldown_minutes'?",
+        f"{path}:4: alerts[0].when.failure: unknown key: did you mean 'failures'?",
+        f"{path}:6: alerts[0].send.webhok: unknown key: did you mean 'webhook'?",
+        f"{path}:8: alerts[1].when.within_minutes: a backlog condition has no window: it is an age in seconds",
+        f"{path}:9: alerts[1].provider: unknown provider 'strpe': did you mean 'stripe'?",
+        f"{path}:10: alerts[1].send.slack: must be an http:// or https:// URL",
+        f"{path}:11: alerts[2].when.failures: must be a number > 0",
+        f"{path}:11: alerts[2].when.within_minutes: required: a number > 0",
+        f"{path}:11: alerts[2].send: needs one destination: webhook: URL or slack: URL (found webhook, slack)",
+        f"{path}:12: alerts[3].when: needs one condition: failures: N or rejections: N with within_minutes: M, "
+        "or backlog_age_seconds: S (found failures, rejections)",
+        f"{path}:12: alerts[3].send: needs one destination: webhook: URL or slack: URL",
+        f"{path}:12: alerts[3].cooldown_minutes: must be a number > 0",
+        f"{path}:13: alerts[4].name: must be a name of at most 255 characters",
+        f"{path}:13: alerts[4].send: required: one destination, {{webhook: URL}} or {{slack: URL}}",
+        f"{path}:14: alerts[5].failures: unknown key: failures belongs in when:, e.g. when: "
+        "{failures: 10, within_minutes: 5}",
+        f"{path}:14: alerts[5].webhook: unknown key: webhook belongs in send:, e.g. send: {{webhook: URL}}",
+        f"{path}:14: alerts[5].when: required: one condition, e.g. {{failures: 10, within_minutes: 5}}",
+        f"{path}:14: alerts[5].send: required: one destination, {{webhook: URL}} or {{slack: URL}}",
     ]
 
 
 def test_alert_names_are_unique_and_a_missing_variable_is_named_once(tmp_path: Path) -> None:
+    webhook = "send: {webhook: 'https://a.example/'}"
     path = write_alerts(
         tmp_path,
-        "  - {name: same, kind: backlog, threshold: 5, webhook: 'https://a.example/'}\n"
-        "  - {name: other, kind: backlog, threshold: 9, slack: '${SLACK_URL}'}\n",
+        f"  - {{when: {{backlog_age_seconds: 5}}, {webhook}}}\n"
+        "  - {when: {backlog_age_seconds: 9}, send: {slack: '${SLACK_URL}'}}\n",
     )
     assert problems(path) == [
-        f"{path}:5: alerts[1].slack: environment variable SLACK_URL is not set",
+        f"{path}:5: alerts[1].send.slack: environment variable SLACK_URL is not set",
     ]
     path = write_alerts(
         tmp_path,
-        "  - {name: same, kind: backlog, threshold: 5, webhook: 'https://a.example/'}\n"
-        "  - {name: same, kind: backlog, threshold: 9, webhook: 'https://a.example/'}\n",
+        f"  - {{when: {{failures: 10, within_minutes: 5}}, provider: stripe, {webhook}}}\n"
+        f"  - {{when: {{failures: 10, within_minutes: 5}}, provider: stripe, send: {{slack: 'https://b.example/'}}}}\n"
+        f"  - {{name: same, when: {{backlog_age_seconds: 5}}, {webhook}}}\n"
+        f"  - {{name: same, when: {{backlog_age_seconds: 9}}, {webhook}}}\n"
+        f"  - {{name: other, when: {{failures: 10, within_minutes: 5}}, provider: stripe, {webhook}}}\n",
     )
-    assert problems(path) == [f"{path}:5: alerts[1].name: another rule is named 'same': names must be unique"]
+    assert problems(path) == [
+        f"{path}:5: alerts[1]: 'failures≥10/5min stripe' is also the name of alerts[0] (line 4): "
+        "give one of them a name:",
+        f"{path}:7: alerts[3].name: 'same' is also the name of alerts[2] (line 6): names must be unique",
+    ]
