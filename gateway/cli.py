@@ -406,19 +406,9 @@ def _event_filter(args: argparse.Namespace) -> EventFilter:
 
 def _event_json(row: Any) -> bytes:
     """An event as one line of ``events list --json``: the fields of the admin API's list."""
-    return orjson.dumps(
-        {
-            "id": row.id,
-            "provider": row.provider,
-            "event_id": row.event_id,
-            "type": row.event_type,
-            "resource_id": row.resource_id,
-            "status": row.status,
-            "attempts": row.attempts,
-            "received_at": row.received_at,
-            "last_error": row.last_error,
-        }
-    )
+    from .eventlog import list_fields
+
+    return orjson.dumps(list_fields(row))
 
 
 def cmd_events_list(args: argparse.Namespace) -> int:

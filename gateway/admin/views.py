@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func, select
 
-from gateway.eventlog import EventFilter, find_event, list_events
+from gateway.eventlog import EventFilter, find_event, list_events, list_fields
 from gateway.models import STATUSES, UNFINISHED, attempts, events, resources
 
 #: Past this many events of one status, a count says "at least" (``"10000+"``) instead of
@@ -42,17 +42,7 @@ def optional(name: str) -> ModuleType | None:
 
 def event_item(row: Any) -> dict[str, Any]:
     """An event as the list shows it (the API's list items)."""
-    return {
-        "id": row.id,
-        "provider": row.provider,
-        "event_id": row.event_id,
-        "type": row.event_type,
-        "resource_id": row.resource_id,
-        "status": row.status,
-        "attempts": row.attempts,
-        "received_at": row.received_at,
-        "last_error": row.last_error,
-    }
+    return list_fields(row)
 
 
 def event_page(engine: Engine, where: EventFilter, cursor: str | None, limit: int) -> dict[str, Any]:
