@@ -72,9 +72,17 @@ def _broker_url(settings: Settings) -> Iterator[str]:
 
 
 def _serve(
-    config: Config, settings: Settings, broker_url: str, host: str, port: int, collectors: Sequence[Collector] = ()
+    config: Config,
+    settings: Settings,
+    broker_url: str,
+    host: str,
+    port: int,
+    collectors: Sequence[Collector] = (),
+    *,
+    admin: bool = True,
 ) -> None:
-    """Serve the intake; ``collectors`` are added to its ``/metrics`` (the worker's, under ``run``)."""
+    """Serve the intake; ``collectors`` are added to its ``/metrics`` (the worker's, under ``run``).
+    With ``admin`` and ``HOOKGATE_ADMIN_TOKEN`` set, the console is served beside it."""
     from .database import create_store_engine
     from .intake import create_app
     from .queue import EventQueue, create_broker
@@ -83,7 +91,9 @@ def _serve(
     tracing.configure("hookgate-serve")  # OTEL_* (see gateway.tracing)
     try:
         engine = create_store_engine(settings.database_url)
-        app = create_app(config, engine, EventQueue(create_broker(broker_url)), limits=settings.limits)
+        token = settings.admin_token if admin else None
+        queue = EventQueue(create_broker(broker_url))
+        app = create_app(config, engine, queue, limits=settings.limits, admin_token=token)
         for collector in collectors:
             app.intake.metric_registry.register(collector)
         serve(app, settings.limits, host, port)
@@ -226,8 +236,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(settings)
     _prepare_store(settings, upgrade=False)
     exit_on_sigterm()
+    if args.admin_only:
+        return _serve_admin(config, settings, args.host, args.port)
     with _broker_url(settings) as url:
-        _serve(config, settings, url, args.host, args.port)
+        _serve(config, settings, url, args.host, args.port, admin=not args.no_admin)
+    return 0
+
+
+def _serve_admin(config: Config, settings: Settings, host: str, port: int) -> int:
+    """``serve --admin-only``: the console and ``/healthz`` on their own listener, no webhooks (it
+    needs the store, not the broker)."""
+    if not settings.admin_token:
+        print("hookgate serve --admin-only: set HOOKGATE_ADMIN_TOKEN (the console's token)", file=sys.stderr)
+        return 1
+    from .admin import create_admin_app
+    from .database import create_store_engine
+    from .server import serve
+
+    serve(
+        create_admin_app(config, create_store_engine(settings.database_url), settings.admin_token),
+        settings.limits,
+        host,
+        port,
+    )
     return 0
 
 
@@ -375,19 +406,9 @@ def _event_filter(args: argparse.Namespace) -> EventFilter:
 
 def _event_json(row: Any) -> bytes:
     """An event as one line of ``events list --json``: the fields of the admin API's list."""
-    return orjson.dumps(
-        {
-            "id": row.id,
-            "provider": row.provider,
-            "event_id": row.event_id,
-            "type": row.event_type,
-            "resource_id": row.resource_id,
-            "status": row.status,
-            "attempts": row.attempts,
-            "received_at": row.received_at,
-            "last_error": row.last_error,
-        }
-    )
+    from .eventlog import list_fields
+
+    return orjson.dumps(list_fields(row))
 
 
 def cmd_events_list(args: argparse.Namespace) -> int:
@@ -658,6 +679,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=8000)
         if name == "run":
             p.add_argument("--threads", type=int, default=4, help="worker threads")
+        else:
+            admin = p.add_mutually_exclusive_group()
+            admin.add_argument(
+                "--admin-only", action="store_true", help="serve only the console (/admin) and /healthz, no webhooks"
+            )
+            admin.add_argument(
+                "--no-admin", action="store_true", help="never serve the console here, even with a token set"
+            )
     p = command("worker", cmd_worker, "the Dramatiq workers only")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--threads", type=int, default=8)

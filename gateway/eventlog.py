@@ -262,6 +262,21 @@ def list_events(
     return EventPage(rows, encode_cursor(rows[-1].id) if more else None)
 
 
+def list_fields(row: Any) -> dict[str, Any]:
+    """A listed event as the admin API's list and ``events list --json`` give it."""
+    return {
+        "id": row.id,
+        "provider": row.provider,
+        "event_id": row.event_id,
+        "type": row.event_type,
+        "resource_id": row.resource_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "received_at": row.received_at,
+        "last_error": row.last_error,
+    }
+
+
 def find_event(engine: Engine, ref: str, provider: str | None = None) -> tuple[Any, list[Any]] | None:
     """An event by store id or by the provider's event id, with its handler runs and what it
     waits for (see :func:`_with_next`); a pruned event is gone (only its id is kept, to answer

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from providers import Delivery, DeliveryRejected, Inbound
@@ -443,9 +443,16 @@ def create_app(
     *,
     prepare_schema: bool = True,
     limits: ServerLimits = DEFAULT_LIMITS,
+    admin_token: str | None = None,
 ) -> HookgateApp:
-    """The intake application; its lifespan starts and stops the batch writer."""
+    """The intake application; its lifespan starts and stops the batch writer. With
+    ``admin_token``, it also serves the operations console under ``/admin`` (see gateway.admin)."""
     intake = Intake(config, engine, event_queue, limits)
+    admin: list[BaseRoute] = []
+    if admin_token:
+        from .admin import admin_routes
+
+        admin = admin_routes(config, engine, admin_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -469,6 +476,7 @@ def create_app(
             Route("/healthz", intake.healthz),
             Route("/readyz", intake.readyz),
             Route("/metrics", intake.metrics),
+            *admin,
         ],
         lifespan=lifespan,
     )
