@@ -118,10 +118,12 @@ def cases(engine: Engine) -> dict[str, dict[str, str]]:
         "q = an old event id": {"q": old},
         "q = a resource id": {"q": newest.resource_id},
         "resource id": {"resource_id": newest.resource_id},
+        "provider + resource id": {"provider": "stripe", "resource_id": newest.resource_id},
+        "failed + q = a resource id": {"status": FAILED, "q": newest.resource_id},
         "error text": {"error": "smtp"},
         "received in one day, 200 days ago": {
-            "received_from": str(time.time() - 200 * day),
-            "received_to": str(time.time() - 199 * day),
+            "since": str(time.time() - 200 * day),
+            "until": str(time.time() - 199 * day),
         },
     }
 
