@@ -173,10 +173,14 @@ class Hookgate:
             pytest.skip(rabbitmq.REDIS_ONLY)
         return self.broker_url
 
-    def start_intake(self, database_url: str | None = None, broker_url: str | None = None) -> Hookgate:
+    def start_intake(
+        self, database_url: str | None = None, broker_url: str | None = None, *, admin_token: str | None = None
+    ) -> Hookgate:
+        """The intake in a thread of this process; with ``admin_token``, the console too."""
         engine = create_store_engine(database_url or self.database_url)
         broker = create_broker(broker_url or self.broker_url)
-        self.server = ServerThread(create_app(self.config, engine, EventQueue(broker))).start()
+        app = create_app(self.config, engine, EventQueue(broker), admin_token=admin_token)
+        self.server = ServerThread(app).start()
         return self
 
     def env(self, broker_url: str | None = None) -> dict[str, str]:

@@ -40,6 +40,7 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 #: The services that run the project's image, and the command each runs.
 HOOKGATE = {name: service["command"] for name, service in SERVICES.items() if "build" in service}
 #: What compose.yaml refuses to start without, with a value for the tests' .env.
+ADMIN_TOKEN = "compose-test-admin-token"
 REQUIRED = {"POSTGRES_PASSWORD": "testonly0", "HOOKGATE_PROVIDERS": "./providers.yaml"}
 #: Docker Hub's library images the topology may use: Docker Hub is not reachable from here to
 #: ask, and a name alone (``postgress:17``) would pass for one.
@@ -123,7 +124,7 @@ def test_it_runs_the_production_topology() -> None:
 
 def test_one_published_port_leads_to_every_serve_replica_that_is_ready() -> None:
     published = {name: service["ports"] for name, service in SERVICES.items() if "ports" in service}
-    assert list(published) == ["proxy"]
+    assert sorted(published) == ["admin", "proxy"]
     [port] = published["proxy"]
     sources = [source for source, target, _ in volume_mounts(SERVICES["proxy"]) if target.endswith("haproxy.cfg")]
     config = (ROOT / sources[0]).read_text()
@@ -132,6 +133,14 @@ def test_one_published_port_leads_to_every_serve_replica_that_is_ready() -> None
     slots, host, port = re.search(r"server-template serve (\d+) (\w+):(\d+) check", config).groups()
     assert (host, port) == ("serve", serve_port())
     assert int(slots) >= SERVICES["serve"]["deploy"]["replicas"]
+
+
+def test_the_console_is_a_service_of_its_own_on_the_loopback_and_the_public_replicas_never_serve_it() -> None:
+    assert HOOKGATE["serve"][-1] == "--no-admin"
+    assert HOOKGATE["admin"][:3] == ["hookgate", "serve", "--admin-only"]
+    assert SERVICES["admin"]["ports"] == ["127.0.0.1:8001:8001"]
+    assert SERVICES["admin"]["profiles"] == ["admin"]  # started on demand, once its token is set
+    assert any(":8001/healthz" in part for part in SERVICES["admin"]["healthcheck"]["test"])
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -260,10 +269,18 @@ class Proxy:
 def proxied(hookgate: Hookgate) -> Iterator[tuple[Hookgate, Proxy]]:
     """The intake behind the repository's HAProxy configuration."""
     hookgate.configure_provider("meta", type="meta", secrets=["meta-app-secret-1"], verify_token=META_TOKEN)
-    hookgate.start_intake()
+    hookgate.start_intake(admin_token=ADMIN_TOKEN)
     proxy = Proxy(hookgate.dir, hookgate.url.removeprefix("http://"))
     yield hookgate, proxy
     proxy.stop()
+
+
+def test_the_proxy_refuses_the_console_that_a_replica_serves(proxied: tuple[Hookgate, Proxy]) -> None:
+    hookgate, proxy = proxied
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert httpx.get(f"{hookgate.url}/admin/api/stats", headers=bearer, timeout=30).status_code == 200
+    for path in ("/admin", "/admin/api/stats", "/admin/login"):
+        assert httpx.get(f"{proxy.url}{path}", headers=bearer, timeout=30).status_code == 404, path
 
 
 def test_through_the_proxy_events_are_stored_and_its_log_holds_no_query(proxied: tuple[Hookgate, Proxy]) -> None:

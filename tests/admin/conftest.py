@@ -11,12 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import insert
 
-from gateway.database import create_store_engine
-from gateway.intake import create_app
 from gateway.models import events, resources
-from gateway.queue import EventQueue, create_broker
 from tests.conftest import Hookgate
-from tests.support.servers import ServerThread
 
 TOKEN = "console-test-token-3f9a1c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -25,10 +21,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 def console(hookgate: Hookgate) -> Hookgate:
     """The intake with the console on (``HOOKGATE_ADMIN_TOKEN`` = :data:`TOKEN`)."""
-    engine = create_store_engine(hookgate.database_url)
-    queue = EventQueue(create_broker(hookgate.broker_url))
-    hookgate.server = ServerThread(create_app(hookgate.config, engine, queue, admin_token=TOKEN)).start()
-    return hookgate
+    return hookgate.start_intake(admin_token=TOKEN)
 
 
 @pytest.fixture
