@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -97,6 +97,14 @@ def form_text(form: dict[str, str], name: str) -> str:
     return form.get(name, "")
 
 
+def path_segment(value: Any) -> str:
+    """``value`` as one segment of a URL's path: its ``/`` encoded too (Jinja's ``urlencode``
+    keeps it), so that an id a sender chose, such as ``x/../../stripe/evt_1``, cannot make a
+    link or a form's action point at another event once the browser resolves the ``..``.
+    uvicorn decodes ``%2F`` back before routing, and the ``:path`` routes take it whole."""
+    return quote(str(value), safe="")
+
+
 class Pages:
     """The page endpoints of one console."""
 
@@ -108,6 +116,7 @@ class Pages:
         env.filters["when"] = when
         env.filters["pretty"] = pretty
         env.filters["pretty_value"] = pretty_value
+        env.filters["pathseg"] = path_segment
         env.globals["statuses"] = STATUSES
 
     # -- rendering and guards ------------------------------------------------------------
@@ -224,7 +233,8 @@ class Pages:
         done = await run_in_threadpool(eventlog.replay, self.engine, [event_id], provider=provider, force=force)
         if not done.queued:
             return await self.event(request, refusal=done.refused[0][1] if done.refused else "not replayed")
-        return RedirectResponse(f"{request.url.path.removesuffix('/replay')}?notice=queued", 303)
+        page = f"{HOME}/events/{path_segment(provider)}/{path_segment(event_id)}"
+        return RedirectResponse(f"{page}?notice=queued", 303)
 
     async def resource(self, request: Request) -> Response:
         provider, resource_id = request.path_params["provider"], request.path_params["resource_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import pytest
 
 from gateway.admin.views import optional
@@ -166,3 +167,29 @@ def test_the_rejections_page_lists_a_refused_request(console: Hookgate) -> None:
     page = wait_for(listed, 10, what="the refusal on the rejections page")
     assert f"{len(body)} bytes" in page
     assert "0" * 64 not in page
+
+
+def test_an_id_with_dot_segments_links_and_replays_only_its_own_event(console: Hookgate) -> None:
+    """Ids are the sender's: ``x/../../stripe/evt_victim`` must not become, once the browser
+    resolves its ``..``, a link or a Replay form pointing at stripe's ``evt_victim``."""
+    store_event(console.engine, "evt_victim", provider="stripe", status="processed")
+    store_event(console.engine, "x/../../stripe/evt_victim", provider="acme", status="failed", last_error="boom")
+    browser = log_in(console.url)
+    base = httpx.URL(console.url + "/admin/")
+    listing = browser.get("/admin", params={"provider": "acme"}).text
+    links = re.findall(r'href="(/admin/(?:events|resources)/acme/[^"]+)"', listing)
+    assert links
+    for link in links:
+        assert base.join(link).path.startswith(("/admin/events/acme/x/", "/admin/resources/acme/")), link
+    page = browser.get(base.join(links[0]))
+    assert page.status_code == 200
+    assert "x/../../stripe/evt_victim" in page.text
+    [action] = re.findall(r'action="(/admin/events/[^"]+/replay)"', page.text)
+    assert base.join(action).path == "/admin/events/acme/x/../../stripe/evt_victim/replay"
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    replayed = browser.post(base.join(action), data={"csrf": csrf[1]})
+    assert replayed.status_code == 303
+    assert base.join(replayed.headers["location"]).path == "/admin/events/acme/x/../../stripe/evt_victim"
+    assert console.event("acme", "x/../../stripe/evt_victim").status == "queued"
+    assert console.event("stripe", "evt_victim").status == "processed"
