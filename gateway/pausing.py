@@ -1,8 +1,9 @@
 """Pausing a provider: the intake keeps storing its events, the workers leave them waiting.
 
 The state is a row per provider in ``hookgate_provider_states``, so every process sees it. A
-worker reads the paused set at most once a second (:class:`PausedProviders`), so a pause takes
-effect within about a second: an event claimed in that second still runs.
+worker reads the paused set at most once a second (:class:`PausedProviders`) to park events
+without trying to claim them; the claim itself is fenced by the store's state (see
+``workers.leases.EventLeases.claim``), so no try starts once ``pause`` has returned.
 
 A waiting event of a paused provider that reaches a worker (its broker message) or the recovery
 sweep (a held event or a retry coming due, a lost message) is *parked*: no message, no

@@ -29,14 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, and_, or_, update
+from sqlalchemy import Connection, Engine, Float, and_, exists, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from gateway.config import WorkerSettings
-from gateway.models import PROCESSING, QUEUED, RECEIVED, events, leases, resources
+from gateway.models import PROCESSING, QUEUED, RECEIVED, events, leases, provider_states, resources
 from providers.base import Clock
 
 from .periodic import Periodic
@@ -80,12 +80,16 @@ class EventLeases:
         self.clock = clock
 
     def claim(self, pk: int, token: str, *, message: str | None = None) -> Any | None:
-        """Lease the waiting event, fenced by ``token`` from now on; ``None`` if it is not waiting.
+        """Lease the waiting event, fenced by ``token`` from now on; ``None`` if it is not waiting
+        or its provider is paused.
 
         ``message`` is the token the event must still carry (a broker message's); a resource
         pass that holds the resource's lease passes ``None`` and takes any waiting event of it.
         """
-        waiting = [events.c.id == pk, events.c.status.in_((RECEIVED, QUEUED))]
+        # The store's pause state fences the claim: a worker's cached paused set may be a second
+        # old, and an event stored after ``pause`` returned must not run (see gateway.pausing).
+        paused = exists().where(provider_states.c.provider == events.c.provider, provider_states.c.paused.is_(True))
+        waiting = [events.c.id == pk, events.c.status.in_((RECEIVED, QUEUED)), ~paused]
         if message is not None:
             waiting.append(events.c.message_id == message)
         with self.engine.begin() as conn:

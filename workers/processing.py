@@ -218,6 +218,8 @@ class Processor:
             claimed = self.event_leases.claim(pk, token, message=token)
             if claimed is not None:
                 self.settle(claimed, token, None, SharedFetch(self.reconciler), StoredResource())
+            else:  # paused since this worker read the paused set: parked (nothing, if not paused)
+                park(self.engine, row.provider, [(pk, token)])
             return
         key = (row.provider, row.resource_id)
         holder = new_token()
@@ -253,7 +255,8 @@ class Processor:
                     self.lifecycle.schedule(pending.id, self.clock())  # the rest goes to a new message, now
                     return
                 row = self.event_leases.claim(pending.id, holder)
-                if row is None:  # changed under us (a replay, a sweep): keep the order, stop here
+                if row is None:  # changed under us (a replay, a sweep, a pause): keep the order, stop here
+                    park(self.engine, key[0], [(pending.id, pending.message_id)])  # nothing unless paused
                     return
                 resource_lease.extend(self.keeper.work_seconds)
                 stored = self.settle(row, holder, key, fetch, stored, resource_lease)

@@ -144,3 +144,40 @@ def test_providers_pause_and_resume_name_a_configured_provider(hookgate: Hookgat
     assert code == 0
     listed = dict(line.split() for line in out.splitlines())
     assert listed == dict.fromkeys(hookgate.config.providers, "active")
+
+
+def test_an_event_stored_after_pause_returns_is_not_run_by_a_worker_that_read_the_paused_set_before(
+    hookgate: Hookgate,
+) -> None:
+    """A worker trusts its paused set for up to a second; the claim itself reads the store's
+    state, so the event is parked, with no try used, instead of run (found in review)."""
+    from workers.leases import LeaseKeeper
+    from workers.processing import Processor
+    from workers.reconcile import Reconciler
+    from workers.registry import HandlerRegistry
+
+    settings = hookgate.config.workers
+    handlers = HandlerRegistry()
+    ran: list[str] = []
+    handlers.on("acme")(lambda event: ran.append(event.id))
+    paused = pausing.PausedProviders(hookgate.engine)
+    keeper = LeaseKeeper(hookgate.engine, settings)
+    processor = Processor(hookgate.engine, settings, handlers, Reconciler({}), {}, keeper, paused=paused)
+    assert "acme" not in paused  # read just now: trusted for the next second
+    assert pausing.pause(hookgate.engine, "acme")
+    alone = insert_waiting(hookgate.engine, "after-pause", "tok-1", time.time())
+    of_resource = insert_waiting(hookgate.engine, "after-pause-res", "tok-2", time.time(), resource="obj_1")
+    processor.process(alone, "tok-1")
+    processor.process(of_resource, "tok-2")
+    assert ran == []
+    with hookgate.engine.connect() as conn:
+        rows = conn.execute(
+            select(events.c.status, events.c.attempts, events.c.message_id, events.c.sweep_after).where(
+                events.c.id.in_((alone, of_resource))
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [("queued", 0, None, None)] * 2  # parked
+    assert pausing.resume(hookgate.engine, "acme")
+    with hookgate.engine.connect() as conn:
+        due = conn.execute(select(events.c.next_trigger).where(events.c.sweep_after.is_not(None))).scalars().all()
+    assert due == [RESUME, RESUME]
