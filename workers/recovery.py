@@ -46,17 +46,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, or_, select, update
+from sqlalchemy import Engine, bindparam, func, insert, or_, select, update
 
 from gateway.config import WorkerSettings
 from gateway.eventlog import waiting_behind
 from gateway.logs import event_context
 from gateway.metrics import worker_metrics
-from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, SWEEP, events
+from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, SWEEP, attempts, events
 from gateway.pausing import PausedProviders, park
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
 
+from . import tries
 from .leases import store_time
 from .periodic import Periodic
 
@@ -140,6 +141,9 @@ class RecoverySweep(Periodic):
                     events.c.status,
                     events.c.message_id,
                     (events.c.attempts - events.c.attempts_before_round).label("tries"),
+                    events.c.round,  # the rest for the attempt row of an event given up
+                    events.c.next_trigger,
+                    events.c.updated_at,
                 )
                 .where(events.c.status == PROCESSING, events.c.lease_expires_at <= store_time())
                 .limit(BATCH)
@@ -196,6 +200,7 @@ class RecoverySweep(Periodic):
                     sent.append((row.id, token))
                     setattr(counts, why, getattr(counts, why) + 1)
                 elif changed:
+                    conn.execute(insert(attempts).values(**tries.given_up(row, str(values["last_error"]), now)))
                     given_up.append((row, str(values["last_error"])))
         for row, error in given_up:
             with event_context(row):

@@ -118,3 +118,12 @@ class Try:
             "reconcile_error": self.reconcile_error,
             "worker": worker_name(),
         }
+
+
+def given_up(row: Any, message: str, finished_at: float) -> dict[str, Any]:
+    """The attempt row of the last try of an event the recovery sweep gives up on: its worker
+    stopped (killed, stalled) on every try without recording an outcome, so this row is written
+    by the sweep, with the outcome ``failed``; which worker ran the try is not known."""
+    tried = Try(row.id, row.attempts, row.round, row.next_trigger, row.updated_at)
+    tried.errors = [{"handler": "worker", "type": "LeaseExpired", "message": message, "frame": None}]
+    return {**tried.row(FAILED, finished_at), "worker": "unknown: its lease expired"}

@@ -314,3 +314,30 @@ def test_retention_removes_an_event_s_attempts_with_it(hookgate: Hookgate) -> No
     assert stored_attempts() == 0
     assert hookgate.event("acme", "old-2").error_group is None, "a pruned event stays in a failure group"
     assert failure_groups(hookgate.engine) == []
+
+
+def test_an_event_the_sweep_gives_up_on_has_its_last_attempt_recorded(hookgate: Hookgate) -> None:
+    """Its worker stopped on every try (killed, stalled): the sweep marks it ``failed``, and the
+    attempt row of that outcome is the sweep's, so the event page and the ``failures`` alerts
+    see it (found in review: there was none)."""
+    from sqlalchemy import update
+
+    from gateway.models import events
+    from gateway.queue import EventQueue, create_broker
+    from tests.support.rows import insert_waiting
+    from workers.recovery import GIVEN_UP_GROUP, RecoverySweep
+
+    settings = hookgate.config.workers
+    pk = insert_waiting(hookgate.engine, "crashed", "tok", time.time(), attempts=settings.max_attempts)
+    with hookgate.engine.begin() as conn:
+        conn.execute(update(events).where(events.c.id == pk).values(status="processing", lease_expires_at=0.0))
+    RecoverySweep(hookgate.engine, EventQueue(create_broker(hookgate.broker_url)), settings).run_once()
+    [row] = attempts_for(hookgate.engine, pk)
+    assert (row["attempt"], row["outcome"], row["worker"]) == (
+        settings.max_attempts,
+        "failed",
+        "unknown: its lease expired",
+    )
+    assert row["errors"][0]["type"] == "LeaseExpired"
+    assert "LeaseExpired" in row["error"]
+    assert [g["group"] for g in failure_groups(hookgate.engine)] == [GIVEN_UP_GROUP]
