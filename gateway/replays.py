@@ -14,11 +14,14 @@ starts in the foreground, and the workers' periodic loop (:mod:`workers.replayin
 running job that nobody holds, such as one the admin API created or one whose runner died.
 
 ``total`` is the number of events the job was to replay when it started, and the job covers the
-events stored up to then only: its cursor starts above the newest store id of that moment, so an
-event that arrives (or fails) later is not part of it. ``done`` is the number of events it has
-queued. The two differ at the end only when events changed while the job ran: one that was
+events stored up to then only: its cursor starts above the newest store id of that moment, and
+an event changed since (its ``updated_at`` is later) is left alone, so an event that arrives or
+fails later is not part of it. ``done`` is the number of events it has queued, never more than
+``total``. The two differ at the end only when events changed while the job ran: one that was
 replayed, processed or pruned meanwhile is skipped, as :func:`~gateway.eventlog.replay` skips an
-event that changed under it.
+event that changed under it. (``updated_at`` is written by the clock of the process that changed
+the event: between hosts whose clocks differ by more than the time between that change and the
+job's start, an event may be left out.)
 """
 
 from __future__ import annotations
@@ -78,9 +81,8 @@ def start(engine: Engine, where: EventFilter, *, force: bool) -> tuple[int, int]
     now = time.time()
     with engine.begin() as conn:
         newest = conn.execute(select(func.max(events.c.id))).scalar_one() or 0
-        total = int(
-            conn.execute(select(func.count()).where(*_matching(where, force), events.c.id <= newest)).scalar_one()
-        )
+        counted = [*_matching(where, force), events.c.id <= newest, events.c.updated_at <= now]
+        total = int(conn.execute(select(func.count()).where(*counted)).scalar_one())
         job_id = conn.execute(
             insert(replay_jobs)
             .values(
@@ -189,7 +191,11 @@ def _batch(conn: Connection, job_id: int, holder: str, batch_size: int, lease_se
     if not renewed:
         return None
     job = conn.execute(select(replay_jobs).where(replay_jobs.c.id == job_id)).one()
-    matching = _matching(EventFilter.from_params(orjson.loads(job.filters)), job.force)
+    # Only events as they were when the job started: one that failed since is not part of it.
+    matching = [
+        *_matching(EventFilter.from_params(orjson.loads(job.filters)), job.force),
+        events.c.updated_at <= job.created_at,
+    ]
     ids = list(
         conn.scalars(
             select(events.c.id)

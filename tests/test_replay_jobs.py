@@ -137,6 +137,22 @@ def test_events_that_arrive_or_change_during_a_job_are_not_replayed_by_it(engine
     assert statuses(engine) == Counter(queued=299, processing=1, failed=7)
 
 
+def test_an_event_that_fails_after_the_job_started_is_not_replayed_by_it(engine: Any) -> None:
+    """Counted at the start, replayed as counted: an event that was retrying then and fails
+    while the job runs is not in it (found in review: done went past total)."""
+    store(engine, "failed", 1)
+    [retrying] = store(engine, "queued", 1)
+    job_id, total = replays.start(engine, EventFilter(provider="acme"), force=False)
+    assert total == 1
+    with engine.begin() as conn:  # its last try fails, as a worker records it
+        conn.execute(update(events).where(events.c.id == retrying).values(status="failed", updated_at=T0 + 10**8))
+    assert replays.run(engine, job_id) == "done"
+    state = replays.status(engine, job_id)
+    assert state is not None
+    assert (state["done"], state["total"]) == (1, 1)
+    assert statuses(engine) == Counter(queued=1, failed=1)
+
+
 def test_cancelling_stops_a_job_between_batches_and_keeps_what_it_queued(engine: Any) -> None:
     store(engine, "failed", 1200)
     job_id, _ = replays.start(engine, EventFilter(status="failed"), force=False)
