@@ -143,9 +143,11 @@ class AlertEvaluator:
         self.send = send
         self.clock = clock
 
-    def run(self) -> int:
-        """Evaluate every rule; how many messages were sent."""
-        return sum(self.evaluate(rule) for rule in self.rules)
+    def run(self, still_held: Callable[[], bool] = lambda: True) -> int:
+        """Evaluate every rule while ``still_held()`` (the lease, renewed before each rule: slow
+        sinks must not let it lapse, and another worker send the same message); how many
+        messages were sent."""
+        return sum(self.evaluate(rule) for rule in self.rules if still_held())
 
     def evaluate(self, rule: AlertRule) -> bool:
         """Measure the rule and send a firing or resolved message if its state changes."""
@@ -200,6 +202,6 @@ class AlertLoop(Periodic):
         if not self.evaluator.rules or not take_named_lease(self.engine, LEASE_NAME, self.holder, LEASE_SECONDS):
             return
         try:
-            self.evaluator.run()
+            self.evaluator.run(lambda: take_named_lease(self.engine, LEASE_NAME, self.holder, LEASE_SECONDS))
         finally:
             release_named_lease(self.engine, LEASE_NAME, self.holder)

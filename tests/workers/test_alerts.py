@@ -149,6 +149,18 @@ def test_failed_tries_fire_once_and_resolve_once_when_the_window_has_passed(engi
     assert evaluator.run() == 0
 
 
+def test_an_evaluator_whose_lease_was_taken_over_sends_nothing_more(engine: Any, sink: AlertSink) -> None:
+    """The lease is renewed before each rule: a worker that lost it to slow sinks stops there,
+    rather than send what the new holder sends too (found in review)."""
+    now = time.time()
+    acme = insert_waiting(engine, "evt-acme", None, now)
+    add_failed_tries(engine, acme, 3, now - 1)
+    rules = [rule(sink, name="first"), rule(sink, name="second")]
+    held = iter([True, False])
+    assert AlertEvaluator(engine, rules, clock=Clock(now)).run(lambda: next(held)) == 1
+    assert [m["rule"] for m in sink.messages()] == ["first"]
+
+
 def test_a_message_that_cannot_be_sent_is_sent_at_the_next_evaluation_and_the_url_is_not_logged(
     engine: Any, sink: AlertSink, caplog: pytest.LogCaptureFixture
 ) -> None:
