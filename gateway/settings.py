@@ -102,7 +102,7 @@ class Settings:
             database_url=get("DATABASE_URL") or defaults.database_url,
             redis_url=get("REDIS_URL"),
             broker_url=_broker_url(get("BROKER_URL")),
-            admin_token=get("ADMIN_TOKEN"),
+            admin_token=(get("ADMIN_TOKEN") or "").strip() or None,  # a stray newline from a secret file
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
             limits=ServerLimits.from_env(environ),
         )

@@ -114,3 +114,11 @@ def test_logging_out_ends_the_session_in_the_browser(console: Hookgate) -> None:
     answer = browser.post("/admin/logout", data={"csrf": browser.csrf})
     assert answer.status_code == 303
     assert 'type="password"' in browser.get("/admin").text
+
+
+@pytest.mark.parametrize(("value", "token"), [("s3cret-token\n", "s3cret-token"), ("  \n", None), ("", None)])
+def test_the_token_is_read_without_the_whitespace_a_secret_file_leaves(value: str, token: str | None) -> None:
+    """A token mounted from a file usually ends in a newline, which no login could ever match."""
+    from gateway.settings import Settings
+
+    assert Settings.from_env({"HOOKGATE_ADMIN_TOKEN": value}).admin_token == token
