@@ -36,9 +36,9 @@ PRUNED = "pruned"
 #: re-sending an event whose message or worker was lost.
 INITIAL, RETRY, REPLAY, BULK_REPLAY, RESUME, SWEEP = "initial", "retry", "replay", "bulk_replay", "resume", "sweep"
 TRIGGERS = (INITIAL, RETRY, REPLAY, BULK_REPLAY, RESUME, SWEEP)
-#: How an attempt ended. ``retry``: it failed and another try is scheduled; ``deferred``: it ended
-#: without running the handlers to an outcome (the worker stopped, the reconciliation asked to
-#: wait) and the event waits again without the try counting as a failure.
+#: How an attempt ended. ``retry``: it failed and another try is scheduled; ``deferred``: the
+#: worker's stop cut its handlers short, and the event is tried again, in no failure group (see
+#: ``workers.tries``).
 OUTCOMES = (PROCESSED, "retry", FAILED, SUPERSEDED, "deferred")
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
