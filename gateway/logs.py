@@ -77,6 +77,12 @@ def log_context(**fields: object) -> Iterator[None]:
         _context.reset(token)
 
 
+def current_context() -> Mapping[str, object]:
+    """The :func:`log_context` fields in force here, to log with again later (a worker logs a
+    round's outcomes after its commit, outside each event's block)."""
+    return _context.get()
+
+
 def event_context(row: Any) -> AbstractContextManager[None]:
     """:func:`log_context` with the fields of a stored event (a row of ``events``)."""
     return log_context(provider=row.provider, event_id=row.event_id, event_type=row.event_type, attempt=row.attempts)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, and_, exists, or_, update
+from sqlalchemy import Connection, Engine, Float, and_, bindparam, exists, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -86,32 +86,66 @@ class EventLeases:
         ``message`` is the token the event must still carry (a broker message's); a resource
         pass that holds the resource's lease passes ``None`` and takes any waiting event of it.
         """
+        waiting = [events.c.id == pk]
+        if message is not None:
+            waiting.append(events.c.message_id == message)
+        rows = self._claim(waiting, token)
+        return rows[0] if rows else None
+
+    def claim_many(self, pks: Sequence[int], token: str) -> dict[int, Any]:
+        """Lease these waiting events at once, in one statement (a resource pass's round, whose
+        holder owns the resource's lease); the rows claimed, by primary key. An event that is no
+        longer waiting, or whose provider is paused, is left out."""
+        return {row.id: row for row in self._claim([events.c.id.in_(pks)], token)} if pks else {}
+
+    def _claim(self, which: list[Any], token: str) -> list[Any]:
         # The store's pause state fences the claim: a worker's cached paused set may be a second
         # old, and an event stored after ``pause`` returned must not run (see gateway.pausing).
         paused = exists().where(provider_states.c.provider == events.c.provider, provider_states.c.paused.is_(True))
-        waiting = [events.c.id == pk, events.c.status.in_((RECEIVED, QUEUED)), ~paused]
-        if message is not None:
-            waiting.append(events.c.message_id == message)
         with self.engine.begin() as conn:
-            return conn.execute(
-                update(events)
-                .where(*waiting)
-                .values(
-                    status=PROCESSING,
-                    message_id=token,
-                    attempts=events.c.attempts + 1,
-                    lease_expires_at=store_time() + self.settings.lease_seconds,
-                    updated_at=self.clock(),
-                )
-                .returning(*events.c)
-            ).one_or_none()
+            return list(
+                conn.execute(
+                    update(events)
+                    .where(*which, events.c.status.in_((RECEIVED, QUEUED)), ~paused)
+                    .values(
+                        status=PROCESSING,
+                        message_id=token,
+                        attempts=events.c.attempts + 1,
+                        lease_expires_at=store_time() + self.settings.lease_seconds,
+                        updated_at=self.clock(),
+                    )
+                    .returning(*events.c)
+                ).all()
+            )
 
-    def renew(self, conn: Connection, held: Iterable[tuple[int, str]]) -> None:
-        for pk, token in held:
+    def give_back(self, conn: Connection, pks: Sequence[int], token: str, at: float) -> None:
+        """Undo the claim of events a round did not start (the pass stopped before them): they
+        wait again, with no message and the try not used up, until ``at``, when the recovery
+        sweep sends them (see :mod:`workers.recovery`)."""
+        if pks:
             conn.execute(
                 update(events)
-                .where(holds_event(pk, token))
-                .values(lease_expires_at=store_time() + self.settings.lease_seconds)
+                .where(events.c.id.in_(pks), events.c.message_id == token, events.c.status == PROCESSING)
+                .values(
+                    status=QUEUED,
+                    message_id=None,
+                    attempts=events.c.attempts - 1,
+                    lease_expires_at=None,
+                    sweep_after=at,
+                )
+            )
+
+    def renew(self, conn: Connection, held: Sequence[tuple[int, str]]) -> None:
+        if held:
+            conn.execute(
+                update(events)
+                .where(
+                    events.c.id == bindparam("pk"),
+                    events.c.message_id == bindparam("token"),
+                    events.c.status == PROCESSING,
+                )
+                .values(lease_expires_at=store_time() + self.settings.lease_seconds),
+                [{"pk": pk, "token": token} for pk, token in held],
             )
 
 
@@ -178,7 +212,7 @@ class ResourceLeases:
             values = {"provider": key[0], "resource_id": key[1], "lease_token": holder, "lease_expires_at": expires}
             return insert_ignoring_conflict(conn, resources, {**values, "deleted": False, "updated_at": self.clock()})
 
-    def renew(self, conn: Connection, held: Iterable[tuple[ResourceKey, str]]) -> None:
+    def renew(self, conn: Connection, held: Sequence[tuple[ResourceKey, str]]) -> None:
         for key, holder in held:
             conn.execute(
                 update(resources)
@@ -229,6 +263,12 @@ class LeaseKeeper(Periodic):
     def holding_event(self, pk: int, token: str) -> Iterator[Lease]:
         with self._holding(self._events, pk, token) as lease:
             yield lease
+
+    @contextmanager
+    def holding_events(self, pks: Iterable[int], token: str) -> Iterator[list[Lease]]:
+        """Renew the leases of a round's events (see :meth:`EventLeases.claim_many`)."""
+        with ExitStack() as stack:
+            yield [stack.enter_context(self._holding(self._events, pk, token)) for pk in pks]
 
     @contextmanager
     def holding_resource(self, key: ResourceKey, holder: str) -> Iterator[Lease]:

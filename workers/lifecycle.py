@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from gateway.config import WorkerSettings
-from gateway.models import FAILED, QUEUED, RECEIVED, RETRY, events, handler_runs
+from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, RETRY, events, handler_runs
 from gateway.models import attempts as attempt_rows  # ``attempts`` is a count in fail()
 from providers.base import Clock
 
@@ -77,53 +77,62 @@ class EventLifecycle:
                 .values(message_id=None, sweep_after=at)
             )
 
-    def succeeded_handlers(self, row: Any) -> set[str]:
-        """Handlers already recorded as done for this claimed event in its current round.
+    def succeeded_handlers(self, rows: list[Any]) -> dict[int, set[str]]:
+        """Handlers already recorded as done for these claimed events in their current round, by
+        event; in one query.
 
         Records are written only in the transaction that settles a try, so on an event's very
         first try there are none to read.
         """
-        if row.attempts <= 1:
-            return set()
+        done: dict[int, set[str]] = {row.id: set() for row in rows}
+        again = [row for row in rows if row.attempts > 1]
+        if not again:
+            return done
+        current = or_(*(and_(handler_runs.c.event_pk == row.id, handler_runs.c.round == row.round) for row in again))
         with self.engine.connect() as conn:
-            return set(
-                conn.scalars(
-                    select(handler_runs.c.handler).where(
-                        handler_runs.c.event_pk == row.id, handler_runs.c.round == row.round
-                    )
-                )
-            )
+            for pk, name in conn.execute(select(handler_runs.c.event_pk, handler_runs.c.handler).where(current)):
+                done[pk].add(name)
+        return done
 
-    def record_handlers(self, conn: Connection, row: Any, names: Iterable[str]) -> None:
-        """Record the handlers that succeeded; call only once the fence has held (see :meth:`finish`)."""
+    def record_handlers(self, conn: Connection, succeeded: Iterable[tuple[Any, list[str]]]) -> None:
+        """Record the handlers that succeeded, for each event row; call only once the fence has
+        held (see :meth:`finish`)."""
         now = self.clock()
-        rows = [{"event_pk": row.id, "handler": name, "round": row.round, "finished_at": now} for name in names]
+        rows = [
+            {"event_pk": row.id, "handler": name, "round": row.round, "finished_at": now}
+            for row, names in succeeded
+            for name in names
+        ]
         if rows:
             conn.execute(insert(handler_runs), rows)
 
-    def record_attempt(self, conn: Connection, tried: Try, status: str) -> None:
-        """Write the try's attempt row, in the transaction of its outcome; call only once the
-        fence has held (see :meth:`finish`)."""
-        conn.execute(insert(attempt_rows).values(**tried.row(status, self.clock())))
-
-    def finish(self, conn: Connection, pk: int, token: str, status: str) -> bool:
-        """Mark the event ``processed`` or ``superseded``; ``False`` if the lease was lost."""
+    def record_attempts(self, conn: Connection, tries: Iterable[tuple[Try, str]]) -> None:
+        """Write each try's attempt row (with the status it left), in the transaction of its
+        outcome; call only once the fence has held (see :meth:`finish`)."""
         now = self.clock()
-        return bool(
-            conn.execute(
-                update(events)
-                .where(holds_event(pk, token))
-                .values(
-                    status=status,
-                    processed_at=now,
-                    updated_at=now,
-                    lease_expires_at=None,
-                    sweep_after=None,
-                    last_error=None,
-                    error_group=None,
-                )
-            ).rowcount
-        )
+        rows = [tried.row(status, now) for tried, status in tries]
+        if rows:
+            conn.execute(insert(attempt_rows), rows)
+
+    def finish(self, conn: Connection, pks: list[int], token: str, status: str) -> bool:
+        """Mark the events ``processed`` or ``superseded``; ``False`` if the lease of any was
+        lost (the caller then rolls back)."""
+        if not pks:
+            return True
+        now = self.clock()
+        return conn.execute(
+            update(events)
+            .where(events.c.id.in_(pks), events.c.message_id == token, events.c.status == PROCESSING)
+            .values(
+                status=status,
+                processed_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                sweep_after=None,
+                last_error=None,
+                error_group=None,
+            )
+        ).rowcount == len(pks)
 
     def fail(
         self,
@@ -148,7 +157,7 @@ class EventLifecycle:
         """
         now = self.clock()
         attempts = row.attempts - row.attempts_before_round
-        final = permanent or attempts >= self.settings.max_attempts
+        final = self.is_last_try(row, permanent)
         values: dict[str, Any] = {"last_error": error[:MAX_ERROR], "updated_at": now, "lease_expires_at": None}
         outcome = FailedTry(FAILED)
         if not final:
@@ -159,5 +168,9 @@ class EventLifecycle:
         changed = conn.execute(update(events).where(holds_event(row.id, token)).values(**values)).rowcount
         if not changed:
             return None
-        self.record_attempt(conn, tried, outcome.status)
+        self.record_attempts(conn, [(tried, outcome.status)])
         return outcome
+
+    def is_last_try(self, row: Any, permanent: bool = False) -> bool:
+        """Whether a failure of this try leaves the event ``failed`` rather than retried."""
+        return permanent or row.attempts - row.attempts_before_round >= self.settings.max_attempts

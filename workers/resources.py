@@ -49,6 +49,7 @@ class ResourceStore:
                 conn.execute(
                     select(
                         events.c.id,
+                        events.c.event_type,
                         events.c.status,
                         events.c.sequence,
                         events.c.received_at,
@@ -75,18 +76,13 @@ class ResourceStore:
         return StoredResource(row.applied_sequence, orjson.loads(row.state) if row.state else None, bool(row.deleted))
 
     def write_state(
-        self, conn: Connection, key: ResourceKey, holder: str, row: Any, stored: StoredResource, fetched: Fetched
-    ) -> StoredResource | None:
-        """Write the event's outcome to the resource, inside the event's transaction.
-
-        Returns the resource as now stored; ``None`` (and nothing written) if another worker
-        has taken over the lease.
-        """
-        applied = stored.applied_sequence
-        if row.sequence is not None:
-            applied = row.sequence if applied is None else max(applied, row.sequence)
+        self, conn: Connection, key: ResourceKey, holder: str, row: Any, after: StoredResource, fetched: Fetched
+    ) -> bool:
+        """Write the resource as ``row``, the last event a round applied, leaves it (``after``, see
+        :func:`applied`), inside the round's transaction; ``False`` (and nothing written) if
+        another worker has taken over the lease."""
         values: dict[str, Any] = {
-            "applied_sequence": applied,
+            "applied_sequence": after.applied_sequence,
             "applied_event_id": row.event_id,
             "updated_at": self.clock(),
         }
@@ -98,11 +94,19 @@ class ResourceStore:
                 deleted=fetched.deleted,
                 fetched_at=fetched.fetched_at,
             )
-        changed = conn.execute(
-            update(resources).where(resource_row(key), resources.c.lease_token == holder).values(**values)
-        ).rowcount
-        if not changed:
-            return None
-        if not fetched.reconciled:
-            return StoredResource(applied, stored.state, stored.deleted)
-        return StoredResource(applied, fetched.state, fetched.deleted)
+        return bool(
+            conn.execute(
+                update(resources).where(resource_row(key), resources.c.lease_token == holder).values(**values)
+            ).rowcount
+        )
+
+
+def applied(stored: StoredResource, row: Any, fetched: Fetched) -> StoredResource:
+    """The resource once the event ``row`` is applied: its sequence, and the state reconciliation
+    fetched (or the stored one, when nothing was fetched)."""
+    sequence = stored.applied_sequence
+    if row.sequence is not None:
+        sequence = row.sequence if sequence is None else max(sequence, row.sequence)
+    if not fetched.reconciled:
+        return StoredResource(sequence, stored.state, stored.deleted)
+    return StoredResource(sequence, fetched.state, fetched.deleted)
