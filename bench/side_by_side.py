@@ -140,6 +140,7 @@ class Outcome:
     missing: int
     out_of_order: int  #: events handled after a later version of their customer
     fetches: float | None = None  #: reconciliation requests per event (Hookgate only)
+    load: float = 0.0  #: the machine's 1-minute load average as the run began
 
     @property
     def check(self) -> str:
@@ -245,9 +246,12 @@ def run(
     work: Path,
     args: argparse.Namespace,
 ) -> Outcome:
+    load = os.getloadavg()[0]
     if stack == "peer":
         with peer_stack(work, processes=processes, threads=threads, redis_url=redis_url) as base:
-            return measure(base, work / "out", events, args)
+            outcome = measure(base, work / "out", events, args)
+        outcome.load = load
+        return outcome
     database_url = args.database_url
     if database_url and database_url.startswith("postgresql"):
         reset_postgres(database_url)
@@ -261,7 +265,9 @@ def run(
         database_url=database_url or f"sqlite:///{work}/bench.db",
         env={"HOOKGATE_BENCH_PROVIDER": "stripe"},
     ) as base:
-        return measure(base, work / "out", events, args, api)
+        outcome = measure(base, work / "out", events, args, api)
+    outcome.load = load
+    return outcome
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -302,7 +308,8 @@ def main() -> int:
                     outcomes[stack] = outcome = run(stack, processes, threads, events, api, redis_url, work, args)
                     print(
                         f"round {round_number + 1} {processes}x{threads} {stack:8} {outcome.rate:7.0f} events/s "
-                        f"p50 {outcome.p50:6.0f} ms p99 {outcome.p99:6.0f} ms  {outcome.check}",
+                        f"p50 {outcome.p50:6.0f} ms p99 {outcome.p99:6.0f} ms  "
+                        f"load {outcome.load:4.1f}  {outcome.check}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -316,13 +323,16 @@ def report(results: dict[tuple[int, int], list[dict[str, Outcome]]], args: argpa
     median = statistics.median
     load = f"paced {args.rate:.0f}/s" if args.rate else "burst"
     store = (args.database_url or "sqlite").split(":")[0].split("+")[0]
-    print(f"\n{'config':>6} {'round':>5} {'stack':>8} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}  check")
+    print(f"\n{'config':>6} {'round':>5} {'stack':>8} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'load':>5}  check")
     for (processes, threads), rounds in results.items():
         label = f"{processes}x{threads}"
         for number, outcomes in enumerate(rounds, 1):
             for stack in STACKS:
                 o = outcomes[stack]
-                print(f"{label:>6} {number:>5} {stack:>8} {o.rate:>9.0f} {o.p50:>8.0f} {o.p99:>8.0f}  {o.check}")
+                print(
+                    f"{label:>6} {number:>5} {stack:>8} {o.rate:>9.0f} {o.p50:>8.0f} {o.p99:>8.0f} "
+                    f"{o.load:>5.1f}  {o.check}"
+                )
     print(
         f"\n{'config':>6} {'hookgate/s':>10} {'peer/s':>7} {'ratio':>6} {'hookgate p50/p99 ms':>20} "
         f"{'peer p50/p99 ms':>16} {'p99 ratio':>9}"
