@@ -17,10 +17,14 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,10 +52,15 @@ handlers: [bench.e2e_handlers]
 
 
 async def post_all(
-    url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int, rate: float | None = None
+    url: str,
+    requests: list[tuple[bytes, dict[str, str]]],
+    concurrency: int,
+    rate: float | None = None,
+    sent: list[float] | None = None,
 ) -> float:
     """POST every request over ``concurrency`` keep-alive connections, as fast as possible or at
-    ``rate`` requests/s; returns when the first was sent.
+    ``rate`` requests/s; returns when the first was sent. ``sent``, if given, receives each
+    request's send time (time.time()) at its index: the client's own clock for POST→handler.
 
     A few lines of HTTP/1.1 on asyncio streams: httpx's async pool managed about 130 requests/s
     with 32 connections on these machines, which would have measured the client, not the server.
@@ -71,6 +80,8 @@ async def post_all(
                     await asyncio.sleep(max(0.0, begin + index / rate - loop.time()))
                 head = f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Length: {len(body)}\r\n"
                 head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                if sent is not None:
+                    sent[index] = time.time()
                 writer.write(head.encode() + b"\r\n" + body)
                 status_line = await reader.readline()
                 length = 0
@@ -89,9 +100,28 @@ async def post_all(
     return started
 
 
-def read_done(out: Path) -> list[tuple[float, float]]:
-    lines = [line.split() for f in out.glob("done-*") for line in f.read_text().splitlines()]
-    return [(float(at), float(latency)) for at, latency in lines]
+@dataclass(frozen=True)
+class Done:
+    """One line of a handler's done log (bench/e2e_handlers.py, bench/peer/tasks.py)."""
+
+    at: float  #: when the handler ran (time.time())
+    latency: float  #: seconds since the stack received the event, by its own clock
+    event_id: str
+    resource: str
+    version: int | None
+
+
+def read_done(out: Path) -> list[Done]:
+    """Every complete line of the done logs in ``out`` (a handler may be writing the last one)."""
+    done = []
+    for f in out.glob("done-*"):
+        text = f.read_text()
+        for line in text[: text.rfind("\n") + 1].splitlines():
+            at, latency, *rest = line.split()
+            event_id, resource, version = rest if len(rest) == 3 else ("", "", "None")
+            number = None if version == "None" else int(version)
+            done.append(Done(float(at), float(latency), event_id, resource, number))
+    return done
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -99,32 +129,116 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def summarize(finished_at: list[float], latencies: list[float], started: float) -> dict[str, float]:
+    """events/s from ``started`` (the first POST) to the last handler, and the p50/p99 of
+    ``latencies`` (seconds) in milliseconds."""
+    millis = [latency * 1000 for latency in latencies]
+    return {
+        "events": len(finished_at),
+        "rate": len(finished_at) / (max(finished_at) - started),
+        "p50": statistics.median(millis),
+        "p99": percentile(millis, 0.99),
+    }
+
+
+@contextmanager
+def redis_server(tmp: Path, url: str | None = None) -> Iterator[str]:
+    """The Redis of a run: ``url``, else $HOOKGATE_REDIS_URL, else an embedded one under ``tmp``.
+
+    Between runs only this URL's database is flushed (never FLUSHALL: a shared Redis holds
+    other people's databases)."""
+    url = url or os.environ.get("HOOKGATE_REDIS_URL")
+    if url:
+        yield url
+        return
+    embedded = EmbeddedRedis(tmp / "redis")
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
+
+
+def stop(procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    """SIGTERM each process (in the order given: workers before the intake), then wait for it."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def hookgate_stack(
+    work: Path,
+    config_text: str,
+    *,
+    processes: int,
+    threads: int,
+    redis_url: str,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """``hookgate serve`` and ``hookgate worker --processes N --threads T`` on ``config_text``,
+    the handler's done log in ``work/out``; yields the intake's base URL once it answers and
+    stops both (workers first) on the way out. ``work`` must not exist yet."""
+    (work / "out").mkdir(parents=True)
+    config = work / "providers.yaml"
+    config.write_text(config_text)
+    redis.Redis.from_url(redis_url).flushdb()
+    full_env = {
+        **os.environ,
+        "HOOKGATE_CONFIG": str(config),
+        "HOOKGATE_DATABASE_URL": database_url or os.environ.get("HOOKGATE_DATABASE_URL", f"sqlite:///{work}/bench.db"),
+        "HOOKGATE_REDIS_URL": redis_url,
+        "HOOKGATE_BENCH_OUT": str(work / "out"),
+        "PYTHONPATH": str(HERE.parent),
+        **(env or {}),
+    }
+    port = free_port()
+    serve = start([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], full_env, work / "serve.log")
+    worker_command = [sys.executable, "-m", "gateway.cli", "worker", "--processes", str(processes)]
+    worker_command += ["--threads", str(threads)]
+    worker = start(worker_command, full_env, work / "worker.log")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop([worker, serve])
+
+
+def warm_up(url: str, request: tuple[bytes, dict[str, str]], out: Path, timeout: float = 60) -> None:
+    """POST one event and wait until a handler has recorded it: the workers are up, connected
+    and past their first event (imports, connection pools, the first reconciliation)."""
+    asyncio.run(post_all(url, [request], 1))
+    deadline = time.monotonic() + timeout
+    while not read_done(out):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the workers processed nothing in {timeout:.0f} s; see the logs in {out.parent}")
+        time.sleep(0.05)
+
+
+def wait_handled(out: Path, ids: set[str], timeout: float = 300, settle: float = 0.5) -> list[Done]:
+    """The done log once every event of ``ids`` is in it (then ``settle`` seconds more, so that
+    a duplicate right behind shows too), or as it is after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ids <= {d.event_id for d in read_done(out)} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(settle)
+    return read_done(out)
+
+
 def run_hookgate(
     args: argparse.Namespace, processes: int, threads: int, rate: float | None, api: FakeApi, redis_url: str, tmp: Path
 ) -> dict[str, float]:
     name = f"{processes}x{threads}-{rate or 'burst'}"
     work = tmp / name
-    (work / "out").mkdir(parents=True)
-    config = work / "providers.yaml"
-    config.write_text(textwrap.dedent(CONFIG.format(api=api.url)))
-    provider = load_config(config).providers["things"].provider
-    redis.Redis.from_url(redis_url).flushall()
-    env = {
-        **os.environ,
-        "HOOKGATE_CONFIG": str(config),
-        "HOOKGATE_DATABASE_URL": os.environ.get("HOOKGATE_DATABASE_URL", f"sqlite:///{work}/bench.db"),
-        "HOOKGATE_REDIS_URL": redis_url,
-        "HOOKGATE_BENCH_OUT": str(work / "out"),
-        "PYTHONPATH": str(HERE.parent),
-    }
-    port = free_port()
-    serve = start([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env, work / "serve.log")
-    worker_command = [sys.executable, "-m", "gateway.cli", "worker", "--processes", str(processes)]
-    worker_command += ["--threads", str(threads)]
-    worker = start(worker_command, env, work / "worker.log")
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/healthz")
-        url = f"http://127.0.0.1:{port}/webhooks/things"
+    config_text = textwrap.dedent(CONFIG.format(api=api.url))
+    with hookgate_stack(work, config_text, processes=processes, threads=threads, redis_url=redis_url) as base:
+        provider = load_config(work / "providers.yaml").providers["things"].provider
+        url = f"{base}/webhooks/things"
         versions = args.events // args.resources
         requests = [
             provider.signed_request(
@@ -133,34 +247,18 @@ def run_hookgate(
             for v in range(1, versions + 1)
             for r in range(args.resources)
         ]
+        ids = {f"{name}-r{r}-v{v}" for v in range(1, versions + 1) for r in range(args.resources)}
         warm = provider.signed_request("thing.updated", {"id": "warm", "version": 1}, event_id="warm", timestamp=0)
-        asyncio.run(post_all(url, [warm], 1))
-        deadline = time.monotonic() + 60
-        while len(read_done(work / "out")) < 1:  # the workers are up and have processed one event
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the worker processed nothing; see {work}/worker.log")
-            time.sleep(0.05)
+        warm_up(url, warm, work / "out")
         fetches_before = len(api.seen())
         started = asyncio.run(post_all(url, requests, args.concurrency, rate))
-        deadline = time.monotonic() + 300
-        while len(done := read_done(work / "out")) < len(requests) + 1:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"only {len(done) - 1} of {len(requests)} events were handled")
-            time.sleep(0.1)
-        measured = [(at, latency) for at, latency in done if at >= started]
-        finished = max(at for at, _ in measured)
-        latencies = [latency * 1000 for _, latency in measured]
-        return {
-            "events": len(requests),
-            "rate": len(requests) / (finished - started),
-            "p50": statistics.median(latencies),
-            "p99": percentile(latencies, 0.99),
-            "fetches": (len(api.seen()) - fetches_before) / len(requests),
-        }
-    finally:
-        for proc in (worker, serve):
-            proc.terminate()
-            proc.wait(timeout=60)
+        done = wait_handled(work / "out", ids, settle=0)
+        measured = [d for d in done if d.event_id in ids]
+        if len(measured) < len(requests):
+            raise SystemExit(f"only {len(measured)} of {len(requests)} events were handled")
+        result = summarize([d.at for d in measured], [d.latency for d in measured], started)
+        result["fetches"] = (len(api.seen()) - fetches_before) / len(requests)
+        return result
 
 
 def run_bare(args: argparse.Namespace, tmp: Path) -> float:
@@ -186,23 +284,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="events/s of the paced (latency) runs")
     args = parser.parse_args()
     api = FakeApi().start()
-    for r in range(args.resources):
-        api.states[f"/v1/things/r{r}"] = {"id": f"r{r}", "version": args.events // args.resources}
+    for index in range(args.resources):
+        api.states[f"/v1/things/r{index}"] = {"id": f"r{index}", "version": args.events // args.resources}
     api.states["/v1/things/warm"] = {"id": "warm", "version": 1}
     with tempfile.TemporaryDirectory(prefix="hge2e-") as name:
         tmp = Path(name)
-        embedded = None
-        redis_url = os.environ.get("HOOKGATE_REDIS_URL")
-        if not redis_url:
-            embedded = EmbeddedRedis(tmp / "redis")
-            redis_url = embedded.start()
-        try:
+        with redis_server(tmp) as redis_url:
             bare = run_bare(args, tmp)
             runs = [(1, 1, None), (1, 4, None), (2, 4, None), (1, 1, args.rate), (1, 4, args.rate)]
             results = {run: run_hookgate(args, *run, api, redis_url, tmp) for run in runs}
-        finally:
-            if embedded is not None:
-                embedded.stop()
     api.stop()
     print(f"\nbare starlette accepts the same POSTs at {bare:.0f}/s ({args.concurrency} clients)")
     header = f"{'load':>14} {'processes':>9} {'threads':>7} {'events/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8}"
