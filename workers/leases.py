@@ -89,34 +89,34 @@ class EventLeases:
         waiting = [events.c.id == pk]
         if message is not None:
             waiting.append(events.c.message_id == message)
-        rows = self._claim(waiting, token)
+        with self.engine.begin() as conn:
+            rows = self._claim(conn, waiting, token)
         return rows[0] if rows else None
 
-    def claim_many(self, pks: Sequence[int], token: str) -> dict[int, Any]:
+    def claim_many(self, conn: Connection, pks: Sequence[int], token: str) -> dict[int, Any]:
         """Lease these waiting events at once, in one statement (a resource pass's round, whose
         holder owns the resource's lease); the rows claimed, by primary key. An event that is no
         longer waiting, or whose provider is paused, is left out."""
-        return {row.id: row for row in self._claim([events.c.id.in_(pks)], token)} if pks else {}
+        return {row.id: row for row in self._claim(conn, [events.c.id.in_(pks)], token)} if pks else {}
 
-    def _claim(self, which: list[Any], token: str) -> list[Any]:
+    def _claim(self, conn: Connection, which: list[Any], token: str) -> list[Any]:
         # The store's pause state fences the claim: a worker's cached paused set may be a second
         # old, and an event stored after ``pause`` returned must not run (see gateway.pausing).
         paused = exists().where(provider_states.c.provider == events.c.provider, provider_states.c.paused.is_(True))
-        with self.engine.begin() as conn:
-            return list(
-                conn.execute(
-                    update(events)
-                    .where(*which, events.c.status.in_((RECEIVED, QUEUED)), ~paused)
-                    .values(
-                        status=PROCESSING,
-                        message_id=token,
-                        attempts=events.c.attempts + 1,
-                        lease_expires_at=store_time() + self.settings.lease_seconds,
-                        updated_at=self.clock(),
-                    )
-                    .returning(*events.c)
-                ).all()
-            )
+        return list(
+            conn.execute(
+                update(events)
+                .where(*which, events.c.status.in_((RECEIVED, QUEUED)), ~paused)
+                .values(
+                    status=PROCESSING,
+                    message_id=token,
+                    attempts=events.c.attempts + 1,
+                    lease_expires_at=store_time() + self.settings.lease_seconds,
+                    updated_at=self.clock(),
+                )
+                .returning(*events.c)
+            ).all()
+        )
 
     def give_back(self, conn: Connection, pks: Sequence[int], token: str, at: float) -> None:
         """Undo the claim of events a round did not start (the pass stopped before them): they
@@ -197,20 +197,24 @@ class ResourceLeases:
         self.clock = clock
 
     def acquire(self, key: ResourceKey, holder: str) -> bool:
-        """Take the resource's lease unless a live worker holds it."""
-        expires = store_time() + self.settings.lease_seconds
+        """Take the resource's lease unless a live worker holds it (in a transaction of its own)."""
         with self.engine.begin() as conn:
-            free = or_(resources.c.lease_token.is_(None), resources.c.lease_expires_at <= store_time())
-            taken = conn.execute(
-                update(resources)
-                .where(resource_row(key), free)
-                .values(lease_token=holder, lease_expires_at=expires)
-                .returning(resources.c.lease_token)
-            ).first()
-            if taken is not None:
-                return True
-            values = {"provider": key[0], "resource_id": key[1], "lease_token": holder, "lease_expires_at": expires}
-            return insert_ignoring_conflict(conn, resources, {**values, "deleted": False, "updated_at": self.clock()})
+            return self.take(conn, key, holder)
+
+    def take(self, conn: Connection, key: ResourceKey, holder: str) -> bool:
+        """Take the resource's lease unless a live worker holds it, in the caller's transaction."""
+        expires = store_time() + self.settings.lease_seconds
+        free = or_(resources.c.lease_token.is_(None), resources.c.lease_expires_at <= store_time())
+        taken = conn.execute(
+            update(resources)
+            .where(resource_row(key), free)
+            .values(lease_token=holder, lease_expires_at=expires)
+            .returning(resources.c.lease_token)
+        ).first()
+        if taken is not None:
+            return True
+        values = {"provider": key[0], "resource_id": key[1], "lease_token": holder, "lease_expires_at": expires}
+        return insert_ignoring_conflict(conn, resources, {**values, "deleted": False, "updated_at": self.clock()})
 
     def renew(self, conn: Connection, held: Sequence[tuple[ResourceKey, str]]) -> None:
         for key, holder in held:
@@ -222,11 +226,15 @@ class ResourceLeases:
 
     def release(self, key: ResourceKey, holder: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                update(resources)
-                .where(resource_row(key), resources.c.lease_token == holder)
-                .values(lease_token=None, lease_expires_at=None)
-            )
+            self.give_up(conn, key, holder)
+
+    def give_up(self, conn: Connection, key: ResourceKey, holder: str) -> None:
+        """Release the lease in the caller's transaction (the one that ends a pass)."""
+        conn.execute(
+            update(resources)
+            .where(resource_row(key), resources.c.lease_token == holder)
+            .values(lease_token=None, lease_expires_at=None)
+        )
 
 
 @dataclass(slots=True)

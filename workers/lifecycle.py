@@ -55,27 +55,25 @@ class EventLifecycle:
                 )
             ).one_or_none()
 
-    def defer(self, pk: int, token: str, delay: float) -> None:
+    def defer(self, conn: Connection, pk: int, token: str, delay: float) -> None:
         """Have the recovery sweep look at this event again in ``delay`` seconds.
 
         Used when another worker holds the event's resource: that worker usually applies it;
         if it does not, the sweep finds the message gone and sends a new one.
         """
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(events)
-                .where(events.c.id == pk, events.c.message_id == token, events.c.status.in_((RECEIVED, QUEUED)))
-                .values(sweep_after=self.clock() + delay)
-            )
+        conn.execute(
+            update(events)
+            .where(events.c.id == pk, events.c.message_id == token, events.c.status.in_((RECEIVED, QUEUED)))
+            .values(sweep_after=self.clock() + delay)
+        )
 
-    def schedule(self, pk: int, at: float) -> None:
+    def schedule(self, conn: Connection, pk: int, at: float) -> None:
         """Send this waiting event only at ``at`` (no message until then): the sweep sends it."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(events)
-                .where(events.c.id == pk, events.c.status.in_((RECEIVED, QUEUED)))
-                .values(message_id=None, sweep_after=at)
-            )
+        conn.execute(
+            update(events)
+            .where(events.c.id == pk, events.c.status.in_((RECEIVED, QUEUED)))
+            .values(message_id=None, sweep_after=at)
+        )
 
     def succeeded_handlers(self, rows: list[Any]) -> dict[int, set[str]]:
         """Handlers already recorded as done for these claimed events in their current round, by

@@ -184,6 +184,36 @@ class Tried:
     log_fields: Mapping[str, object] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class ResourcePass:
+    """One worker's pass over a resource's due events, under the resource's lease."""
+
+    key: ResourceKey
+    holder: str
+    lease: Lease
+    window: float
+    #: When the pass hands the rest of the backlog to a new message (see ``Processor.pass_budget``).
+    deadline: float = math.inf
+    #: A round has been tried: the budget applies from now on.
+    settled: bool = False
+    #: The last round claimed fewer events than were due (one changed under the pass): stop after it.
+    last_round: bool = False
+    #: The lease was given back, in the transaction that ended the pass.
+    released: bool = False
+
+
+@dataclass(slots=True)
+class Plan:
+    """A pass's next round: its claimed events (none when the pass is over) and the resource as stored."""
+
+    rows: list[Any]
+    stored: StoredResource = field(default_factory=StoredResource)
+    #: Due events the claim passed over (a pause, a replay): parked after the commit, if paused.
+    park: list[tuple[int, str | None]] = field(default_factory=list)
+    #: The transaction gives the resource's lease back (the pass ends with it).
+    releases: bool = False
+
+
 class Processor:
     """The body of the ``hookgate.process_event`` actor."""
 
@@ -250,51 +280,69 @@ class Processor:
                 park(self.engine, row.provider, [(pk, token)])
             return
         key = (row.provider, row.resource_id)
-        holder = new_token()
-        if not self.resource_leases.acquire(key, holder):
-            self.lifecycle.defer(pk, token, BUSY_RETRY_SECONDS)
-            return
-        try:
-            with self.keeper.holding_resource(key, holder) as lease:
-                self.drain(key, holder, lease)
-        finally:
-            self.resource_leases.release(key, holder)
-
-    def drain(self, key: ResourceKey, holder: str, resource_lease: Lease) -> None:
-        """Settle the resource's due events in order, a round at a time, until one is not due or
-        does not settle, or the pass's budget is spent."""
         entry = self.providers.get(key[0])
-        window = entry.window_seconds if entry else 0.0
-        deadline = self.clock() + self.pass_budget
-        settled = False
+        holder = new_token()
+        with self.keeper.holding_resource(key, holder) as lease:
+            window = entry.window_seconds if entry else 0.0
+            pass_ = ResourcePass(key, holder, lease, window, deadline=self.clock() + self.pass_budget)
+            try:
+                with self.engine.begin() as conn:
+                    if not self.resource_leases.take(conn, key, holder):
+                        pass_.released = True  # never held
+                        self.lifecycle.defer(conn, pk, token, BUSY_RETRY_SECONDS)
+                        return
+                    plan = self.plan_round(conn, pass_)
+                pass_.released = plan.releases
+                self.drain(pass_, plan)
+            finally:
+                if not pass_.released:  # the pass broke off: give the lease back on its own
+                    self.resource_leases.release(key, holder)
+
+    def drain(self, pass_: ResourcePass, plan: Plan) -> None:
+        """Run the pass's rounds, each planned in the transaction that committed the one before."""
         while True:
-            batch, blocker = due_prefix(self.resources.pending(key), self.clock(), window)
-            if not batch:
-                if blocker is not None and blocker.status != PROCESSING:
-                    self.lifecycle.schedule(blocker.id, due_at(blocker, window))
+            if plan.park:  # changed under us (a replay, a sweep, a pause): parked, if paused
+                park(self.engine, pass_.key[0], plan.park)
+            if not plan.rows:
                 return
-            if key[0] in self.paused:  # paused meanwhile: the rest is parked when it comes up
-                return
-            if settled and (self.clock() > deadline or self.stopping.is_set()):
-                self.lifecycle.schedule(batch[0].id, self.clock())  # the rest goes to a new message, now
-                return
-            batch = batch[: self.round_size(key[0], batch)]
-            claimed = self.event_leases.claim_many([pending.id for pending in batch], holder)
-            missing = [pending for pending in batch if pending.id not in claimed]
-            prefix = batch[: batch.index(missing[0])] if missing else batch
-            if missing:  # changed under us (a replay, a sweep, a pause): keep the order
-                self.give_back_now([pending.id for pending in batch[len(prefix) :] if pending.id in claimed], holder)
-                park(self.engine, key[0], [(pending.id, pending.message_id) for pending in missing])
-            if not prefix:
-                return
-            rows = [claimed[pending.id] for pending in prefix]
-            resource_lease.extend(self.keeper.work_seconds)
-            stored = self.resources.stored(key)  # read after the claim: kept current while the lease is held
-            if not self.run_round(rows, holder, key, SharedFetch(self.reconciler), stored, resource_lease, deadline):
-                return
-            if len(prefix) < len(batch):
-                return
-            settled = True
+            plan = self.run_round(plan.rows, pass_.holder, pass_.key, SharedFetch(self.reconciler), plan.stored, pass_)
+
+    def plan_round(self, conn: Connection, pass_: ResourcePass) -> Plan:
+        """Claim the resource's next round of due events, in order, in the caller's transaction;
+        or, when there is none, end the pass there: schedule the event that stops it (a window,
+        a retry) and give the resource's lease back."""
+        key, now = pass_.key, self.clock()
+        batch, blocker = due_prefix(self.resources.pending(conn, key), now, pass_.window)
+        if not batch:
+            if blocker is not None and blocker.status != PROCESSING:
+                self.lifecycle.schedule(conn, blocker.id, due_at(blocker, pass_.window))
+            return self.end_pass(conn, pass_)
+        if key[0] in self.paused:  # paused meanwhile: the rest is parked when it comes up
+            return self.end_pass(conn, pass_)
+        if pass_.settled and (now > pass_.deadline or self.stopping.is_set()):
+            self.lifecycle.schedule(conn, batch[0].id, now)  # the rest goes to a new message, now
+            return self.end_pass(conn, pass_)
+        batch = batch[: self.round_size(key[0], batch)]
+        claimed = self.event_leases.claim_many(conn, [pending.id for pending in batch], pass_.holder)
+        missing = [pending for pending in batch if pending.id not in claimed]
+        prefix = batch[: batch.index(missing[0])] if missing else batch
+        if missing:  # keep the order: nothing behind the first event that was not claimed
+            self.event_leases.give_back(
+                conn, [p.id for p in batch[len(prefix) :] if p.id in claimed], pass_.holder, now
+            )
+            pass_.last_round = True
+        parked = [(pending.id, pending.message_id) for pending in missing]
+        if not prefix:
+            return self.end_pass(conn, pass_, parked)
+        pass_.lease.extend(self.keeper.work_seconds)
+        stored = self.resources.stored(conn, key)  # kept current in memory while the lease is held
+        return Plan([claimed[pending.id] for pending in prefix], stored, parked)
+
+    def end_pass(
+        self, conn: Connection, pass_: ResourcePass, parked: list[tuple[int, str | None]] | None = None
+    ) -> Plan:
+        self.resource_leases.give_up(conn, pass_.key, pass_.holder)
+        return Plan([], park=parked or [], releases=True)
 
     def round_size(self, provider: str, batch: list[Any]) -> int:
         """How many events a round takes: :data:`ROUND_EVENTS`, or one on SQLite when a handler
@@ -318,18 +366,18 @@ class Processor:
         key: ResourceKey | None,
         fetch: SharedFetch,
         stored: StoredResource,
-        resource_lease: Lease | None = None,
-        deadline: float = math.inf,
-    ) -> bool:
+        pass_: ResourcePass | None = None,
+    ) -> Plan:
         """Try the claimed events ``rows`` in order and commit every outcome in one transaction.
 
         Each event is prepared and its handlers run on the round's connection, each handler's
         session in a savepoint of its own. The round stops early, giving its remaining events
         back (see :meth:`EventLeases.give_back`), when an event fails and will be retried (the
         ones behind it wait for it), when the worker stops, when the provider is paused, or when
-        ``deadline`` (the pass's budget) has passed. Returns whether the pass may go on: every
-        event of the round settled and the outcome was committed.
+        the pass's budget is spent. The same transaction plans the pass's next round, or ends
+        the pass (see :meth:`plan_round`): the next round, empty when there is none.
         """
+        deadline = pass_.deadline if pass_ else math.inf
         tries: list[Tried] = []
         unrecorded: Exception | None = None
         done = self.lifecycle.succeeded_handlers(rows)
@@ -339,7 +387,7 @@ class Processor:
             for h in self.registry.for_event(row.provider, row.event_type)
         )
         with self.keeper.holding_events([row.id for row in rows], token) as event_leases:
-            leases = [*event_leases, *([resource_lease] if resource_lease else [])]
+            leases = [*event_leases, *([pass_.lease] if pass_ else [])]
             with self.engine.connect() as conn:
                 self.begin(conn, sessions=sessions)
                 current = stored
@@ -351,19 +399,25 @@ class Processor:
                     if tried.status is None and not self.lifecycle.is_last_try(row, tried.permanent):
                         break  # retried later: the events behind it wait for it
                     current = tried.after or current
+                go_on = len(tries) == len(rows) and all(
+                    t.status is not None or self.lifecycle.is_last_try(t.row, t.permanent) for t in tries
+                )
                 try:
-                    recorded = self.record_round(conn, tries, rows[len(tries) :], token, key)
+                    recorded = self.record_round(conn, tries, rows[len(tries) :], token, key, pass_, go_on)
                 except Exception as exc:
                     conn.rollback()
                     recorded, unrecorded = None, exc
         if unrecorded is not None:  # each try recorded as a failure on a connection of its own
             self.record_unrecorded(tries, rows[len(tries) :], token, unrecorded)
-            return False
+            return Plan([])
         if recorded is None:
             log.warning("%d events: lease lost while running handlers; nothing recorded", len(rows))
-            return False
-        self.report(tries, recorded)
-        return len(tries) == len(rows) and all(t.status is not None or recorded[t.row.id] == FAILED for t in tries)
+            return Plan([])
+        statuses, plan = recorded
+        if pass_ is not None:
+            pass_.released = plan.releases
+        self.report(tries, statuses)
+        return plan
 
     def try_event(
         self,
@@ -406,11 +460,19 @@ class Processor:
             return tried
 
     def record_round(
-        self, conn: Connection, tries: list[Tried], rest: list[Any], token: str, key: ResourceKey | None
-    ) -> dict[int, str] | None:
+        self,
+        conn: Connection,
+        tries: list[Tried],
+        rest: list[Any],
+        token: str,
+        key: ResourceKey | None,
+        pass_: ResourcePass | None,
+        go_on: bool,
+    ) -> tuple[dict[int, str], Plan] | None:
         """Write the round's outcomes, fenced by the token, and commit: the statuses, the resource,
-        the handler runs and the attempts; the events not tried go back. Returns each tried
-        event's new status, or ``None`` if a lease was lost (and everything rolled back)."""
+        the handler runs and the attempts; the events not tried go back; the pass's next round
+        is claimed (if it ``go_on``) or the pass ends. Returns each tried event's new status and
+        the next round, or ``None`` if a lease was lost (and everything rolled back)."""
         statuses: dict[int, str] = {}
         for status in (PROCESSED, SUPERSEDED):
             pks = [t.row.id for t in tries if t.status == status]
@@ -447,8 +509,12 @@ class Processor:
         self.lifecycle.record_handlers(conn, [(t.row, t.succeeded) for t in tries])  # only once the fence has held
         self.lifecycle.record_attempts(conn, [(t.attempt, t.status) for t in tries if t.status is not None])
         self.event_leases.give_back(conn, [row.id for row in rest], token, retry_at or self.clock())
+        plan = Plan([])
+        if pass_ is not None:
+            pass_.settled = True
+            plan = self.plan_round(conn, pass_) if go_on and not pass_.last_round else self.end_pass(conn, pass_)
         conn.commit()
-        return statuses
+        return statuses, plan
 
     def record_unrecorded(self, tries: list[Tried], rest: list[Any], token: str, exc: Exception) -> None:
         """Recording the round failed (and was rolled back): each try is recorded as a failure

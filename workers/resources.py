@@ -39,38 +39,36 @@ class ResourceStore:
         self.engine = engine
         self.clock = clock
 
-    def pending(self, key: ResourceKey) -> list[Any]:
+    def pending(self, conn: Connection, key: ResourceKey) -> list[Any]:
         """The resource's unfinished events in order (at most :data:`PASS_LIMIT`).
 
         Events without a sequence come first, on every backend (PostgreSQL sorts NULL last by
         default), so that the limit never cuts off the event the order puts first."""
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(
-                        events.c.id,
-                        events.c.event_type,
-                        events.c.status,
-                        events.c.sequence,
-                        events.c.received_at,
-                        events.c.message_id,
-                        events.c.sweep_after,
-                    )
-                    .where(
-                        events.c.provider == key[0],
-                        events.c.resource_id == key[1],
-                        events.c.status.in_((RECEIVED, QUEUED, PROCESSING)),
-                    )
-                    .order_by(events.c.sequence.asc().nulls_first(), events.c.id)
-                    .limit(PASS_LIMIT)
-                ).all()
-            )
+        return list(
+            conn.execute(
+                select(
+                    events.c.id,
+                    events.c.event_type,
+                    events.c.status,
+                    events.c.sequence,
+                    events.c.received_at,
+                    events.c.message_id,
+                    events.c.sweep_after,
+                )
+                .where(
+                    events.c.provider == key[0],
+                    events.c.resource_id == key[1],
+                    events.c.status.in_((RECEIVED, QUEUED, PROCESSING)),
+                )
+                .order_by(events.c.sequence.asc().nulls_first(), events.c.id)
+                .limit(PASS_LIMIT)
+            ).all()
+        )
 
-    def stored(self, key: ResourceKey) -> StoredResource:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(resources.c.applied_sequence, resources.c.state, resources.c.deleted).where(resource_row(key))
-            ).one_or_none()
+    def stored(self, conn: Connection, key: ResourceKey) -> StoredResource:
+        row = conn.execute(
+            select(resources.c.applied_sequence, resources.c.state, resources.c.deleted).where(resource_row(key))
+        ).one_or_none()
         if row is None:
             return StoredResource()
         return StoredResource(row.applied_sequence, orjson.loads(row.state) if row.state else None, bool(row.deleted))

@@ -47,7 +47,8 @@ def store_events(engine: Any, resource: str, sequences: list[int | None]) -> Non
 
 def test_an_event_without_a_sequence_comes_first_in_every_store(engine: Any) -> None:
     store_events(engine, "crowded", [*range(PASS_LIMIT + 10, 0, -1), None])
-    pending = ResourceStore(engine).pending(("acme", "crowded"))
+    with engine.connect() as conn:
+        pending = ResourceStore(engine).pending(conn, ("acme", "crowded"))
     assert len(pending) == PASS_LIMIT
     assert pending[0].sequence is None, "the store cut off the event the in-memory order puts first"
     assert [row.sequence for row in pending[1:4]] == [1, 2, 3]
