@@ -24,6 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,7 @@ from .reconcile import Fetched, ReconcileError, Reconciler
 from .registry import Handler, HandlerRegistry
 from .resources import ResourceStore, StoredResource, applied
 from .tries import Try
+from .turns import WriteTurns
 
 log = logging.getLogger("hookgate.worker")
 
@@ -238,6 +240,7 @@ class Processor:
         self.event_leases = EventLeases(engine, settings)
         self.resource_leases = ResourceLeases(engine, settings)
         self.resources = ResourceStore(engine)
+        self.turns = WriteTurns(engine)
         self.registry = registry
         self.reconciler = reconciler
         self.providers = providers
@@ -286,7 +289,7 @@ class Processor:
             window = entry.window_seconds if entry else 0.0
             pass_ = ResourcePass(key, holder, lease, window, deadline=self.clock() + self.pass_budget)
             try:
-                with self.engine.begin() as conn:
+                with self.turns.turn(), self.engine.begin() as conn:
                     if not self.resource_leases.take(conn, key, holder):
                         pass_.released = True  # never held
                         self.lifecycle.defer(conn, pk, token, BUSY_RETRY_SECONDS)
@@ -388,7 +391,8 @@ class Processor:
         )
         with self.keeper.holding_events([row.id for row in rows], token) as event_leases:
             leases = [*event_leases, *([pass_.lease] if pass_ else [])]
-            with self.engine.connect() as conn:
+            # A round whose handlers take a session writes from its start: its turn covers it all.
+            with self.turns.turn() if sessions else nullcontext(), self.engine.connect() as conn:
                 self.begin(conn, sessions=sessions)
                 current = stored
                 for row in rows:
@@ -403,7 +407,8 @@ class Processor:
                     t.status is not None or self.lifecycle.is_last_try(t.row, t.permanent) for t in tries
                 )
                 try:
-                    recorded = self.record_round(conn, tries, rows[len(tries) :], token, key, pass_, go_on)
+                    with nullcontext() if sessions else self.turns.turn():
+                        recorded = self.record_round(conn, tries, rows[len(tries) :], token, key, pass_, go_on)
                 except Exception as exc:
                     conn.rollback()
                     recorded, unrecorded = None, exc
