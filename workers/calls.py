@@ -76,6 +76,10 @@ class TimeLimiter:
         self._fired: dict[int, float] = {}
         self._changed = threading.Condition()
         self._watchdog: threading.Thread | None = None
+        #: When the watchdog wakes up next (monotonic; infinity while it waits for a call). A new
+        #: call is due later than the calls before it (one limit for all), so it wakes the
+        #: watchdog only when that is sooner: one wake-up per call was a thread switch per call.
+        self._wake_at = math.inf
 
     @contextmanager
     def limit(self) -> Iterator[None]:
@@ -88,8 +92,9 @@ class TimeLimiter:
                 self._watchdog = threading.Thread(target=self._watch, name="hookgate-time-limit", daemon=True)
                 self._watchdog.start()
             self._fired.pop(thread_id, None)
-            self._deadlines[thread_id] = time.monotonic() + self.seconds
-            self._changed.notify()
+            deadline = self._deadlines[thread_id] = time.monotonic() + self.seconds
+            if deadline < self._wake_at:
+                self._changed.notify()
         try:
             yield
         finally:
@@ -105,6 +110,7 @@ class TimeLimiter:
         after it."""
         with self._changed:
             self._stop_by = deadline
+            self._wake_at = -math.inf  # the next call wakes it up too, should this find it between waits
             self._changed.notify()  # no watchdog yet: no call has started, and limit() checks
 
     def _watch(self) -> None:
@@ -121,7 +127,8 @@ class TimeLimiter:
                     self.on_all_stuck(stuck)
                 upcoming = [min(d, stop_by) for t, d in self._deadlines.items() if t not in self._fired]
                 upcoming += [fired + self.grace for fired in self._fired.values() if now - fired < self.grace]
-                self._changed.wait(timeout=min(upcoming) - now if upcoming else None)
+                self._wake_at = min(upcoming) if upcoming else math.inf
+                self._changed.wait(timeout=self._wake_at - now if upcoming else None)
 
 
 def call_handler(handler: Handler, event: Event, conn: Connection) -> None:
