@@ -97,7 +97,10 @@ class EventLeases:
         """Lease these waiting events at once, in one statement (a resource pass's round, whose
         holder owns the resource's lease); the rows claimed, by primary key. An event that is no
         longer waiting, or whose provider is paused, is left out."""
-        return {row.id: row for row in self._claim(conn, [events.c.id.in_(pks)], token)} if pks else {}
+        if not pks:
+            return {}
+        values = {"pks": list(pks), "holder": token, "seconds": self.settings.lease_seconds, "now": self.clock()}
+        return {row.id: row for row in conn.execute(CLAIM_MANY, values)}
 
     def _claim(self, conn: Connection, which: list[Any], token: str) -> list[Any]:
         # The store's pause state fences the claim: a worker's cached paused set may be a second
@@ -187,6 +190,38 @@ def resource_row(key: ResourceKey) -> Any:
     return and_(resources.c.provider == key[0], resources.c.resource_id == key[1])
 
 
+#: :func:`resource_row` with the key as parameters (``key_provider``, ``key_resource``): the
+#: statements every pass runs are built once (see workers.lifecycle).
+RESOURCE_ROW = and_(
+    resources.c.provider == bindparam("key_provider"), resources.c.resource_id == bindparam("key_resource")
+)
+_FREE = or_(resources.c.lease_token.is_(None), resources.c.lease_expires_at <= store_time())
+TAKE = (
+    update(resources)
+    .where(RESOURCE_ROW, _FREE)
+    .values(lease_token=bindparam("holder"), lease_expires_at=store_time() + bindparam("seconds"))
+    .returning(resources.c.lease_token)
+)
+GIVE_UP = (
+    update(resources)
+    .where(RESOURCE_ROW, resources.c.lease_token == bindparam("holder"))
+    .values(lease_token=None, lease_expires_at=None)
+)
+_PAUSED = exists().where(provider_states.c.provider == events.c.provider, provider_states.c.paused.is_(True))
+CLAIM_MANY = (
+    update(events)
+    .where(events.c.id.in_(bindparam("pks", expanding=True)), events.c.status.in_((RECEIVED, QUEUED)), ~_PAUSED)
+    .values(
+        status=PROCESSING,
+        message_id=bindparam("holder"),
+        attempts=events.c.attempts + 1,
+        lease_expires_at=store_time() + bindparam("seconds"),
+        updated_at=bindparam("now"),
+    )
+    .returning(*events.c)
+)
+
+
 class ResourceLeases:
     """Taking, renewing and giving back the lease of a resource (one pass over its events)."""
 
@@ -203,16 +238,15 @@ class ResourceLeases:
 
     def take(self, conn: Connection, key: ResourceKey, holder: str) -> bool:
         """Take the resource's lease unless a live worker holds it, in the caller's transaction."""
-        expires = store_time() + self.settings.lease_seconds
-        free = or_(resources.c.lease_token.is_(None), resources.c.lease_expires_at <= store_time())
-        taken = conn.execute(
-            update(resources)
-            .where(resource_row(key), free)
-            .values(lease_token=holder, lease_expires_at=expires)
-            .returning(resources.c.lease_token)
-        ).first()
-        if taken is not None:
+        values = {
+            "key_provider": key[0],
+            "key_resource": key[1],
+            "holder": holder,
+            "seconds": self.settings.lease_seconds,
+        }
+        if conn.execute(TAKE, values).first() is not None:
             return True
+        expires = store_time() + self.settings.lease_seconds
         values = {"provider": key[0], "resource_id": key[1], "lease_token": holder, "lease_expires_at": expires}
         return insert_ignoring_conflict(conn, resources, {**values, "deleted": False, "updated_at": self.clock()})
 
@@ -230,11 +264,7 @@ class ResourceLeases:
 
     def give_up(self, conn: Connection, key: ResourceKey, holder: str) -> None:
         """Release the lease in the caller's transaction (the one that ends a pass)."""
-        conn.execute(
-            update(resources)
-            .where(resource_row(key), resources.c.lease_token == holder)
-            .values(lease_token=None, lease_expires_at=None)
-        )
+        conn.execute(GIVE_UP, {"key_provider": key[0], "key_resource": key[1], "holder": holder})
 
 
 @dataclass(slots=True)

@@ -11,16 +11,38 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from gateway.models import PROCESSING, QUEUED, RECEIVED, events, resources
 from providers.base import Clock
 
-from .leases import ResourceKey, resource_row
+from .leases import RESOURCE_ROW, ResourceKey, resource_row
 from .reconcile import Fetched
 
 #: The most pending events of one resource looked at in one pass.
 PASS_LIMIT = 500
+
+
+# Run for every pass, built once (see workers.lifecycle).
+PENDING = (
+    select(
+        events.c.id,
+        events.c.event_type,
+        events.c.status,
+        events.c.sequence,
+        events.c.received_at,
+        events.c.message_id,
+        events.c.sweep_after,
+    )
+    .where(
+        events.c.provider == bindparam("key_provider"),
+        events.c.resource_id == bindparam("key_resource"),
+        events.c.status.in_((RECEIVED, QUEUED, PROCESSING)),
+    )
+    .order_by(events.c.sequence.asc().nulls_first(), events.c.id)
+    .limit(PASS_LIMIT)
+)
+STORED = select(resources.c.applied_sequence, resources.c.state, resources.c.deleted).where(RESOURCE_ROW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,31 +66,10 @@ class ResourceStore:
 
         Events without a sequence come first, on every backend (PostgreSQL sorts NULL last by
         default), so that the limit never cuts off the event the order puts first."""
-        return list(
-            conn.execute(
-                select(
-                    events.c.id,
-                    events.c.event_type,
-                    events.c.status,
-                    events.c.sequence,
-                    events.c.received_at,
-                    events.c.message_id,
-                    events.c.sweep_after,
-                )
-                .where(
-                    events.c.provider == key[0],
-                    events.c.resource_id == key[1],
-                    events.c.status.in_((RECEIVED, QUEUED, PROCESSING)),
-                )
-                .order_by(events.c.sequence.asc().nulls_first(), events.c.id)
-                .limit(PASS_LIMIT)
-            ).all()
-        )
+        return list(conn.execute(PENDING, {"key_provider": key[0], "key_resource": key[1]}).all())
 
     def stored(self, conn: Connection, key: ResourceKey) -> StoredResource:
-        row = conn.execute(
-            select(resources.c.applied_sequence, resources.c.state, resources.c.deleted).where(resource_row(key))
-        ).one_or_none()
+        row = conn.execute(STORED, {"key_provider": key[0], "key_resource": key[1]}).one_or_none()
         if row is None:
             return StoredResource()
         return StoredResource(row.applied_sequence, orjson.loads(row.state) if row.state else None, bool(row.deleted))
