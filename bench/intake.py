@@ -7,7 +7,11 @@ Hookgate does everything it does in production: size limit, HMAC verification, J
 dedupe, a durable commit (SQLite WAL, synchronous=FULL, or $HOOKGATE_DATABASE_URL) and the
 enqueue to Redis (embedded, or $HOOKGATE_REDIS_URL). No workers run, so the queue only grows.
 
-    python bench/intake.py [--seconds 15] [--connections 64]
+    python bench/intake.py [--seconds 15] [--connections 64] [--rounds 5]
+
+Both servers stay up for the whole run and take turns under load, round after round (the order
+swapped each round), so that both see the same phases of a shared, noisy machine; the figure to
+quote is the median of the per-round ratios, printed last.
 
 Needs wrk (Debian: apt-get install wrk).
 """
@@ -22,6 +26,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,16 +122,20 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent)
 
 
+BARE, HOOKGATE = "bare starlette", "hookgate intake"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating runs of each target")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     body = body_of_2kb()
-    results: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {BARE: [], HOOKGATE: []}
     with tempfile.TemporaryDirectory(prefix="hgbench-") as tmp:
         env = {
             **os.environ,
@@ -134,36 +143,48 @@ def main() -> int:
             "HOOKGATE_DATABASE_URL": os.environ.get("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp}/bench.db"),
             "HOOKGATE_DATA_DIR": f"{tmp}/data",
         }
-        targets = {
-            "bare starlette": [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.bare_app:app",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            "hookgate intake": [sys.executable, "-m", "gateway.cli", "serve"],
+        commands = {
+            BARE: [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--no-access-log", "--log-level", "warning"],
+            HOOKGATE: [sys.executable, "-m", "gateway.cli", "serve"],
         }
-        for name, command in targets.items():
-            port = free_port()
-            proc = start([*command, "--port", str(port)], env, Path(tmp) / f"{name.split()[0]}.log")
-            try:
-                url = f"http://127.0.0.1:{port}/webhooks/github"
+        urls: dict[str, str] = {}
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for name, command in commands.items():
+                port = free_port()
+                procs.append(start([*command, "--port", str(port)], env, Path(tmp) / f"{name.split()[0]}.log"))
                 wait_ready(f"http://127.0.0.1:{port}/healthz")
-                run_wrk(url, body, 2, args.connections, f"warm{port}")
-                results[name] = run_wrk(url, body, args.seconds, args.connections, f"run{port}")
-            finally:
+                print(f"{name}: pid {procs[-1].pid}, port {port}", file=sys.stderr, flush=True)
+                urls[name] = f"http://127.0.0.1:{port}/webhooks/github"
+                run_wrk(urls[name], body, 2, args.connections, f"warm{port}")
+            for round_no in range(args.rounds):
+                order = [BARE, HOOKGATE] if round_no % 2 == 0 else [HOOKGATE, BARE]
+                for name in order:
+                    tag = f"r{round_no}{name[0]}{os.getpid()}"
+                    runs[name].append(run_wrk(urls[name], body, args.seconds, args.connections, tag))
+                ratio = runs[HOOKGATE][-1]["rps"] / runs[BARE][-1]["rps"]
+                print(f"round {round_no + 1}: ratio {ratio:.3f}", file=sys.stderr, flush=True)
+        finally:
+            for proc in procs:
                 proc.terminate()
+            for proc in procs:
                 proc.wait(timeout=30)
-    print(f"\n{'target':18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for name, r in results.items():
-        print(f"{name:18} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non_2xx']:>8.0f} {r['socket_errors']}")
-    ratio = results["hookgate intake"]["rps"] / results["bare starlette"]["rps"]
+    print(f"\n{'round':>5} {'target':18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for round_no in range(args.rounds):
+        for name in (BARE, HOOKGATE):
+            r = runs[name][round_no]
+            print(
+                f"{round_no + 1:>5} {name:18} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                f"{r['non_2xx']:>8.0f} {r['socket_errors']}"
+            )
+    ratios = [h["rps"] / b["rps"] for h, b in zip(runs[HOOKGATE], runs[BARE], strict=True)]
+    p99s = [r["p99"] for r in runs[HOOKGATE]]
     print(
-        f"\nratio (hookgate / bare): {ratio:.2f}   bodies {len(body)} B, {args.connections} connections, "
-        f"{args.seconds} s each, database {env['HOOKGATE_DATABASE_URL'].split(':')[0]}"
+        f"\nratio (hookgate / bare) per round: {' '.join(f'{r:.3f}' for r in ratios)}\n"
+        f"median ratio {statistics.median(ratios):.3f}, hookgate p99 median {statistics.median(p99s):.2f} ms "
+        f"(max {max(p99s):.2f}), bare p99 median {statistics.median(r['p99'] for r in runs[BARE]):.2f} ms; "
+        f"bodies {len(body)} B, {args.connections} connections, {args.seconds} s per run, "
+        f"database {env['HOOKGATE_DATABASE_URL'].split(':')[0]}"
     )
     return 0
 
