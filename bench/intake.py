@@ -7,7 +7,11 @@ Hookgate does everything it does in production: size limit, HMAC verification, J
 dedupe, a durable commit (SQLite WAL, synchronous=FULL, or $HOOKGATE_DATABASE_URL) and the
 enqueue to Redis (embedded, or $HOOKGATE_REDIS_URL). No workers run, so the queue only grows.
 
-    python bench/intake.py [--seconds 15] [--connections 64]
+    python bench/intake.py [--seconds 15] [--connections 64] [--rounds 5]
+
+Both servers stay up for the whole run and take turns under load, round after round (the order
+swapped each round), so that both see the same phases of a shared, noisy machine; the figure to
+quote is the median of the per-round ratios, printed last.
 
 Needs wrk (Debian: apt-get install wrk).
 """
@@ -22,6 +26,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,59 +117,131 @@ def parse_wrk(out: str) -> dict[str, float]:
     }
 
 
-def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) used so far by process ``root`` and its descendants (the
+    embedded Redis server is one), from /proc; 0.0 where /proc is not there."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        used[pid] = (int(fields[11]) + int(fields[12])) / tick
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += [child for child, parent in parents.items() if parent == pid and child not in tree]
+    return sum(used.get(pid, 0.0) for pid in tree)
+
+
+def start(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent)
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+BARE, HOOKGATE, BASELINE = "bare starlette", "hookgate intake", "hookgate baseline"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating runs of each target")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. a git worktree of an older commit) served as a third target, "
+        "to compare a change in the same run",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     body = body_of_2kb()
-    results: dict[str, dict[str, float]] = {}
+    database = os.environ.get("HOOKGATE_DATABASE_URL")
     with tempfile.TemporaryDirectory(prefix="hgbench-") as tmp:
-        env = {
-            **os.environ,
-            "HOOKGATE_CONFIG": str(HERE / "providers.yaml"),
-            "HOOKGATE_DATABASE_URL": os.environ.get("HOOKGATE_DATABASE_URL", f"sqlite:///{tmp}/bench.db"),
-            "HOOKGATE_DATA_DIR": f"{tmp}/data",
+        env = {**os.environ, "HOOKGATE_CONFIG": str(HERE / "providers.yaml")}
+        serve = [sys.executable, "-m", "gateway.cli", "serve"]
+        targets: dict[str, tuple[list[str], Path, dict[str, str]]] = {
+            BARE: (
+                [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--no-access-log", "--log-level", "warning"],
+                HERE.parent,
+                env,
+            ),
+            HOOKGATE: (
+                serve,
+                HERE.parent,
+                {
+                    **env,
+                    "HOOKGATE_DATABASE_URL": database or f"sqlite:///{tmp}/bench.db",
+                    "HOOKGATE_DATA_DIR": f"{tmp}/data",
+                },
+            ),
         }
-        targets = {
-            "bare starlette": [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.bare_app:app",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            "hookgate intake": [sys.executable, "-m", "gateway.cli", "serve"],
-        }
-        for name, command in targets.items():
-            port = free_port()
-            proc = start([*command, "--port", str(port)], env, Path(tmp) / f"{name.split()[0]}.log")
-            try:
-                url = f"http://127.0.0.1:{port}/webhooks/github"
+        if args.baseline:
+            base_env = {
+                **env,
+                "HOOKGATE_DATABASE_URL": database or f"sqlite:///{tmp}/baseline.db",
+                "HOOKGATE_DATA_DIR": f"{tmp}/baseline-data",
+                "PYTHONPATH": str(args.baseline.resolve()),
+            }
+            targets[BASELINE] = (serve, args.baseline.resolve(), base_env)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        urls: dict[str, str] = {}
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for name, (command, cwd, target_env) in targets.items():
+                port = free_port()
+                log = Path(tmp) / f"{name.replace(' ', '-')}.log"
+                procs.append(start([*command, "--port", str(port)], target_env, log, cwd))
                 wait_ready(f"http://127.0.0.1:{port}/healthz")
-                run_wrk(url, body, 2, args.connections, f"warm{port}")
-                results[name] = run_wrk(url, body, args.seconds, args.connections, f"run{port}")
-            finally:
+                print(f"{name}: pid {procs[-1].pid}, port {port}", file=sys.stderr, flush=True)
+                urls[name] = f"http://127.0.0.1:{port}/webhooks/github"
+                run_wrk(urls[name], body, 2, args.connections, f"warm{port}")
+            names = list(targets)
+            for round_no in range(args.rounds):
+                turn = round_no % len(names)
+                for name in names[turn:] + names[:turn]:  # each target leads in turn
+                    tag = f"r{round_no}{names.index(name)}p{os.getpid()}"
+                    pid = procs[names.index(name)].pid
+                    before = cpu_seconds(pid)
+                    result = run_wrk(urls[name], body, args.seconds, args.connections, tag)
+                    result["cpu_us"] = (cpu_seconds(pid) - before) / max(result["requests"], 1) * 1e6
+                    runs[name].append(result)
+                line = " ".join(f"{name} {runs[name][-1]['rps'] / runs[BARE][-1]['rps']:.3f}" for name in names[1:])
+                print(f"round {round_no + 1}: {line}", file=sys.stderr, flush=True)
+        finally:
+            for proc in procs:
                 proc.terminate()
+            for proc in procs:
                 proc.wait(timeout=30)
-    print(f"\n{'target':18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for name, r in results.items():
-        print(f"{name:18} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non_2xx']:>8.0f} {r['socket_errors']}")
-    ratio = results["hookgate intake"]["rps"] / results["bare starlette"]["rps"]
+    print(f"\n{'round':>5} {'target':18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10} {'non-2xx':>8}")
+    for round_no in range(args.rounds):
+        for name in runs:
+            r = runs[name][round_no]
+            print(
+                f"{round_no + 1:>5} {name:18} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['cpu_us']:>10.0f} "
+                f"{r['non_2xx']:>8.0f} {r['socket_errors']}"
+            )
     print(
-        f"\nratio (hookgate / bare): {ratio:.2f}   bodies {len(body)} B, {args.connections} connections, "
-        f"{args.seconds} s each, database {env['HOOKGATE_DATABASE_URL'].split(':')[0]}"
+        f"\nbodies {len(body)} B, {args.connections} connections, {args.seconds} s per run, {args.rounds} rounds, "
+        f"database {(database or 'sqlite').split(':')[0]}; bare p99 median "
+        f"{statistics.median(r['p99'] for r in runs[BARE]):.2f} ms"
     )
+    for name in list(runs)[1:]:
+        ratios = [h["rps"] / b["rps"] for h, b in zip(runs[name], runs[BARE], strict=True)]
+        p99s = [r["p99"] for r in runs[name]]
+        print(
+            f"{name}: ratio to bare per round {' '.join(f'{r:.3f}' for r in ratios)}; "
+            f"median ratio {statistics.median(ratios):.3f}, p99 median {statistics.median(p99s):.2f} ms "
+            f"(max {max(p99s):.2f}); CPU per request {statistics.median(r['cpu_us'] for r in runs[name]):.0f} us "
+            f"(bare {statistics.median(r['cpu_us'] for r in runs[BARE]):.0f} us)"
+        )
     return 0
 
 

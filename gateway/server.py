@@ -23,6 +23,7 @@ import math
 import select
 import socket
 import struct
+import sys
 import termios
 from typing import Any
 
@@ -55,10 +56,54 @@ def reply_and_close(transport: asyncio.Transport, status: bytes, message: bytes)
 HEADERS_TOO_LARGE = (b"431 Request Header Fields Too Large", b'{"error":"headers too large"}')
 HEADERS_TOO_SLOW = (b"408 Request Timeout", b'{"error":"headers not received in time"}')
 
+#: Scope key set (True) when the server had a request's whole body before the app asked for it:
+#: reading it then cannot wait on the client, so the intake needs no body timeout for it.
+BODY_RECEIVED = "hookgate.body_received"
+
 #: Chunked framing a request may carry per body chunk (size line, extensions, CRLFs), beyond
 #: ``max_header_bytes`` for its trailers: more than that is a client feeding bytes that are
 #: neither headers nor body, which the parser would buffer without bound.
 FRAMING_BYTES_PER_CHUNK = 64
+
+
+class OneWritePerResponse:
+    """A connection's transport as one request's cycle sees it: the status line and headers of
+    the response are held back and sent with its first body bytes, in one write.
+
+    uvicorn writes them separately, and on a busy loop each write is a system call that also
+    does the loopback receiver's work and wakes it: two of them per response were the largest
+    single item of the event loop's time. Headers still held when the loop comes round again (a
+    response whose body comes later) are sent then, so nothing waits on the app.
+    """
+
+    __slots__ = ("_first", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held = b""
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._first:  # the status line and headers
+            self._first = False
+            self._held = data
+            asyncio.get_running_loop().call_soon(self.flush)
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedHttpTools(HttpToolsProtocol):
@@ -67,7 +112,9 @@ class GuardedHttpTools(HttpToolsProtocol):
     - The header clock starts at the first byte of a request (or of anything sent between
       requests, such as blank lines the parser skips) and stops when its headers are complete.
       While an earlier request on the connection is still being answered, the clock does not
-      run out: reading is paused then, so the delay is ours, not the client's.
+      run out: reading is paused then, so the delay is ours, not the client's. Its timer is
+      only armed when a read ends with headers still incomplete: a request whose headers come
+      in one read (nearly all of them) costs no timer at all.
     - The size is counted twice: exactly, from the parser's callbacks, when the headers complete
       in one read; and as raw bytes read while they are incomplete, so that a client sending
       endless headers is stopped after the limit plus one read.
@@ -85,10 +132,12 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._last_request = False
         self._refusal: tuple[bytes, bytes] | None = None
         self._header_timer: asyncio.TimerHandle | None = None
+        self._header_deadline = 0.0
         self._in_body = False
         self._messages = self._body_bytes = self._body_chunks = self._framing_bytes = 0
         self._drain_timer: asyncio.TimerHandle | None = None
         self._await_headers()
+        self._arm_if_waiting()  # nothing is read yet: the clock runs from the connection's start
 
     def shutdown(self) -> None:
         """The server stops: a connection on which a request has begun to arrive (bytes read, or
@@ -116,10 +165,17 @@ class GuardedHttpTools(HttpToolsProtocol):
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def _await_headers(self) -> None:
+        """Start the header clock (its timer is armed by :meth:`_arm_if_waiting`, if needed)."""
         self._header_bytes = 0
         self._raw_header_bytes = 0
         self._reading_headers = True
-        self._arm(self.limits.header_timeout_seconds)
+        self._header_deadline = self.loop.time() + self.limits.header_timeout_seconds
+
+    def _arm_if_waiting(self) -> None:
+        """At the end of a read: headers still incomplete get a timer at their deadline."""
+        waiting = self._reading_headers and self._header_timer is None and self._refusal is None
+        if waiting and not self.transport.is_closing():
+            self._header_timer = self.loop.call_at(self._header_deadline, self._headers_too_slow)
 
     def _arm(self, delay: float) -> None:
         if self._header_timer is not None:
@@ -184,7 +240,9 @@ class GuardedHttpTools(HttpToolsProtocol):
             return
         if self._reading_headers and self._header_bytes > self.limits.max_header_bytes:
             self._refuse(*HEADERS_TOO_LARGE)
-        elif in_body and self._in_body and message == self._messages:  # a read wholly inside one body
+            return
+        self._arm_if_waiting()
+        if in_body and self._in_body and message == self._messages:  # a read wholly inside one body
             self._framing_bytes += len(data) - (self._body_bytes - body_before)
             allowed = self.limits.max_header_bytes + FRAMING_BYTES_PER_CHUNK * self._body_chunks
             if self._framing_bytes > allowed:
@@ -217,6 +275,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_body = True
         self._body_bytes = self._body_chunks = self._framing_bytes = 0
         super().on_headers_complete()
+        if self.cycle is not None and not self.expect_100_continue:  # "100 Continue" is not held
+            self.cycle.transport = OneWritePerResponse(self.transport)  # type: ignore[assignment]
         if self._last_request and self.cycle is not None:
             self.cycle.keep_alive = False
 
@@ -230,6 +290,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self._refusal is None:
             self._in_body = False
             self._stop_draining()
+            self.scope[BODY_RECEIVED] = True  # type: ignore[literal-required]
             super().on_message_complete()
 
 
@@ -276,5 +337,19 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+#: The GIL switch interval of a serving process, in seconds (CPython's default is 5 ms).
+SWITCH_INTERVAL = 0.0005
+
+
 def serve(app: Any, limits: ServerLimits, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM.
+
+    The group commit runs in its own thread, which gives up the GIL for every SQLite step,
+    fsync or PostgreSQL round trip and then has to win it back from the event loop. A busy loop
+    only lets go of it every switch interval, so with CPython's 5 ms each batch waited several
+    times that for the GIL alone, and every request waiting for that batch with it. At 0.5 ms
+    the committer gets it back quickly; the loop pays a few more switches, far less than the
+    latency saved (see bench/README.md, "Intake").
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
     GracefulServer(uvicorn_config(app, limits, host=host, port=port)).run()
