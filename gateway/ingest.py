@@ -163,11 +163,13 @@ class Ingestor:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         self._inbox.put(_Pending(row, future, loop, size))
+        # One timer on the loop rather than ``asyncio.wait_for``, whose own future and callbacks
+        # per request were a measurable share of the intake's CPU (bench/README.md, Intake).
+        timer = loop.call_later(self.commit_timeout, _expire, future)
         try:
-            return await asyncio.wait_for(future, self.commit_timeout)
-        except TimeoutError:
-            # The commit may still land; then the sender's retry is answered "duplicate".
-            raise StoreUnavailable("the store did not commit in time") from None
+            return await future
+        finally:
+            timer.cancel()
 
     # -- committer thread -----------------------------------------------------------------
 
@@ -368,6 +370,13 @@ def _log_failure(exc: Exception, keys: list[tuple[str, str]]) -> None:
 
 
 @functools.cache
+def _expire(future: asyncio.Future[str]) -> None:
+    """The commit did not come in time. It may still land; then the sender's retry is answered
+    ``duplicate`` (the committer leaves a future that is done alone)."""
+    if not future.done():
+        future.set_exception(StoreUnavailable("the store did not commit in time"))
+
+
 def _insert_sql(count: int, marker: str) -> str:
     """One multi-row INSERT that skips known (provider, event id) pairs and returns the new rows.
 
