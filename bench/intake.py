@@ -139,7 +139,9 @@ def cpu_seconds(root: int) -> float:
     return sum(used.get(pid, 0.0) for pid in tree)
 
 
-def start(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+def start(command: list[str], env: dict[str, str], log: Path, cwd: Path = HERE.parent) -> subprocess.Popen[bytes]:
+    """Start ``command`` with its output in ``log``; ``cwd`` is the checkout it serves (this one
+    unless ``--baseline`` names another)."""
     with log.open("wb") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
 
