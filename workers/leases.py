@@ -148,7 +148,7 @@ class EventLeases:
                     events.c.status == PROCESSING,
                 )
                 .values(lease_expires_at=store_time() + self.settings.lease_seconds),
-                [{"pk": pk, "token": token} for pk, token in held],
+                [{"pk": pk, "token": token} for pk, token in sorted(held)],  # in key order (see recovery)
             )
 
 

@@ -172,9 +172,11 @@ class RecoverySweep(Periodic):
                         or_(events.c.status == RECEIVED, events.c.status == QUEUED),
                     )
                     .values(sweep_after=later),
-                    [{"pk": row.id, "token": row.message_id} for row in present],
+                    [{"pk": row.id, "token": row.message_id} for row in sorted(present, key=lambda row: row.id)],
                 )
-            for row in [*resend, *expired]:
+            # In primary key order, as the workers' statements lock rows: two transactions that lock
+            # events in opposite orders deadlock on PostgreSQL, and one of them is undone.
+            for row in sorted([*resend, *expired], key=lambda row: row.id):
                 guard = [events.c.id == row.id, events.c.status == row.status]
                 guard.append(
                     events.c.message_id.is_(None) if row.message_id is None else events.c.message_id == row.message_id
