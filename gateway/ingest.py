@@ -30,7 +30,7 @@ from . import tracing
 from .errors import InboxFull, StoreUnavailable
 from .metrics import IntakeMetrics
 from .models import QUEUED, RECEIVED, events
-from .queue import EventQueue
+from .queue import EventQueue, share_tokens
 
 log = logging.getLogger("hookgate.intake")
 
@@ -232,6 +232,7 @@ class Ingestor:
         first_of: dict[tuple[str, str], _Pending] = {}
         for pending in batch:
             first_of.setdefault((pending.row["provider"], pending.row["event_id"]), pending)
+        share_tokens([pending.row for pending in first_of.values()])  # a broker message for many
         outcomes: dict[asyncio.AbstractEventLoop, _Outcomes] = {}
 
         def answer(pending: _Pending, result: str | BaseException) -> None:

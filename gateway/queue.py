@@ -1,8 +1,10 @@
 """The hand-off of stored events to Dramatiq, batched.
 
 The intake never imports the workers: it builds the messages of the ``hookgate.process_event``
-actor itself. Each message carries ``(event pk, token)``; the token is also stored in the event
-row (``message_id``) and is the message's Redis id, so that
+actor itself. Each message carries ``([event pks], token)``: one message may carry several
+events, which then share its token (the intake groups up to :data:`MESSAGE_EVENTS` of a commit's
+new events so, see :func:`share_tokens`; a worker spreads them over its idle threads). The
+token is also stored in each event row (``message_id``) and is the message's Redis id, so that
 
 * a worker runs an event only with the message the store expects (stale copies are dropped), and
 * the recovery sweep can ask Redis whether it still holds an event's message (RabbitMQ cannot be
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import dramatiq
 import orjson
@@ -36,9 +39,28 @@ QUEUE_NAME = "hookgate"
 ACTOR_NAME = "hookgate.process_event"
 NAMESPACE = "hookgate"
 
+#: The most events one broker message carries. A message costs a worker a fetch, an
+#: acknowledgement and a query whatever it carries: per event, that was the largest share of a
+#: worker's CPU once a resource's events were claimed and committed a round at a time.
+MESSAGE_EVENTS = 32
+
 
 def new_token() -> str:
     return uuid.uuid4().hex
+
+
+def share_tokens(rows: list[dict[str, Any]]) -> None:
+    """Give the rows to be sent at once (``message_id`` set) shared tokens, up to
+    :data:`MESSAGE_EVENTS` rows a token, a resource's rows side by side: each token is then one
+    broker message carrying all its rows' events."""
+    sent = sorted(
+        (row for row in rows if row["message_id"] is not None),
+        key=lambda row: (row["provider"], row["resource_id"] or ""),
+    )
+    for start in range(0, len(sent), MESSAGE_EVENTS):
+        chunk = sent[start : start + MESSAGE_EVENTS]
+        for row in chunk[1:]:
+            row["message_id"] = chunk[0]["message_id"]
 
 
 def create_broker(url: str, *, middleware: list[dramatiq.Middleware] | None = None) -> dramatiq.Broker:
@@ -48,6 +70,14 @@ def create_broker(url: str, *, middleware: list[dramatiq.Middleware] | None = No
         return create_rabbitmq_broker(url, middleware=middleware or [])
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
     return RedisBroker(client=client, namespace=NAMESPACE, middleware=middleware or [])
+
+
+def messages(items: Iterable[tuple[int, str]]) -> dict[str, list[int]]:
+    """The ``(pk, token)`` work items as messages: the pks of each token, in order."""
+    grouped: dict[str, list[int]] = {}
+    for pk, token in items:
+        grouped.setdefault(token, []).append(pk)
+    return grouped
 
 
 class EventQueue:
@@ -66,32 +96,33 @@ class EventQueue:
         return isinstance(self.broker, RedisBroker)
 
     @staticmethod
-    def message(pk: int, token: str) -> dramatiq.Message:
+    def message(pks: list[int], token: str) -> dramatiq.Message:
         return dramatiq.Message(
             queue_name=QUEUE_NAME,
             actor_name=ACTOR_NAME,
-            args=(pk, token),
+            args=(pks, token),
             kwargs={},
             options={"redis_message_id": token},
             message_id=token,
         )
 
     def send(self, items: Iterable[tuple[int, str]]) -> None:
-        """Enqueue every item; raises the broker's error if any could not be sent."""
-        items = list(items)
-        if not items:
+        """Enqueue every item, the items of one token as one message; raises the broker's error
+        if any could not be sent."""
+        grouped = messages(items)
+        if not grouped:
             return
         broker = self.broker
         if self.publisher is not None:
             now = current_millis()
-            self.publisher.publish([self.encode(pk, token, now) for pk, token in items])
+            self.publisher.publish([self.encode(pks, token, now) for token, pks in grouped.items()])
             return
         if not isinstance(broker, RedisBroker):
-            for pk, token in items:
-                broker.enqueue(self.message(pk, token))
+            for token, pks in grouped.items():
+                broker.enqueue(self.message(pks, token))
             return
         now = current_millis()
-        encoded = {token: self.encode(pk, token, now) for pk, token in items}
+        encoded = {token: self.encode(pks, token, now) for token, pks in grouped.items()}
         queue_key = f"{broker.namespace}:{QUEUE_NAME}"
         with broker.client.pipeline(transaction=True) as pipe:
             pipe.hset(f"{queue_key}.msgs", mapping=encoded)
@@ -99,13 +130,13 @@ class EventQueue:
             pipe.execute()
 
     @staticmethod
-    def encode(pk: int, token: str, timestamp_ms: int) -> bytes:
-        """The bytes ``EventQueue.message(pk, token).encode()`` would give, built directly."""
+    def encode(pks: list[int], token: str, timestamp_ms: int) -> bytes:
+        """The bytes ``EventQueue.message(pks, token).encode()`` would give, built directly."""
         return orjson.dumps(
             {
                 "queue_name": QUEUE_NAME,
                 "actor_name": ACTOR_NAME,
-                "args": [pk, token],
+                "args": [pks, token],
                 "kwargs": {},
                 "options": {"redis_message_id": token},
                 "message_id": token,

@@ -101,6 +101,8 @@ class WorkerRuntime(dramatiq.Middleware):
             self.keeper,
             limiter=limiter,
             paused=paused,
+            threads=worker.worker_threads,
+            spread_to=EventQueue(broker),
         )
         self.sweep = RecoverySweep(engine, EventQueue(broker), settings, paused=paused)
         self.pruning = PruneLoop(engine, self.config)
@@ -126,10 +128,10 @@ class WorkerRuntime(dramatiq.Middleware):
             self.reconciler.close()
         tracing.shutdown()  # exports the spans still waiting
 
-    def process(self, pk: int, token: str) -> None:
+    def process(self, pks: int | list[int], token: str) -> None:
         """The ``hookgate.process_event`` actor."""
         assert self.processor is not None, "the worker has not booted"
-        self.processor.process(pk, token)
+        self.processor.process(pks, token)
 
 
 def build_worker_broker(

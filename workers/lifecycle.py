@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select,
 from gateway.config import WorkerSettings
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, RETRY, events, handler_runs
 from gateway.models import attempts as attempt_rows  # ``attempts`` is a count in fail()
+from gateway.queue import new_token
 from providers.base import Clock
 
 from .leases import holds_event
@@ -32,9 +33,14 @@ MAX_ERROR = 4000
 
 # The statements run for every broker message and every round, built once: building a statement
 # and its cache key each time was a tenth of a worker's CPU (py-spy --gil).
-CURRENT = select(events.c.id, events.c.provider, events.c.resource_id).where(
-    events.c.id == bindparam("pk"), events.c.message_id == bindparam("token"), events.c.status.in_((RECEIVED, QUEUED))
+_OF_MESSAGE = and_(
+    events.c.id.in_(bindparam("pks", expanding=True)),
+    events.c.message_id == bindparam("token"),
+    events.c.status.in_((RECEIVED, QUEUED)),
 )
+CURRENT = select(events.c.id, events.c.provider, events.c.resource_id).where(_OF_MESSAGE)
+RETOKEN = update(events).where(_OF_MESSAGE).values(message_id=bindparam("fresh"))
+HAND_OVER = update(events).where(_OF_MESSAGE).values(message_id=None, sweep_after=bindparam("now"))
 FINISH = (
     update(events)
     .where(
@@ -70,12 +76,32 @@ class EventLifecycle:
         self.settings = settings
         self.clock = clock
 
-    def current(self, pk: int, token: str) -> Any | None:
-        """The event if ``token`` is still its message and it is waiting; else ``None``."""
+    def current(self, pks: list[int], token: str) -> list[Any]:
+        """The events of a message whose token is still ``token`` and that are waiting, in order."""
         with self.engine.connect() as conn:
-            return conn.execute(CURRENT, {"pk": pk, "token": token}).one_or_none()
+            found = {row.id: row for row in conn.execute(CURRENT, {"pks": pks, "token": token})}
+        return [found[pk] for pk in pks if pk in found]
 
-    def defer(self, conn: Connection, pk: int, token: str, delay: float) -> None:
+    def retoken(self, groups: list[list[int]], token: str) -> list[tuple[int, str]]:
+        """Give each group of the message ``token``'s waiting events a token of its own, for a
+        message of its own; the ``(pk, token)`` items to send."""
+        moved: list[tuple[int, str]] = []
+        with self.engine.begin() as conn:
+            # Lock them all first, in key order (see workers.recovery); a no-op on SQLite.
+            everyone = sorted(pk for pks in groups for pk in pks)
+            conn.execute(select(events.c.id).where(events.c.id.in_(everyone)).order_by(events.c.id).with_for_update())
+            for pks in groups:
+                fresh = new_token()
+                if conn.execute(RETOKEN, {"pks": pks, "token": token, "fresh": fresh}).rowcount:
+                    moved.extend((pk, fresh) for pk in pks)
+        return moved
+
+    def hand_over(self, pks: list[int], token: str) -> None:
+        """Leave these events of the message ``token`` to the recovery sweep, which sends them now."""
+        with self.engine.begin() as conn:
+            conn.execute(HAND_OVER, {"pks": pks, "token": token, "now": self.clock()})
+
+    def defer(self, conn: Connection, pks: list[int], token: str, delay: float) -> None:
         """Have the recovery sweep look at this event again in ``delay`` seconds.
 
         Used when another worker holds the event's resource: that worker usually applies it;
@@ -83,7 +109,7 @@ class EventLifecycle:
         """
         conn.execute(
             update(events)
-            .where(events.c.id == pk, events.c.message_id == token, events.c.status.in_((RECEIVED, QUEUED)))
+            .where(events.c.id.in_(pks), events.c.message_id == token, events.c.status.in_((RECEIVED, QUEUED)))
             .values(sweep_after=self.clock() + delay)
         )
 

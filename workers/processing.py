@@ -24,7 +24,6 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +37,7 @@ from gateway.logs import current_context, event_context, log_context
 from gateway.metrics import worker_metrics
 from gateway.models import FAILED, PROCESSED, PROCESSING, QUEUED, SUPERSEDED
 from gateway.pausing import PausedProviders, park
-from gateway.queue import new_token
+from gateway.queue import EventQueue, new_token
 from providers.base import Clock
 
 from .calls import HandlerTimeout, TimeLimiter, WorkerStopping, call_handler, describe_failures
@@ -49,8 +48,8 @@ from .ordering import due_at, due_prefix, is_superseded
 from .reconcile import Fetched, ReconcileError, Reconciler
 from .registry import Handler, HandlerRegistry
 from .resources import ResourceStore, StoredResource, applied
+from .spreading import Lanes, Spreader, lanes_of
 from .tries import Try
-from .turns import WriteTurns
 
 log = logging.getLogger("hookgate.worker")
 
@@ -232,6 +231,8 @@ class Processor:
         pass_budget: float | None = None,
         clock: Clock = time.time,
         paused: PausedProviders | None = None,
+        threads: int = 1,
+        spread_to: EventQueue | None = None,
     ) -> None:
         self.engine = engine
         #: Providers whose events wait (see :mod:`gateway.pausing`), read at most once a second.
@@ -240,7 +241,9 @@ class Processor:
         self.event_leases = EventLeases(engine, settings)
         self.resource_leases = ResourceLeases(engine, settings)
         self.resources = ResourceStore(engine)
-        self.turns = WriteTurns(engine)
+        #: Where the lanes of a message go for other threads (see :meth:`spread`); none: nowhere.
+        self.spread_to = spread_to
+        self.spreader = Spreader(threads, self.spread if spread_to is not None else None)
         self.registry = registry
         self.reconciler = reconciler
         self.providers = providers
@@ -259,28 +262,66 @@ class Processor:
         self.stopping.set()
         self.limiter.stop_by(deadline)
 
-    def process(self, pk: int, token: str) -> None:
-        """Run the event of a broker message, or the pass of its resource; never raises."""
-        try:
-            self._process(pk, token)
-        except Exception:
-            # The store or the broker failed under us: the lease lapses and the sweep re-sends.
-            log.error("event %s: processing stopped; the recovery sweep will send it again", pk, exc_info=True)
+    def process(self, pks: int | list[int], token: str) -> None:
+        """Run the events of a broker message, each alone or in its resource's pass; never raises."""
+        pks = [pks] if isinstance(pks, int) else list(pks)  # a message may carry one pk (before 0.13)
+        with self.spreader.running():
+            try:
+                self._process(pks, token)
+            except Exception:
+                # The store or the broker failed under us: the lease lapses and the sweep re-sends.
+                log.error("events %s: processing stopped; the recovery sweep will send them again", pks, exc_info=True)
 
-    def _process(self, pk: int, token: str) -> None:
-        row = self.lifecycle.current(pk, token)
-        if row is None:
-            log.debug("event %s: message %s is stale or the event is done; dropped", pk, token)
+    def _process(self, pks: list[int], token: str) -> None:
+        rows = self.lifecycle.current(pks, token)
+        if not rows:
+            log.debug("events %s: message %s is stale or the events are done; dropped", pks, token)
             return
-        if row.provider in self.paused and park(self.engine, row.provider, [(pk, token)]):
-            log.debug("event %s: provider %s is paused; the event waits for its resume", pk, row.provider)
+        lanes = Lanes(lanes_of(self.leave_paused(rows, token)), token)
+        first = lanes.next()
+        if first is None:
             return
+        if self.spread_to is not None and self.spreader.idle():
+            self.spread(lanes.take_rest(), token)
+        with self.spreader.watching(lanes):
+            lane: list[Any] | None = first
+            while lane is not None:
+                self.run_lane(lane, token)
+                lane = lanes.next()
+                if lane is not None and self.stopping.is_set():  # the rest to other workers, by the sweep
+                    rest = [lane, *lanes.take_rest()]
+                    self.lifecycle.hand_over([row.id for lane in rest for row in lane], token)
+                    return
+
+    def leave_paused(self, rows: list[Any], token: str) -> list[Any]:
+        """Park the events of paused providers (see :mod:`gateway.pausing`); the others."""
+        parked: set[str] = set()
+        for provider in {row.provider for row in rows if row.provider in self.paused}:
+            if park(self.engine, provider, [(row.id, token) for row in rows if row.provider == provider]):
+                log.debug("provider %s is paused; its events wait for its resume", provider)
+                parked.add(provider)
+        return [row for row in rows if row.provider not in parked]
+
+    def spread(self, lanes: list[list[Any]], token: str) -> None:
+        """Hand these lanes of a message to new messages, one each, for idle threads of any worker
+        to take (see :mod:`workers.spreading`)."""
+        if not lanes or self.spread_to is None:
+            return
+        moved = self.lifecycle.retoken([[row.id for row in lane] for lane in lanes], token)
+        try:
+            self.spread_to.send(moved)
+        except Exception as exc:  # their new tokens have no message: the sweep sends them
+            log.warning("%d events could not be handed to new messages: %s", len(moved), type(exc).__name__)
+
+    def run_lane(self, lane: list[Any], token: str) -> None:
+        """One event without a resource, or the pass of a resource some of the message's events belong to."""
+        row = lane[0]
         if row.resource_id is None:
-            claimed = self.event_leases.claim(pk, token, message=token)
+            claimed = self.event_leases.claim(row.id, token, message=token)
             if claimed is not None:
                 self.run_round([claimed], token, None, SharedFetch(self.reconciler), StoredResource())
             else:  # paused since this worker read the paused set: parked (nothing, if not paused)
-                park(self.engine, row.provider, [(pk, token)])
+                park(self.engine, row.provider, [(row.id, token)])
             return
         key = (row.provider, row.resource_id)
         entry = self.providers.get(key[0])
@@ -289,10 +330,10 @@ class Processor:
             window = entry.window_seconds if entry else 0.0
             pass_ = ResourcePass(key, holder, lease, window, deadline=self.clock() + self.pass_budget)
             try:
-                with self.turns.turn(), self.engine.begin() as conn:
+                with self.engine.begin() as conn:
                     if not self.resource_leases.take(conn, key, holder):
                         pass_.released = True  # never held
-                        self.lifecycle.defer(conn, pk, token, BUSY_RETRY_SECONDS)
+                        self.lifecycle.defer(conn, [row.id for row in lane], token, BUSY_RETRY_SECONDS)
                         return
                     plan = self.plan_round(conn, pass_)
                 pass_.released = plan.releases
@@ -391,8 +432,7 @@ class Processor:
         )
         with self.keeper.holding_events([row.id for row in rows], token) as event_leases:
             leases = [*event_leases, *([pass_.lease] if pass_ else [])]
-            # A round whose handlers take a session writes from its start: its turn covers it all.
-            with self.turns.turn() if sessions else nullcontext(), self.engine.connect() as conn:
+            with self.engine.connect() as conn:
                 self.begin(conn, sessions=sessions)
                 current = stored
                 for row in rows:
@@ -407,8 +447,7 @@ class Processor:
                     t.status is not None or self.lifecycle.is_last_try(t.row, t.permanent) for t in tries
                 )
                 try:
-                    with nullcontext() if sessions else self.turns.turn():
-                        recorded = self.record_round(conn, tries, rows[len(tries) :], token, key, pass_, go_on)
+                    recorded = self.record_round(conn, tries, rows[len(tries) :], token, key, pass_, go_on)
                 except Exception as exc:
                     conn.rollback()
                     recorded, unrecorded = None, exc

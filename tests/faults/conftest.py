@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 import yaml
@@ -130,14 +131,17 @@ class Faults:
         return worker
 
     def held(self, broker_url: str | None = None) -> int:
-        """How many messages workers have fetched (prefetched or running) and not acked."""
+        """How many events workers have fetched (prefetched or running) and not acked, with Redis;
+        with RabbitMQ, how many messages (a message may carry several events)."""
         url = broker_url or self.hg.broker_url
         if is_rabbitmq_url(url):
             return rabbitmq.unacknowledged(url)
         client = redis.Redis.from_url(url, decode_responses=True)
         try:
             keys = client.keys(f"{NAMESPACE}:__acks__.*.{QUEUE_NAME}")
-            return sum(client.scard(key) for key in keys)
+            tokens = [token for key in keys for token in client.smembers(key)]
+            data = client.hmget(f"{NAMESPACE}:{QUEUE_NAME}.msgs", tokens) if tokens else []
+            return sum(len(orjson.loads(message)["args"][0]) for message in data if message)
         finally:
             client.close()
 

@@ -8,9 +8,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import dramatiq
 import pytest
 import sqlalchemy.exc
 from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import select
 
 from gateway.database import create_store_engine
 from gateway.errors import StoreUnavailable
@@ -84,10 +86,15 @@ def test_new_events_are_handed_to_the_broker_once(ingestor: Ingestor) -> None:
     assert outcomes.count("accepted") == 5
     broker = ingestor.event_queue.broker
     assert isinstance(broker, StubBroker)
+    handed: list[int] = []
     deadline = time.monotonic() + 5
-    while broker.queues[QUEUE_NAME].qsize() < 5 and time.monotonic() < deadline:
+    while len(handed) < 5 and time.monotonic() < deadline:
+        while broker.queues[QUEUE_NAME].qsize():
+            message = dramatiq.Message.decode(broker.queues[QUEUE_NAME].get_nowait())
+            handed.extend(message.args[0])  # one message may carry several events
         time.sleep(0.01)
-    assert broker.queues[QUEUE_NAME].qsize() == 5
+    with ingestor.engine.connect() as conn:
+        assert sorted(handed) == sorted(conn.scalars(select(events.c.id)))
 
 
 def store_error(engine: Any, statement: str) -> Exception:

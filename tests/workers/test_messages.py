@@ -1,0 +1,145 @@
+"""One broker message carries several events (see gateway.queue): how the intake groups them, how a
+worker runs them, and how it spreads them over idle threads.
+
+In-process :class:`~workers.processing.Processor` over the real intake and store (SQLite, or
+PostgreSQL with ``HOOKGATE_TEST_DATABASE_URL``); the events are posted with no worker running.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import select, update
+
+from gateway.models import events
+from gateway.queue import MESSAGE_EVENTS, QUEUE_NAME, EventQueue, new_token, share_tokens
+from tests.conftest import Hookgate
+from tests.workers.test_ordering import post_thing
+from workers import Event
+from workers.leases import LeaseKeeper
+from workers.processing import Processor
+from workers.reconcile import Reconciler
+from workers.registry import HandlerRegistry
+
+
+def test_a_commit_s_events_share_a_message_a_resource_s_side_by_side() -> None:
+    rows: list[dict[str, Any]] = [
+        {"provider": "acme", "resource_id": f"r{i % 7}", "message_id": new_token()} for i in range(70)
+    ]
+    rows.append({"provider": "acme", "resource_id": "held", "message_id": None})  # in its ordering window
+    share_tokens(rows)
+    tokens = [row["message_id"] for row in rows[:70]]
+    assert len(set(tokens)) == 3  # 70 events, at most 32 a message
+    assert max(tokens.count(token) for token in tokens) == MESSAGE_EVENTS
+    for resource in {row["resource_id"] for row in rows[:70]}:
+        of_resource = {row["message_id"] for row in rows if row["resource_id"] == resource}
+        assert len(of_resource) <= 2, "a resource's events were scattered over the messages"
+    assert rows[70]["message_id"] is None
+
+
+def one_message(hookgate: Hookgate, event_ids: list[str]) -> tuple[list[int], str]:
+    """Give these stored events one shared token, as the intake does for a commit's events."""
+    token = new_token()
+    with hookgate.engine.begin() as conn:
+        conn.execute(update(events).where(events.c.event_id.in_(event_ids)).values(message_id=token))
+    return [hookgate.event("acme", event_id).id for event_id in event_ids], token
+
+
+def processor(hookgate: Hookgate, ran: list[str], **options: Any) -> Processor:
+    handlers = HandlerRegistry()
+    handlers.on("acme")(lambda event: ran.append(event.id))
+    keeper = LeaseKeeper(hookgate.engine, hookgate.config.workers)
+    return Processor(hookgate.engine, hookgate.config.workers, handlers, Reconciler({}), {}, keeper, **options)
+
+
+def test_one_message_runs_the_events_of_several_resources_each_in_its_pass(hookgate: Hookgate) -> None:
+    hookgate.start_intake()
+    posted = [("m-a1", "ma", 1), ("m-b1", "mb", 1), ("m-a2", "ma", 2), ("m-c1", "mc", 1)]
+    for event_id, resource, version in posted:
+        post_thing(hookgate, event_id, resource, version)
+    pks, token = one_message(hookgate, [event_id for event_id, _, _ in posted])
+    ran: list[str] = []
+    processor(hookgate, ran).process(pks, token)  # one thread: no idle thread to spread to
+    assert sorted(ran) == sorted(event_id for event_id, _, _ in posted)
+    assert ran.index("m-a1") < ran.index("m-a2")
+    assert set(hookgate.statuses().values()) == {"processed"}
+    assert [hookgate.resource("acme", r).applied_sequence for r in ("ma", "mb", "mc")] == [2, 1, 1]
+
+
+def test_a_message_s_other_resources_go_to_new_messages_when_threads_are_idle(hookgate: Hookgate) -> None:
+    """The thread keeps the first resource's events; each other resource gets a message of its
+    own under a new token, for the idle threads; the old message then claims nothing of them."""
+    hookgate.start_intake()
+    posted = [("s-a1", "sa", 1), ("s-b1", "sb", 1), ("s-a2", "sa", 2), ("s-c1", "sc", 1)]
+    for event_id, resource, version in posted:
+        post_thing(hookgate, event_id, resource, version)
+    pks, token = one_message(hookgate, [event_id for event_id, _, _ in posted])
+    broker = StubBroker()
+    ran: list[str] = []
+    processor(hookgate, ran, threads=4, spread_to=EventQueue(broker)).process(pks, token)
+    assert ran == ["s-a1", "s-a2"]
+    sent = [dramatiq.Message.decode(data) for data in broker.queues[QUEUE_NAME].queue]
+    with hookgate.engine.connect() as conn:
+        now = dict(conn.execute(select(events.c.id, events.c.message_id)).all())
+    by_id = {hookgate.event("acme", event_id).id: event_id for event_id, _, _ in posted}
+    assert sorted([by_id[pk] for pk in message.args[0]] for message in sent) == [["s-b1"], ["s-c1"]]
+    assert all(now[pk] == message.args[1] for message in sent for pk in message.args[0])
+    ran.clear()
+    handler_for_stale = processor(hookgate, ran)
+    handler_for_stale.process(pks, token)  # the old message again: nothing of it is its own now
+    assert ran == []
+    for message in sent:
+        handler_for_stale.process(*message.args)
+    assert sorted(ran) == ["s-b1", "s-c1"]
+
+
+def test_a_message_s_remaining_lanes_go_to_the_sweep_when_the_worker_stops(hookgate: Hookgate) -> None:
+    hookgate.start_intake()
+    posted = [("t-a1", "ta", 1), ("t-b1", "tb", 1)]
+    for event_id, resource, version in posted:
+        post_thing(hookgate, event_id, resource, version)
+    pks, token = one_message(hookgate, ["t-a1", "t-b1"])
+    ran: list[str] = []
+    worker = processor(hookgate, ran)
+
+    def stop_after_first(event: Event) -> None:
+        worker.stopping.set()
+
+    worker.registry.on("acme")(stop_after_first)
+    worker.process(pks, token)
+    assert ran == ["t-a1"]
+    left = hookgate.event("acme", "t-b1")
+    assert left.status in ("received", "queued")
+    assert (left.attempts, left.message_id) == (0, None)  # untried, and the sweep sends it now
+    assert left.sweep_after is not None
+
+
+def test_the_lanes_behind_a_slow_one_go_to_new_messages(hookgate: Hookgate) -> None:
+    """No thread is idle when the message arrives (one thread), so it keeps its lanes; the first
+    one's handler is slow, and the lanes behind it are handed to new messages meanwhile, instead
+    of waiting for it."""
+    hookgate.start_intake()
+    for event_id, resource in (("w-slow", "wa"), ("w-b", "wb"), ("w-c", "wc")):
+        post_thing(hookgate, event_id, resource, 1)
+    pks, token = one_message(hookgate, ["w-slow", "w-b", "w-c"])
+    broker = StubBroker()
+    ran: list[str] = []
+    worker = processor(hookgate, ran, threads=1, spread_to=EventQueue(broker))
+    handed: list[list[int]] = []
+
+    def slow(event: Event) -> None:
+        if event.id == "w-slow":  # until the watchdog has handed the others over, or 5 s
+            deadline = time.monotonic() + 5
+            while broker.queues[QUEUE_NAME].qsize() < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            handed.extend(dramatiq.Message.decode(data).args[0] for data in broker.queues[QUEUE_NAME].queue)
+
+    worker.registry.on("acme")(slow)
+    worker.process(pks, token)
+    assert ran == ["w-slow"]
+    by_id = {hookgate.event("acme", event_id).id: event_id for event_id in ("w-b", "w-c")}
+    assert sorted(by_id[pk] for message in handed for pk in message) == ["w-b", "w-c"]
+    assert {hookgate.event("acme", event_id).status for event_id in ("w-b", "w-c")} <= {"received", "queued"}
