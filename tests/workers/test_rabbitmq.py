@@ -30,11 +30,11 @@ pytestmark = pytest.mark.broker
 
 def test_a_batch_is_confirmed_and_consumed_by_dramatiqs_own_consumer(rabbitmq_url: str) -> None:
     queue = EventQueue(create_broker(rabbitmq_url))
-    queue.send([(1, "a1"), (2, "b2"), (3, "c3")])
+    queue.send([(1, "a1"), (2, "b2"), (4, "a1"), (3, "c3")])  # a1 carries two events
     assert queue.backlog() == 3  # on RabbitMQ once send returned: confirmed
     consumer = queue.broker.consume(QUEUE_NAME, prefetch=10, timeout=1000)
     received = [next(consumer) for _ in range(3)]
-    assert [m.args for m in received] == [(1, "a1"), (2, "b2"), (3, "c3")]
+    assert [m.args for m in received] == [([1, 4], "a1"), ([2], "b2"), ([3], "c3")]
     for message in received:
         consumer.ack(message)
     consumer.close()
