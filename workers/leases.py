@@ -65,6 +65,17 @@ def _sqlite_time(element: store_time, compiler: SQLCompiler, **kw: Any) -> str:
     return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
+def carrying_token(*statuses: str) -> Any:
+    """The event ``:pk`` while it carries the token ``:token`` in one of ``statuses``: a condition
+    on bound parameters, for an executemany over ``{"pk": …, "token": …}`` rows (an expanding
+    ``IN`` cannot be used there)."""
+    return and_(
+        events.c.id == bindparam("pk"),
+        events.c.message_id == bindparam("token"),
+        or_(*(events.c.status == status for status in statuses)),
+    )
+
+
 def holds_event(pk: int, token: str) -> Any:
     """The fence: the event is still ``processing`` under this token."""
     return and_(events.c.id == pk, events.c.message_id == token, events.c.status == PROCESSING)
@@ -142,11 +153,7 @@ class EventLeases:
         if held:
             conn.execute(
                 update(events)
-                .where(
-                    events.c.id == bindparam("pk"),
-                    events.c.message_id == bindparam("token"),
-                    events.c.status == PROCESSING,
-                )
+                .where(carrying_token(PROCESSING))
                 .values(lease_expires_at=store_time() + self.settings.lease_seconds),
                 [{"pk": pk, "token": token} for pk, token in sorted(held)],  # in key order (see recovery)
             )

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from gateway.config import WorkerSettings
 from gateway.eventlog import waiting_behind
@@ -58,7 +58,7 @@ from gateway.queue import EventQueue, new_token
 from providers.base import Clock
 
 from . import tries
-from .leases import store_time
+from .leases import carrying_token, store_time
 from .periodic import Periodic
 
 log = logging.getLogger("hookgate.recovery")
@@ -164,14 +164,7 @@ class RecoverySweep(Periodic):
                 # Fenced by the token read above: a worker's failed try may have set a retry time
                 # (and cleared the token) since, and that schedule must stand.
                 conn.execute(
-                    update(events)
-                    .where(
-                        events.c.id == bindparam("pk"),
-                        events.c.message_id == bindparam("token"),
-                        # Not IN (…): an expanding parameter cannot be used in an executemany.
-                        or_(events.c.status == RECEIVED, events.c.status == QUEUED),
-                    )
-                    .values(sweep_after=later),
+                    update(events).where(carrying_token(RECEIVED, QUEUED)).values(sweep_after=later),
                     [{"pk": row.id, "token": row.message_id} for row in sorted(present, key=lambda row: row.id)],
                 )
             # In primary key order, as the workers' statements lock rows: two transactions that lock
@@ -259,13 +252,7 @@ class RecoverySweep(Periodic):
         """Record that the broker took these messages, unless a worker moved the event meanwhile."""
         with self.engine.begin() as conn:
             conn.execute(
-                update(events)
-                .where(
-                    events.c.id == bindparam("pk"),
-                    events.c.message_id == bindparam("token"),
-                    events.c.status == RECEIVED,
-                )
-                .values(status=QUEUED),
+                update(events).where(carrying_token(RECEIVED)).values(status=QUEUED),
                 [{"pk": pk, "token": token} for pk, token in sent],
             )
 
