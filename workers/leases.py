@@ -97,12 +97,11 @@ class EventLeases:
         ``message`` is the token the event must still carry (a broker message's); a resource
         pass that holds the resource's lease passes ``None`` and takes any waiting event of it.
         """
-        waiting = [events.c.id == pk]
-        if message is not None:
-            waiting.append(events.c.message_id == message)
+        values = {"pks": [pk], "holder": token, "seconds": self.settings.lease_seconds, "now": self.clock()}
         with self.engine.begin() as conn:
-            rows = self._claim(conn, waiting, token)
-        return rows[0] if rows else None
+            if message is None:
+                return conn.execute(CLAIM_MANY, values).first()
+            return conn.execute(CLAIM_OF_MESSAGE, {**values, "message": message}).first()
 
     def claim_many(self, conn: Connection, pks: Sequence[int], token: str) -> dict[int, Any]:
         """Lease these waiting events at once, in one statement (a resource pass's round, whose
@@ -112,25 +111,6 @@ class EventLeases:
             return {}
         values = {"pks": list(pks), "holder": token, "seconds": self.settings.lease_seconds, "now": self.clock()}
         return {row.id: row for row in conn.execute(CLAIM_MANY, values)}
-
-    def _claim(self, conn: Connection, which: list[Any], token: str) -> list[Any]:
-        # The store's pause state fences the claim: a worker's cached paused set may be a second
-        # old, and an event stored after ``pause`` returned must not run (see gateway.pausing).
-        paused = exists().where(provider_states.c.provider == events.c.provider, provider_states.c.paused.is_(True))
-        return list(
-            conn.execute(
-                update(events)
-                .where(*which, events.c.status.in_((RECEIVED, QUEUED)), ~paused)
-                .values(
-                    status=PROCESSING,
-                    message_id=token,
-                    attempts=events.c.attempts + 1,
-                    lease_expires_at=store_time() + self.settings.lease_seconds,
-                    updated_at=self.clock(),
-                )
-                .returning(*events.c)
-            ).all()
-        )
 
     def give_back(self, conn: Connection, pks: Sequence[int], token: str, at: float) -> None:
         """Undo the claim of events a round did not start (the pass stopped before them): they
@@ -214,6 +194,8 @@ GIVE_UP = (
     .where(RESOURCE_ROW, resources.c.lease_token == bindparam("holder"))
     .values(lease_token=None, lease_expires_at=None)
 )
+# The store's pause state fences the claim: a worker's cached paused set may be a second old, and
+# an event stored after ``pause`` returned must not run (see gateway.pausing).
 _PAUSED = exists().where(provider_states.c.provider == events.c.provider, provider_states.c.paused.is_(True))
 CLAIM_MANY = (
     update(events)
@@ -227,6 +209,7 @@ CLAIM_MANY = (
     )
     .returning(*events.c)
 )
+CLAIM_OF_MESSAGE = CLAIM_MANY.where(events.c.message_id == bindparam("message"))
 
 
 class ResourceLeases:

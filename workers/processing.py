@@ -23,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -264,7 +264,7 @@ class Processor:
 
     def process(self, pks: int | list[int], token: str) -> None:
         """Run the events of a broker message, each alone or in its resource's pass; never raises."""
-        pks = [pks] if isinstance(pks, int) else list(pks)  # a message may carry one pk (before 0.13)
+        pks = [pks] if isinstance(pks, int) else list(pks)  # one pk: a message of an earlier release
         with self.spreader.running():
             try:
                 self._process(pks, token)
@@ -281,7 +281,7 @@ class Processor:
         first = lanes.next()
         if first is None:
             return
-        if self.spread_to is not None and self.spreader.idle():
+        if self.spreader.idle():
             self.spread(lanes.take_rest(), token)
         with self.spreader.watching(lanes):
             lane: list[Any] | None = first
@@ -392,11 +392,14 @@ class Processor:
         """How many events a round takes: :data:`ROUND_EVENTS`, or one on SQLite when a handler
         takes a session: its transaction then holds SQLite's only write lock while the handlers
         run, which must not be for a whole round."""
-        if self.engine.dialect.name == "sqlite":
-            types = {pending.event_type for pending in batch}
-            if any(h.takes_session for t in types for h in self.registry.for_event(provider, t)):
-                return 1
+        sqlite = self.engine.dialect.name == "sqlite"
+        if sqlite and any(self.needs_session(provider, t) for t in {pending.event_type for pending in batch}):
+            return 1
         return ROUND_EVENTS
+
+    def needs_session(self, provider: str, event_type: str, done: Collection[str] = ()) -> bool:
+        """Whether a handler of such an event, other than those ``done``, takes a session."""
+        return any(h.takes_session and h.name not in done for h in self.registry.for_event(provider, event_type))
 
     def give_back_now(self, pks: list[int], holder: str) -> None:
         if pks:
@@ -425,11 +428,7 @@ class Processor:
         tries: list[Tried] = []
         unrecorded: Exception | None = None
         done = self.lifecycle.succeeded_handlers(rows)
-        sessions = any(
-            h.takes_session and h.name not in done[row.id]
-            for row in rows
-            for h in self.registry.for_event(row.provider, row.event_type)
-        )
+        sessions = any(self.needs_session(row.provider, row.event_type, done[row.id]) for row in rows)
         with self.keeper.holding_events([row.id for row in rows], token) as event_leases:
             leases = [*event_leases, *([pass_.lease] if pass_ else [])]
             with self.engine.connect() as conn:
@@ -457,11 +456,10 @@ class Processor:
         if recorded is None:
             log.warning("%d events: lease lost while running handlers; nothing recorded", len(rows))
             return Plan([])
-        statuses, plan = recorded
         if pass_ is not None:
-            pass_.released = plan.releases
-        self.report(tries, statuses)
-        return plan
+            pass_.released = recorded.releases
+        self.report(tries)
+        return recorded
 
     def try_event(
         self,
@@ -512,18 +510,15 @@ class Processor:
         key: ResourceKey | None,
         pass_: ResourcePass | None,
         go_on: bool,
-    ) -> tuple[dict[int, str], Plan] | None:
+    ) -> Plan | None:
         """Write the round's outcomes, fenced by the token, and commit: the statuses, the resource,
         the handler runs and the attempts; the events not tried go back; the pass's next round
-        is claimed (if it ``go_on``) or the pass ends. Returns each tried event's new status and
-        the next round, or ``None`` if a lease was lost (and everything rolled back)."""
-        statuses: dict[int, str] = {}
+        is claimed (if it ``go_on``) or the pass ends. Returns the next round, or ``None`` if a
+        lease was lost (and everything rolled back)."""
         for status in (PROCESSED, SUPERSEDED):
-            pks = [t.row.id for t in tries if t.status == status]
-            if not self.lifecycle.finish(conn, pks, token, status):
+            if not self.lifecycle.finish(conn, [t.row.id for t in tries if t.status == status], token, status):
                 conn.rollback()
                 return None
-            statuses.update(dict.fromkeys(pks, status))
         retry_at: float | None = None
         for tried in tries:
             if tried.status is None:
@@ -540,7 +535,6 @@ class Processor:
                     conn.rollback()
                     return None
                 tried.failed = failed
-                statuses[tried.row.id] = failed.status
                 retry_at = failed.retry_at
         applied_last = [t for t in tries if t.status == PROCESSED]
         if key is not None and applied_last:
@@ -558,7 +552,7 @@ class Processor:
             pass_.settled = True
             plan = self.plan_round(conn, pass_) if go_on and not pass_.last_round else self.end_pass(conn, pass_)
         conn.commit()
-        return statuses, plan
+        return plan
 
     def record_unrecorded(self, tries: list[Tried], rest: list[Any], token: str, exc: Exception) -> None:
         """Recording the round failed (and was rolled back): each try is recorded as a failure
@@ -570,7 +564,7 @@ class Processor:
             self.record_failure(tried.row, token, error, tried.attempt)
         self.give_back_now([row.id for row in rest], token)
 
-    def report(self, tries: list[Tried], statuses: dict[int, str]) -> None:
+    def report(self, tries: list[Tried]) -> None:
         """Log and count the round's committed outcomes."""
         now = self.clock()
         for tried in tries:
@@ -580,7 +574,8 @@ class Processor:
                     log_failed_try(row, tried.failed, tried.error, now)
                 worker_metrics.failed_try(row.provider, final=tried.failed.status == FAILED)
                 continue
-            status = statuses[row.id]
+            status = tried.status
+            assert status is not None  # a failed try has its ``failed`` once recorded
             worker_metrics.settled(row.provider, status, now - row.received_at)
             with log_context(**tried.log_fields):
                 log.info(

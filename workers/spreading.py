@@ -83,8 +83,8 @@ class Spreader:
         self._watchdog: threading.Thread | None = None
 
     def idle(self) -> bool:
-        """Whether a thread of this process is free right now."""
-        return self.busy < self.threads
+        """Whether lanes can be handed over and a thread of this process is free right now."""
+        return self.hand_off is not None and self.busy < self.threads
 
     @contextmanager
     def running(self) -> Iterator[None]:
