@@ -42,7 +42,7 @@ from .errors import ConfigError, InboxFull, StoreUnavailable
 from .ingest import ACCEPTED, DUPLICATE, Ingestor
 from .metrics import IntakeMetrics
 from .models import RECEIVED
-from .queue import EventQueue, new_token
+from .queue import UNSENT, EventQueue
 from .rejections import (
     BAD_REQUEST,
     GENERIC_HEADERS,
@@ -358,7 +358,7 @@ class Intake:
             "received_at": now,
             "status": RECEIVED,
             "attempts": 0,
-            "message_id": None if held else new_token(),
+            "message_id": None if held else UNSENT,  # its token comes with its commit (share_tokens)
             "sweep_after": now + (window if held else self.requeue_after),
             "updated_at": now,
             "traceparent": None,

@@ -49,18 +49,25 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+#: The ``message_id`` of a row the intake will send at once, until :func:`share_tokens` gives it
+#: its message's token (``None`` is a row held for its ordering window: no message yet).
+UNSENT = ""
+
+
 def share_tokens(rows: list[dict[str, Any]]) -> None:
-    """Give the rows to be sent at once (``message_id`` set) shared tokens, up to
+    """Give the rows to be sent at once (``message_id`` not ``None``) shared tokens, up to
     :data:`MESSAGE_EVENTS` rows a token, a resource's rows side by side: each token is then one
-    broker message carrying all its rows' events."""
+    broker message carrying all its rows' events. A chunk keeps its first row's token if it has
+    one; rows :data:`UNSENT` get theirs here, one per message rather than one per request."""
     sent = sorted(
         (row for row in rows if row["message_id"] is not None),
         key=lambda row: (row["provider"], row["resource_id"] or ""),
     )
     for start in range(0, len(sent), MESSAGE_EVENTS):
         chunk = sent[start : start + MESSAGE_EVENTS]
-        for row in chunk[1:]:
-            row["message_id"] = chunk[0]["message_id"]
+        token = chunk[0]["message_id"] or new_token()
+        for row in chunk:
+            row["message_id"] = token
 
 
 def create_broker(url: str, *, middleware: list[dramatiq.Middleware] | None = None) -> dramatiq.Broker:

@@ -15,7 +15,7 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select, update
 
 from gateway.models import events
-from gateway.queue import MESSAGE_EVENTS, QUEUE_NAME, EventQueue, new_token, share_tokens
+from gateway.queue import MESSAGE_EVENTS, QUEUE_NAME, UNSENT, EventQueue, new_token, share_tokens
 from tests.conftest import Hookgate
 from tests.workers.test_ordering import post_thing
 from workers import Event
@@ -38,6 +38,14 @@ def test_a_commit_s_events_share_a_message_a_resource_s_side_by_side() -> None:
         of_resource = {row["message_id"] for row in rows if row["resource_id"] == resource}
         assert len(of_resource) <= 2, "a resource's events were scattered over the messages"
     assert rows[70]["message_id"] is None
+
+
+def test_rows_the_intake_sends_get_one_token_per_message() -> None:
+    rows: list[dict[str, Any]] = [{"provider": "acme", "resource_id": f"r{i}", "message_id": UNSENT} for i in range(40)]
+    share_tokens(rows)
+    tokens = {row["message_id"] for row in rows}
+    assert len(tokens) == 2
+    assert all(len(token) == 32 for token in tokens)
 
 
 def one_message(hookgate: Hookgate, event_ids: list[str]) -> tuple[list[int], str]:
