@@ -283,7 +283,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=float, default=50.0, help="events/s of the paced (latency) runs")
     args = parser.parse_args()
-    api = FakeApi().start()
+    api = FakeApi(keep_alive=True).start()
     for index in range(args.resources):
         api.states[f"/v1/things/r{index}"] = {"id": f"r{index}", "version": args.events // args.resources}
     api.states["/v1/things/warm"] = {"id": "warm", "version": 1}

@@ -294,7 +294,7 @@ def main() -> int:
     args = parser.parse_args()
     configs = parse_configs(args.configs)
     events = plan(args.customers, args.versions)
-    api = FakeApi().start()
+    api = FakeApi(keep_alive=True).start()
     for customer in {e.customer for e in events} | {"cus_warm"}:
         api.states[f"/v1/customers/{customer}"] = {"id": customer, "object": "customer", "metadata": {}}
     results: dict[tuple[int, int], list[dict[str, Outcome]]] = {config: [] for config in configs}

@@ -32,7 +32,15 @@ class Seen:
 
 
 class FakeApi:
-    def __init__(self) -> None:
+    """A provider's REST API on 127.0.0.1 answering what a test scripted.
+
+    ``keep_alive``: answer over HTTP/1.1 persistent connections, as real APIs do (the benchmarks
+    use it). Off by default, so that :meth:`stop` really cuts every client off: a connection a
+    client keeps open would otherwise outlive the listening socket.
+    """
+
+    def __init__(self, *, keep_alive: bool = False) -> None:
+        self.keep_alive = keep_alive
         self.states: dict[str, Any] = {}
         self.scripts: dict[str, deque[Answer]] = {}
         self.requests: list[Seen] = []
@@ -48,6 +56,9 @@ class FakeApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if self.keep_alive else "HTTP/1.0"
+            disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
+
             def do_GET(self) -> None:
                 answer = api._answer(self.path, dict(self.headers.items()))
                 if answer.delay:
