@@ -37,6 +37,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from gateway.config import WorkerSettings
 from gateway.models import PROCESSING, QUEUED, RECEIVED, events, leases, provider_states, resources
+from gateway.prepared import Prepared
 from providers.base import Clock
 
 from .periodic import Periodic
@@ -100,8 +101,8 @@ class EventLeases:
         values = {"pks": [pk], "holder": token, "seconds": self.settings.lease_seconds, "now": self.clock()}
         with self.engine.begin() as conn:
             if message is None:
-                return conn.execute(CLAIM_MANY, values).first()
-            return conn.execute(CLAIM_OF_MESSAGE, {**values, "message": message}).first()
+                return CLAIM_MANY.first(conn, values)
+            return CLAIM_OF_MESSAGE.first(conn, {**values, "message": message})
 
     def claim_many(self, conn: Connection, pks: Sequence[int], token: str) -> dict[int, Any]:
         """Lease these waiting events at once, in one statement (a resource pass's round, whose
@@ -110,7 +111,7 @@ class EventLeases:
         if not pks:
             return {}
         values = {"pks": list(pks), "holder": token, "seconds": self.settings.lease_seconds, "now": self.clock()}
-        return {row.id: row for row in conn.execute(CLAIM_MANY, values)}
+        return {row.id: row for row in CLAIM_MANY.rows(conn, values)}
 
     def give_back(self, conn: Connection, pks: Sequence[int], token: str, at: float) -> None:
         """Undo the claim of events a round did not start (the pass stopped before them): they
@@ -183,21 +184,39 @@ RESOURCE_ROW = and_(
     resources.c.provider == bindparam("key_provider"), resources.c.resource_id == bindparam("key_resource")
 )
 _FREE = or_(resources.c.lease_token.is_(None), resources.c.lease_expires_at <= store_time())
-TAKE = (
+TAKE = Prepared(
     update(resources)
     .where(RESOURCE_ROW, _FREE)
     .values(lease_token=bindparam("holder"), lease_expires_at=store_time() + bindparam("seconds"))
     .returning(resources.c.lease_token)
 )
-GIVE_UP = (
+GIVE_UP = Prepared(
     update(resources)
     .where(RESOURCE_ROW, resources.c.lease_token == bindparam("holder"))
     .values(lease_token=None, lease_expires_at=None)
 )
+#: A resource's first lease creates its row (see :meth:`ResourceLeases.take`).
+_NEW_RESOURCE_VALUES = {
+    "provider": bindparam("key_provider"),
+    "resource_id": bindparam("key_resource"),
+    "lease_token": bindparam("holder"),
+    "lease_expires_at": store_time() + bindparam("seconds"),
+    "deleted": False,
+    "updated_at": bindparam("now"),
+}
+NEW_RESOURCE = {
+    dialect.__name__.rsplit(".", 1)[-1]: Prepared(
+        dialect.insert(resources)
+        .values(_NEW_RESOURCE_VALUES)
+        .on_conflict_do_nothing()
+        .returning(resources.c.provider)  # psycopg's rowcount is -1 for ON CONFLICT DO NOTHING
+    )
+    for dialect in (postgresql, sqlite)
+}
 # The store's pause state fences the claim: a worker's cached paused set may be a second old, and
 # an event stored after ``pause`` returned must not run (see gateway.pausing).
 _PAUSED = exists().where(provider_states.c.provider == events.c.provider, provider_states.c.paused.is_(True))
-CLAIM_MANY = (
+_CLAIM = (
     update(events)
     .where(events.c.id.in_(bindparam("pks", expanding=True)), events.c.status.in_((RECEIVED, QUEUED)), ~_PAUSED)
     .values(
@@ -209,7 +228,8 @@ CLAIM_MANY = (
     )
     .returning(*events.c)
 )
-CLAIM_OF_MESSAGE = CLAIM_MANY.where(events.c.message_id == bindparam("message"))
+CLAIM_MANY = Prepared(_CLAIM)
+CLAIM_OF_MESSAGE = Prepared(_CLAIM.where(events.c.message_id == bindparam("message")))
 
 
 class ResourceLeases:
@@ -234,11 +254,9 @@ class ResourceLeases:
             "holder": holder,
             "seconds": self.settings.lease_seconds,
         }
-        if conn.execute(TAKE, values).first() is not None:
+        if TAKE.first(conn, values) is not None:
             return True
-        expires = store_time() + self.settings.lease_seconds
-        values = {"provider": key[0], "resource_id": key[1], "lease_token": holder, "lease_expires_at": expires}
-        return insert_ignoring_conflict(conn, resources, {**values, "deleted": False, "updated_at": self.clock()})
+        return NEW_RESOURCE[conn.dialect.name].first(conn, {**values, "now": self.clock()}) is not None
 
     def renew(self, conn: Connection, held: Sequence[tuple[ResourceKey, str]]) -> None:
         for key, holder in held:
@@ -254,7 +272,7 @@ class ResourceLeases:
 
     def give_up(self, conn: Connection, key: ResourceKey, holder: str) -> None:
         """Release the lease in the caller's transaction (the one that ends a pass)."""
-        conn.execute(GIVE_UP, {"key_provider": key[0], "key_resource": key[1], "holder": holder})
+        GIVE_UP.rowcount(conn, {"key_provider": key[0], "key_resource": key[1], "holder": holder})
 
 
 @dataclass(slots=True)

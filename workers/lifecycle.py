@@ -21,11 +21,12 @@ from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select,
 from gateway.config import WorkerSettings
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, RETRY, events, handler_runs
 from gateway.models import attempts as attempt_rows  # ``attempts`` is a count in fail()
+from gateway.prepared import Prepared
 from gateway.queue import new_token
 from providers.base import Clock
 
 from .leases import holds_event
-from .tries import Try
+from .tries import ATTEMPT_COLUMNS, Try
 
 #: ``last_error`` keeps at most this many characters.
 MAX_ERROR = 4000
@@ -38,10 +39,10 @@ _OF_MESSAGE = and_(
     events.c.message_id == bindparam("token"),
     events.c.status.in_((RECEIVED, QUEUED)),
 )
-CURRENT = select(events.c.id, events.c.provider, events.c.resource_id).where(_OF_MESSAGE)
+CURRENT = Prepared(select(events.c.id, events.c.provider, events.c.resource_id).where(_OF_MESSAGE))
 RETOKEN = update(events).where(_OF_MESSAGE).values(message_id=bindparam("fresh"))
 HAND_OVER = update(events).where(_OF_MESSAGE).values(message_id=None, sweep_after=bindparam("now"))
-FINISH = (
+FINISH = Prepared(
     update(events)
     .where(
         events.c.id.in_(bindparam("pks", expanding=True)),
@@ -58,6 +59,9 @@ FINISH = (
         error_group=None,
     )
 )
+
+RECORD_HANDLER = Prepared(insert(handler_runs), column_keys=("event_pk", "handler", "round", "finished_at"))
+RECORD_ATTEMPT = Prepared(insert(attempt_rows), column_keys=ATTEMPT_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,7 @@ class EventLifecycle:
     def current(self, pks: list[int], token: str) -> list[Any]:
         """The events of a message whose token is still ``token`` and that are waiting, in order."""
         with self.engine.connect() as conn:
-            found = {row.id: row for row in conn.execute(CURRENT, {"pks": pks, "token": token})}
+            found = {row.id: row for row in CURRENT.rows(conn, {"pks": pks, "token": token})}
         return [found[pk] for pk in pks if pk in found]
 
     def retoken(self, groups: list[list[int]], token: str) -> list[tuple[int, str]]:
@@ -147,16 +151,14 @@ class EventLifecycle:
             for row, names in succeeded
             for name in names
         ]
-        if rows:
-            conn.execute(insert(handler_runs), rows)
+        RECORD_HANDLER.run_many(conn, rows)
 
     def record_attempts(self, conn: Connection, tries: Iterable[tuple[Try, str]]) -> None:
         """Write each try's attempt row (with the status it left), in the transaction of its
         outcome; call only once the fence has held (see :meth:`finish`)."""
         now = self.clock()
         rows = [tried.row(status, now) for tried, status in tries]
-        if rows:
-            conn.execute(insert(attempt_rows), rows)
+        RECORD_ATTEMPT.run_many(conn, rows)
 
     def finish(self, conn: Connection, pks: list[int], token: str, status: str) -> bool:
         """Mark the events ``processed`` or ``superseded``; ``False`` if the lease of any was
@@ -164,7 +166,7 @@ class EventLifecycle:
         if not pks:
             return True
         values = {"pks": pks, "holder": token, "settled": status, "now": self.clock()}
-        return conn.execute(FINISH, values).rowcount == len(pks)
+        return FINISH.rowcount(conn, values) == len(pks)
 
     def fail(
         self,

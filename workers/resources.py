@@ -6,6 +6,7 @@ stored state, and the fenced write of a new state inside the event's transaction
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,10 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from gateway.models import PROCESSING, QUEUED, RECEIVED, events, resources
+from gateway.prepared import Prepared
 from providers.base import Clock
 
-from .leases import RESOURCE_ROW, ResourceKey, resource_row
+from .leases import RESOURCE_ROW, ResourceKey
 from .reconcile import Fetched
 
 #: The most pending events of one resource looked at in one pass.
@@ -24,7 +26,7 @@ PASS_LIMIT = 500
 
 
 # Run for every pass, built once (see workers.lifecycle).
-PENDING = (
+PENDING = Prepared(
     select(
         events.c.id,
         events.c.event_type,
@@ -42,7 +44,7 @@ PENDING = (
     .order_by(events.c.sequence.asc().nulls_first(), events.c.id)
     .limit(PASS_LIMIT)
 )
-STORED = select(resources.c.applied_sequence, resources.c.state, resources.c.deleted).where(RESOURCE_ROW)
+STORED = Prepared(select(resources.c.applied_sequence, resources.c.state, resources.c.deleted).where(RESOURCE_ROW))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +68,10 @@ class ResourceStore:
 
         Events without a sequence come first, on every backend (PostgreSQL sorts NULL last by
         default), so that the limit never cuts off the event the order puts first."""
-        return list(conn.execute(PENDING, {"key_provider": key[0], "key_resource": key[1]}).all())
+        return PENDING.rows(conn, {"key_provider": key[0], "key_resource": key[1]})
 
     def stored(self, conn: Connection, key: ResourceKey) -> StoredResource:
-        row = conn.execute(STORED, {"key_provider": key[0], "key_resource": key[1]}).one_or_none()
+        row = STORED.first(conn, {"key_provider": key[0], "key_resource": key[1]})
         if row is None:
             return StoredResource()
         return StoredResource(row.applied_sequence, orjson.loads(row.state) if row.state else None, bool(row.deleted))
@@ -93,11 +95,20 @@ class ResourceStore:
                 deleted=fetched.deleted,
                 fetched_at=fetched.fetched_at,
             )
-        return bool(
-            conn.execute(
-                update(resources).where(resource_row(key), resources.c.lease_token == holder).values(**values)
-            ).rowcount
-        )
+        params = {f"new_{column}": value for column, value in values.items()}
+        params.update(key_provider=key[0], key_resource=key[1], holder=holder)
+        return bool(_write_state(tuple(values)).rowcount(conn, params))
+
+
+@functools.cache
+def _write_state(columns: tuple[str, ...]) -> Prepared:
+    """The fenced UPDATE of a resource that writes ``columns`` (one per set of columns that
+    :meth:`ResourceStore.write_state` writes: a handful)."""
+    return Prepared(
+        update(resources)
+        .where(RESOURCE_ROW, resources.c.lease_token == bindparam("holder"))
+        .values({column: bindparam(f"new_{column}") for column in columns})
+    )
 
 
 def applied(stored: StoredResource, row: Any, fetched: Fetched) -> StoredResource:

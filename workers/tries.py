@@ -120,6 +120,11 @@ class Try:
         }
 
 
+#: The columns of :meth:`Try.row`, in its order.
+ATTEMPT_COLUMNS: tuple[str, ...] = ("event_pk", "attempt", "round", "started_at", "finished_at", "outcome")
+ATTEMPT_COLUMNS += ("trigger", "errors", "reconcile_status", "reconcile_error", "worker")
+
+
 def given_up(row: Any, message: str, finished_at: float) -> dict[str, Any]:
     """The attempt row of the last try of an event the recovery sweep gives up on: its worker
     stopped (killed, stalled) on every try without recording an outcome, so this row is written
