@@ -21,19 +21,21 @@ contacted, and redirects are never followed.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway import tracing
 from gateway.config import ProviderEntry
 from gateway.metrics import worker_metrics
 from providers.api import ApiSettings, ResourceRef, UnsafeUrl, api_url, fill_path
+
+from .api_client import ApiClient, FetchFailed, FetchTimeout, TooLarge
 
 #: The longest ``Retry-After`` honoured; a larger value is taken as this (one hour).
 MAX_RETRY_AFTER = 3600.0
@@ -85,7 +87,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 class ProviderApi:
-    """One provider's API: a pooled httpx client with its base URL, auth and timeouts."""
+    """One provider's API: a pooled keep-alive client (:mod:`workers.api_client`) with its base
+    URL, auth and timeouts."""
 
     def __init__(self, entry: ProviderEntry, settings: ApiSettings) -> None:
         self.provider = entry.provider
@@ -93,13 +96,14 @@ class ProviderApi:
         headers = {"User-Agent": USER_AGENT, **self.provider.api_headers, **settings.headers}
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
-        auth = (settings.username, settings.password) if settings.username is not None else None
-        self.client = httpx.Client(
-            headers=headers,
-            auth=auth,  # type: ignore[arg-type]
-            timeout=httpx.Timeout(settings.read_timeout_seconds, connect=settings.connect_timeout_seconds),
-            follow_redirects=False,
-            trust_env=False,  # no proxy from the environment: the API host is the only peer
+        if settings.username is not None:
+            pair = f"{settings.username}:{settings.password or ''}".encode()
+            headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+        self.client = ApiClient(
+            settings.base_url,
+            headers,
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=settings.read_timeout_seconds,
         )
 
     def ref(self, event_type: str, resource_id: str, payload: Any) -> ResourceRef | None:
@@ -111,31 +115,41 @@ class ProviderApi:
         url = api_url(self.settings.base_url, ref.url or ref.path or "")
         shown = url.split("?", 1)[0]
         answered: int | str = "error"  # for the metric: the status, or why there is none
+        limit = self.settings.max_response_bytes
         try:
-            with tracing.fetching(url) as traced, self.client.stream("GET", url) as response:
-                answered = response.status_code
-                traced(answered)
-                body = self._read(response, shown)
-        except httpx.TimeoutException:
+            with tracing.fetching(url) as traced:
+                try:
+                    answer = self.client.get(url, limit)
+                except TooLarge as exc:
+                    traced(exc.status)
+                    raise
+                traced(answer.status)
+            answered = answer.status
+        except TooLarge as exc:
+            answered = exc.status
+            raise ReconcileError(
+                f"GET {shown}: the answer is larger than {limit} bytes", permanent=True, status=exc.status
+            ) from None
+        except FetchTimeout:
             answered = "timeout"
             raise ReconcileError(f"GET {shown} timed out") from None
-        except httpx.TransportError as exc:
+        except FetchFailed as exc:
             answered = "error"
-            raise ReconcileError(f"GET {shown} failed: {type(exc).__name__}: {exc}") from None
+            raise ReconcileError(f"GET {shown} failed: {exc.kind}: {exc}") from None
         finally:
             worker_metrics.fetched(self.provider.name, answered)
         now = time.time()
-        status = response.status_code
+        status, body = answer.status, answer.body
         if status in (404, 410):
             return Fetched(ref.type, None, True, now, status)
-        answer = f"GET {shown} answered {status}: {_snippet(body)}"
+        said = f"GET {shown} answered {status}: {_snippet(body)}"
         if status in TRANSIENT_STATUSES:
-            retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-            raise ReconcileError(answer, retry_after=retry_after, status=status)
+            retry_after = parse_retry_after(answer.headers.get("retry-after"), now)
+            raise ReconcileError(said, retry_after=retry_after, status=status)
         if not 200 <= status < 300:
             if 300 <= status < 400:
-                answer += " (redirects are not followed)"
-            raise ReconcileError(answer, permanent=True, status=status)
+                said += " (redirects are not followed)"
+            raise ReconcileError(said, permanent=True, status=status)
         try:
             state = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -144,21 +158,6 @@ class ProviderApi:
             ) from None
         deleted = self.provider.is_deleted(state)
         return Fetched(ref.type, state, deleted, now, status)
-
-    def _read(self, response: httpx.Response, shown: str) -> bytes:
-        limit, status = self.settings.max_response_bytes, response.status_code
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise ReconcileError(f"GET {shown}: the answer is larger than {limit} bytes", permanent=True, status=status)
-        chunks, size = [], 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise ReconcileError(
-                    f"GET {shown}: the answer is larger than {limit} bytes", permanent=True, status=status
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def close(self) -> None:
         self.client.close()
