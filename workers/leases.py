@@ -184,11 +184,14 @@ RESOURCE_ROW = and_(
     resources.c.provider == bindparam("key_provider"), resources.c.resource_id == bindparam("key_resource")
 )
 _FREE = or_(resources.c.lease_token.is_(None), resources.c.lease_expires_at <= store_time())
+#: What a pass needs of the resource's row, returned by the statement that takes its lease: while
+#: the lease is held only the pass writes the row, so it keeps these current in memory.
+STORED_COLUMNS = (resources.c.applied_sequence, resources.c.state, resources.c.deleted)
 TAKE = Prepared(
     update(resources)
     .where(RESOURCE_ROW, _FREE)
     .values(lease_token=bindparam("holder"), lease_expires_at=store_time() + bindparam("seconds"))
-    .returning(resources.c.lease_token)
+    .returning(*STORED_COLUMNS)
 )
 GIVE_UP = Prepared(
     update(resources)
@@ -209,7 +212,7 @@ NEW_RESOURCE = {
         dialect.insert(resources)
         .values(_NEW_RESOURCE_VALUES)
         .on_conflict_do_nothing()
-        .returning(resources.c.provider)  # psycopg's rowcount is -1 for ON CONFLICT DO NOTHING
+        .returning(*STORED_COLUMNS)  # not rowcount: psycopg's is -1 for ON CONFLICT DO NOTHING
     )
     for dialect in (postgresql, sqlite)
 }
@@ -244,19 +247,21 @@ class ResourceLeases:
     def acquire(self, key: ResourceKey, holder: str) -> bool:
         """Take the resource's lease unless a live worker holds it (in a transaction of its own)."""
         with self.engine.begin() as conn:
-            return self.take(conn, key, holder)
+            return self.take(conn, key, holder) is not None
 
-    def take(self, conn: Connection, key: ResourceKey, holder: str) -> bool:
-        """Take the resource's lease unless a live worker holds it, in the caller's transaction."""
+    def take(self, conn: Connection, key: ResourceKey, holder: str) -> Any | None:
+        """Take the resource's lease unless a live worker holds it, in the caller's transaction;
+        the row's :data:`STORED_COLUMNS` once taken, ``None`` if another worker holds it."""
         values = {
             "key_provider": key[0],
             "key_resource": key[1],
             "holder": holder,
             "seconds": self.settings.lease_seconds,
         }
-        if TAKE.first(conn, values) is not None:
-            return True
-        return NEW_RESOURCE[conn.dialect.name].first(conn, {**values, "now": self.clock()}) is not None
+        taken = TAKE.first(conn, values)
+        if taken is not None:
+            return taken
+        return NEW_RESOURCE[conn.dialect.name].first(conn, {**values, "now": self.clock()})
 
     def renew(self, conn: Connection, held: Sequence[tuple[ResourceKey, str]]) -> None:
         for key, holder in held:

@@ -47,7 +47,7 @@ from .lifecycle import EventLifecycle, FailedTry
 from .ordering import due_at, due_prefix, is_superseded
 from .reconcile import Fetched, ReconcileError, Reconciler
 from .registry import Handler, HandlerRegistry
-from .resources import ResourceStore, StoredResource, applied
+from .resources import ResourceStore, StoredResource, applied, stored_of
 from .spreading import Lanes, Spreader, lanes_of
 from .tries import Try
 
@@ -201,6 +201,8 @@ class ResourcePass:
     last_round: bool = False
     #: The lease was given back, in the transaction that ended the pass.
     released: bool = False
+    #: The resource as stored: read with its lease, then kept current as the pass writes it.
+    stored: StoredResource = field(default_factory=StoredResource)
 
 
 @dataclass(slots=True)
@@ -331,10 +333,12 @@ class Processor:
             pass_ = ResourcePass(key, holder, lease, window, deadline=self.clock() + self.pass_budget)
             try:
                 with self.engine.begin() as conn:
-                    if not self.resource_leases.take(conn, key, holder):
+                    taken = self.resource_leases.take(conn, key, holder)
+                    if taken is None:
                         pass_.released = True  # never held
                         self.lifecycle.defer(conn, [row.id for row in lane], token, BUSY_RETRY_SECONDS)
                         return
+                    pass_.stored = stored_of(taken)
                     plan = self.plan_round(conn, pass_)
                 pass_.released = plan.releases
                 self.drain(pass_, plan)
@@ -379,8 +383,7 @@ class Processor:
         if not prefix:
             return self.end_pass(conn, pass_, parked)
         pass_.lease.extend(self.keeper.work_seconds)
-        stored = self.resources.stored(conn, key)  # kept current in memory while the lease is held
-        return Plan([claimed[pending.id] for pending in prefix], stored, parked)
+        return Plan([claimed[pending.id] for pending in prefix], pass_.stored, parked)
 
     def end_pass(
         self, conn: Connection, pass_: ResourcePass, parked: list[tuple[int, str | None]] | None = None
@@ -544,6 +547,8 @@ class Processor:
             if not self.resources.write_state(conn, key, token, last.row, last.after, last.fetched):
                 conn.rollback()
                 return None
+            if pass_ is not None:
+                pass_.stored = last.after
         self.lifecycle.record_handlers(conn, [(t.row, t.succeeded) for t in tries])  # only once the fence has held
         self.lifecycle.record_attempts(conn, [(t.attempt, t.status) for t in tries if t.status is not None])
         self.event_leases.give_back(conn, [row.id for row in rest], token, retry_at or self.clock())

@@ -44,7 +44,6 @@ PENDING = Prepared(
     .order_by(events.c.sequence.asc().nulls_first(), events.c.id)
     .limit(PASS_LIMIT)
 )
-STORED = Prepared(select(resources.c.applied_sequence, resources.c.state, resources.c.deleted).where(RESOURCE_ROW))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +68,6 @@ class ResourceStore:
         Events without a sequence come first, on every backend (PostgreSQL sorts NULL last by
         default), so that the limit never cuts off the event the order puts first."""
         return PENDING.rows(conn, {"key_provider": key[0], "key_resource": key[1]})
-
-    def stored(self, conn: Connection, key: ResourceKey) -> StoredResource:
-        row = STORED.first(conn, {"key_provider": key[0], "key_resource": key[1]})
-        if row is None:
-            return StoredResource()
-        return StoredResource(row.applied_sequence, orjson.loads(row.state) if row.state else None, bool(row.deleted))
 
     def write_state(
         self, conn: Connection, key: ResourceKey, holder: str, row: Any, after: StoredResource, fetched: Fetched
@@ -109,6 +102,13 @@ def _write_state(columns: tuple[str, ...]) -> Prepared:
         .where(RESOURCE_ROW, resources.c.lease_token == bindparam("holder"))
         .values({column: bindparam(f"new_{column}") for column in columns})
     )
+
+
+def stored_of(row: Any | None) -> StoredResource:
+    """The resource as its row's :data:`~workers.leases.STORED_COLUMNS` say (none: never stored)."""
+    if row is None:
+        return StoredResource()
+    return StoredResource(row.applied_sequence, orjson.loads(row.state) if row.state else None, bool(row.deleted))
 
 
 def applied(stored: StoredResource, row: Any, fetched: Fetched) -> StoredResource:

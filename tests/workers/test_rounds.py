@@ -20,7 +20,7 @@ from tests.conftest import Hookgate
 from tests.workers.test_ordering import post_thing
 from workers import Event
 from workers.leases import LeaseKeeper
-from workers.processing import Processor
+from workers.processing import ROUND_EVENTS, Processor
 from workers.reconcile import Reconciler
 from workers.registry import HandlerRegistry
 
@@ -140,3 +140,30 @@ def test_a_round_whose_lease_was_lost_writes_nothing(hookgate: Hookgate) -> None
     assert count(hookgate, attempts) == 0
     assert count(hookgate, handler_runs) == 0
     assert hookgate.resource("acme", "taken").applied_sequence is None
+
+
+def test_the_next_round_sees_the_state_the_last_one_left(hookgate: Hookgate) -> None:
+    """A pass reads the resource's row once, with its lease, and keeps it current itself: an
+    event that arrives during a full round with a version below the ones applied is superseded
+    in the next round, never applied over them."""
+    hookgate.start_intake()
+    versions = range(10, 10 + ROUND_EVENTS)
+    for version in versions:
+        post_thing(hookgate, f"full-{version}", "full", version)
+    ran: list[str] = []
+
+    def handler(event: Event) -> None:
+        ran.append(event.id)
+        if event.id == "full-10":  # arrive while the first round runs
+            post_thing(hookgate, "late-5", "full", 5)
+            post_thing(hookgate, "next-99", "full", 99)
+
+    processor = processor_with(hookgate, handler)
+    first = hookgate.event("acme", "full-10")
+    with counting_commits(hookgate) as commits:
+        processor.process(first.id, first.message_id)
+    assert ran == [f"full-{version}" for version in versions] + ["next-99"]
+    after = rows(hookgate, ["late-5", "next-99", f"full-{versions[-1]}"])
+    assert [after[event_id].status for event_id in ("late-5", "next-99")] == ["superseded", "processed"]
+    assert hookgate.resource("acme", "full").applied_sequence == 99
+    assert commits[0] == 3  # the lease with round one, round one with round two, round two with the release
