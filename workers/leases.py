@@ -193,10 +193,22 @@ TAKE = Prepared(
     .values(lease_token=bindparam("holder"), lease_expires_at=store_time() + bindparam("seconds"))
     .returning(*STORED_COLUMNS)
 )
-GIVE_UP = Prepared(
+_GIVE_UP = (
     update(resources)
     .where(RESOURCE_ROW, resources.c.lease_token == bindparam("holder"))
     .values(lease_token=None, lease_expires_at=None)
+)
+GIVE_UP = Prepared(_GIVE_UP)
+#: :data:`GIVE_UP` only when no event of the resource is unfinished: the usual end of a pass, in
+#: one statement rather than a look at the pending events and then the release.
+GIVE_UP_IF_DONE = Prepared(
+    _GIVE_UP.where(
+        ~exists().where(
+            events.c.provider == bindparam("key_provider"),
+            events.c.resource_id == bindparam("key_resource"),
+            events.c.status.in_((RECEIVED, QUEUED, PROCESSING)),
+        )
+    )
 )
 #: A resource's first lease creates its row (see :meth:`ResourceLeases.take`).
 _NEW_RESOURCE_VALUES = {
@@ -278,6 +290,11 @@ class ResourceLeases:
     def give_up(self, conn: Connection, key: ResourceKey, holder: str) -> None:
         """Release the lease in the caller's transaction (the one that ends a pass)."""
         GIVE_UP.rowcount(conn, {"key_provider": key[0], "key_resource": key[1], "holder": holder})
+
+    def give_up_if_done(self, conn: Connection, key: ResourceKey, holder: str) -> bool:
+        """Release the lease in the caller's transaction if none of the resource's events is
+        unfinished; whether it was released."""
+        return GIVE_UP_IF_DONE.rowcount(conn, {"key_provider": key[0], "key_resource": key[1], "holder": holder}) == 1
 
 
 @dataclass(slots=True)

@@ -360,6 +360,8 @@ class Processor:
         or, when there is none, end the pass there: schedule the event that stops it (a window,
         a retry) and give the resource's lease back."""
         key, now = pass_.key, self.clock()
+        if pass_.settled and self.resource_leases.give_up_if_done(conn, key, pass_.holder):
+            return Plan([], releases=True)  # nothing left to do: the usual end of a pass
         batch, blocker = due_prefix(self.resources.pending(conn, key), now, pass_.window)
         if not batch:
             if blocker is not None and blocker.status != PROCESSING:
