@@ -51,9 +51,14 @@ def serve(hookgate: Hookgate) -> Iterator[Callable[[ServerLimits], ServerThread]
         server.stop()
 
 
-def connect(server: ServerThread) -> socket.socket:
+def connect(server: ServerThread, send_buffer: int | None = None) -> socket.socket:
     host, port = server.url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=15)
+    sock = socket.socket()
+    if send_buffer is not None:  # set before connecting, so the kernel never autotunes it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    sock.settimeout(15)
+    sock.connect((host, int(port)))
+    return sock
 
 
 def answer_of(sock: socket.socket) -> tuple[int, bytes]:
@@ -189,7 +194,9 @@ def test_endless_chunked_trailers_are_cut_off(serve: Any) -> None:
     """Trailers come after the headers are done; they are dropped and, with the chunk framing,
     capped, where the parser would otherwise buffer all of them (1.3 GB in 4 s was seen)."""
     server = serve(TIGHT)
-    sock = connect(server)
+    # A fixed, small send buffer: what counts as sent is then what the server's side took in,
+    # not what the client's kernel queued (its autotuned buffer reached 2.5 MB on a busy host).
+    sock = connect(server, send_buffer=64 * 1024)
     sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n")
     sent, closed = 0, False
     for index in range(10_000):  # 10 MB of trailers at most
