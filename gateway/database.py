@@ -17,13 +17,15 @@ from sqlalchemy.exc import OperationalError
 
 from . import models
 from .errors import HookgateError
+from .sqlite_lock import PollingConnection
 
 #: How long SQLite waits for another process's write lock before the store counts as unavailable.
 SQLITE_BUSY_SECONDS = 5.0
 
 
 def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite files get WAL mode and a busy timeout (``?timeout=`` wins).
+    """An engine for ``url``; SQLite files get WAL mode and a busy timeout (``?timeout=`` wins),
+    within which a write transaction polls for the write lock (:mod:`gateway.sqlite_lock`).
 
     ``acknowledges``: commits that a 2xx promises (the intake's) are synced to disk before they
     return (``synchronous=FULL``). The workers' commits are not promised to anyone: with
@@ -41,6 +43,7 @@ def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -
     timeout = parsed.query.get("timeout", SQLITE_BUSY_SECONDS)
     connect_args.setdefault("timeout", float(timeout[-1] if isinstance(timeout, tuple) else timeout))
     connect_args.setdefault("check_same_thread", False)
+    connect_args.setdefault("factory", PollingConnection)
     engine = create_engine(parsed.set(query={}), connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")

@@ -1,0 +1,114 @@
+"""Write transactions on SQLite take the write lock by polling it (gateway/sqlite_lock.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from gateway.database import create_store_engine
+from gateway.sqlite_lock import PollingConnection
+from tests.support.servers import wait_for
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    db = tmp_path / "lock.db"
+    with sqlite3.connect(db) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE t (n INTEGER)")
+    return db
+
+
+def polling(path: Path, timeout: float = 5.0) -> PollingConnection:
+    conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, factory=PollingConnection)
+    assert isinstance(conn, PollingConnection)
+    return conn
+
+
+def holder(path: Path) -> sqlite3.Connection:
+    """A plain connection holding the write lock until it commits."""
+    conn = sqlite3.connect(path, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO t VALUES (0)")
+    return conn
+
+
+def test_a_write_waits_for_the_lock_by_trying_it_and_takes_it_once_free(path: Path) -> None:
+    held = holder(path)
+    writer = polling(path)
+    tries: list[str] = []
+    writer.set_trace_callback(lambda sql: tries.append(sql) if sql == "BEGIN IMMEDIATE" else None)
+    done = threading.Event()
+
+    def write() -> None:
+        writer.execute("INSERT INTO t VALUES (1)")
+        writer.commit()
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    # SQLite's busy handler would sleep inside one statement; here the lock is tried again and again
+    wait_for(lambda: len(tries) >= 3, 10, what="several tries at the write lock")
+    assert not done.is_set()
+    held.commit()
+    assert done.wait(10)
+    thread.join()
+    assert sorted(n for (n,) in writer.execute("SELECT n FROM t")) == [0, 1]
+
+
+def test_the_busy_timeout_still_ends_the_wait_with_sqlites_error(path: Path) -> None:
+    held = holder(path)
+    writer = polling(path, timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        writer.execute("UPDATE t SET n = 2")
+    assert time.monotonic() - started >= 0.3
+    assert not writer.in_transaction
+    held.commit()
+    writer.execute("UPDATE t SET n = 2")  # the busy timeout is back for what follows
+    assert writer.execute("PRAGMA busy_timeout").fetchone() == (300,)
+    writer.commit()
+
+
+def test_reads_and_transactions_already_begun_do_not_take_the_lock(path: Path) -> None:
+    held = holder(path)
+    reader = polling(path, timeout=0.2)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (0,)  # WAL: readers never wait
+    assert not reader.in_transaction
+    held.commit()
+    reader.execute("INSERT INTO t VALUES (1)")
+    assert reader.in_transaction
+    reader.executemany("INSERT INTO t VALUES (?)", [(2,), (3,)])  # within the same transaction
+    reader.rollback()
+    assert reader.execute("SELECT n FROM t").fetchall() == [(0,)]
+
+
+def test_a_connection_in_autocommit_mode_begins_nothing(path: Path) -> None:
+    conn = polling(path)
+    conn.isolation_level = None
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert not conn.in_transaction
+
+
+def test_the_stores_engines_connections_take_the_lock_that_way(path: Path) -> None:
+    engine = create_store_engine(f"sqlite:///{path}?timeout=0.3")
+    try:
+        held = holder(path)
+        with engine.connect() as conn:
+            assert isinstance(conn.connection.dbapi_connection, PollingConnection)
+            started = time.monotonic()
+            with pytest.raises(Exception, match="database is locked"):
+                conn.execute(text("INSERT INTO t VALUES (5)"))
+            assert time.monotonic() - started >= 0.3
+            conn.rollback()
+            held.commit()
+            conn.execute(text("INSERT INTO t VALUES (5)"))
+            conn.commit()
+            assert conn.execute(text("SELECT n FROM t ORDER BY n")).all() == [(0,), (5,)]
+    finally:
+        engine.dispose()
