@@ -42,8 +42,9 @@ class PollingConnection(sqlite3.Connection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.busy_seconds = float(kwargs.get("timeout", 5.0))
         self._control = sqlite3.Cursor(self)
+        #: The busy timeout ``sqlite3.connect`` set, restored after each time the lock is polled.
+        self._busy_ms: int = self._control.execute("PRAGMA busy_timeout").fetchone()[0]
 
     def cursor(self, factory: Any = None) -> Any:
         return super().cursor(factory or PollingCursor)
@@ -67,13 +68,13 @@ class PollingConnection(sqlite3.Connection):
                     if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                         raise
                     now = time.monotonic()
-                    deadline = deadline or now + self.busy_seconds
+                    deadline = deadline or now + self._busy_ms / 1000
                     if now >= deadline:
                         raise
                 time.sleep(pause)
                 pause = min(pause * 2, MOST_PAUSE)
         finally:
-            control.execute(f"PRAGMA busy_timeout = {int(self.busy_seconds * 1000)}")
+            control.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
 
     def _before(self, sql: str) -> None:
         if self.isolation_level is not None and not self.in_transaction and begins_write(sql):

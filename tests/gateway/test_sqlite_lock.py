@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from gateway.database import create_store_engine
 from gateway.sqlite_lock import PollingConnection
@@ -102,7 +103,7 @@ def test_the_stores_engines_connections_take_the_lock_that_way(path: Path) -> No
         with engine.connect() as conn:
             assert isinstance(conn.connection.dbapi_connection, PollingConnection)
             started = time.monotonic()
-            with pytest.raises(Exception, match="database is locked"):
+            with pytest.raises(OperationalError, match="database is locked"):
                 conn.execute(text("INSERT INTO t VALUES (5)"))
             assert time.monotonic() - started >= 0.3
             conn.rollback()
