@@ -14,12 +14,24 @@ IMMEDIATE`` tried without the busy handler, every :data:`FIRST_PAUSE` at first a
 is locked" is raised, as it would have been. The transaction is otherwise the one ``sqlite3``
 would have begun (deferred, at the same statement): the lock is taken at its first write either
 way. Other statements (reads, DDL) keep the busy handler.
+
+The threads of one process take turns first: a connection waits for its process's turn at the
+database (a :class:`threading.Lock` per database file) before it polls, and gives the turn back
+when its transaction ends. Only one thread of a process polls at a time, the others sleep until
+the turn is theirs, and the turn passes between them at once. With eight worker threads polling
+side by side, the polls and the switches of the GIL between them cost a fifth of the workers' CPU
+under a burst (bench/README.md, step 13). Every write transaction of the store's connections
+takes the turn, the lease keeper's and the recovery sweep's too, so none of them is starved by
+the others; the wait for the turn counts against the same busy timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -45,6 +57,8 @@ class PollingConnection(sqlite3.Connection):
         self._control = sqlite3.Cursor(self)
         #: The busy timeout ``sqlite3.connect`` set, restored after each time the lock is polled.
         self._busy_ms: int = self._control.execute("PRAGMA busy_timeout").fetchone()[0]
+        self._turn = turn_at(self._control.execute("PRAGMA database_list").fetchone()[2])
+        self._holds_turn = False
 
     def cursor(self, factory: Any = None) -> Any:
         return super().cursor(factory or PollingCursor)
@@ -56,8 +70,20 @@ class PollingConnection(sqlite3.Connection):
         return self.cursor().executemany(sql, seq_of_parameters)
 
     def take_write_lock(self) -> None:
-        """``BEGIN IMMEDIATE``, tried until the busy timeout has passed (then SQLite's error)."""
-        control, pause, deadline = self._control, FIRST_PAUSE, 0.0
+        """The process's turn, then ``BEGIN IMMEDIATE``, tried until the busy timeout has passed
+        (then SQLite's error)."""
+        deadline = time.monotonic() + self._busy_ms / 1000
+        if not self._turn.acquire(timeout=self._busy_ms / 1000):
+            raise sqlite3.OperationalError("database is locked")
+        self._holds_turn = True
+        try:
+            self._poll(deadline)
+        except BaseException:
+            self._give_turn()
+            raise
+
+    def _poll(self, deadline: float) -> None:
+        control, pause = self._control, FIRST_PAUSE
         control.execute("PRAGMA busy_timeout = 0")
         try:
             while True:
@@ -65,20 +91,77 @@ class PollingConnection(sqlite3.Connection):
                     control.execute("BEGIN IMMEDIATE")
                     return
                 except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                        raise
-                    now = time.monotonic()
-                    deadline = deadline or now + self._busy_ms / 1000
-                    if now >= deadline:
+                    if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                         raise
                 time.sleep(pause)
                 pause = min(pause * 2, MOST_PAUSE)
         finally:
             control.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
 
+    def _give_turn(self) -> None:
+        if self._holds_turn:
+            self._holds_turn = False
+            self._turn.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            if not self.in_transaction:
+                self._give_turn()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._give_turn()
+
+    def close(self) -> None:
+        """Ends the transaction first: ``sqlite3`` closes a connection whose cursors are still
+        open (as the control cursor is) only once they are gone, keeping its transaction, and
+        SQLite's write lock, until then."""
+        try:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed already
+                if self.in_transaction:
+                    super().rollback()
+                self._control.close()
+            super().close()
+        finally:
+            self._give_turn()
+
+    def __del__(self) -> None:  # dropped without close(): the turn must not stay taken
+        if getattr(self, "_holds_turn", False):
+            self._give_turn()
+
     def _before(self, sql: str) -> None:
+        if self._holds_turn and not self.in_transaction:  # SQLite ended it (an error rolled it back)
+            self._give_turn()
         if self.isolation_level is not None and not self.in_transaction and begins_write(sql):
             self.take_write_lock()
+
+
+#: Each database file's turn, shared by the connections of this process.
+_turns: dict[str, threading.Lock] = {}
+_turns_lock = threading.Lock()
+
+
+def _forget_turns() -> None:
+    """In a forked child: the parent's threads, and the turns they held, are not there."""
+    global _turns_lock
+    _turns.clear()
+    _turns_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_turns)
+
+
+def turn_at(path: str) -> threading.Lock:
+    """The turn at the database file ``path``; an in-memory database (no path) is a database of
+    its own for each connection, and so has a turn of its own."""
+    if not path:
+        return threading.Lock()
+    with _turns_lock:
+        return _turns.setdefault(path, threading.Lock())
 
 
 class PollingCursor(sqlite3.Cursor):

@@ -113,3 +113,75 @@ def test_the_stores_engines_connections_take_the_lock_that_way(path: Path) -> No
             assert conn.execute(text("SELECT n FROM t ORDER BY n")).all() == [(0,), (5,)]
     finally:
         engine.dispose()
+
+
+def begins(conn: sqlite3.Connection) -> list[str]:
+    """The ``BEGIN IMMEDIATE`` statements ``conn`` runs, tried or taken, from now on."""
+    tries: list[str] = []
+    conn.set_trace_callback(lambda sql: tries.append(sql) if sql == "BEGIN IMMEDIATE" else None)
+    return tries
+
+
+def test_a_processs_threads_take_turns_and_only_the_one_whose_turn_it_is_polls(path: Path) -> None:
+    first, second = polling(path), polling(path)
+    first.execute("INSERT INTO t VALUES (1)")  # holds the write lock and the process's turn
+    tries = begins(second)
+    done = threading.Event()
+
+    def write() -> None:
+        second.execute("INSERT INTO t VALUES (2)")
+        second.commit()
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    assert not done.wait(0.2)  # it waits, asleep on the turn: not one try at SQLite's lock meanwhile
+    assert tries == []
+    first.commit()
+    assert done.wait(10)
+    thread.join()
+    assert tries == ["BEGIN IMMEDIATE"]  # the turn came with the lock free: taken at the first try
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback", "close", "error"])
+def test_the_turn_is_given_back_however_the_transaction_ends(path: Path, end: str) -> None:
+    first, second = polling(path), polling(path, timeout=2)
+    first.execute("CREATE TABLE once (n INTEGER UNIQUE)")
+    first.execute("INSERT INTO once VALUES (1)")
+    first.commit()
+    first.execute("INSERT INTO t VALUES (1)")
+    if end == "error":  # an error SQLite ends the transaction with (ON CONFLICT ROLLBACK)
+        with pytest.raises(sqlite3.IntegrityError):
+            first.execute("INSERT OR ROLLBACK INTO once VALUES (1)")
+        assert not first.in_transaction
+        first.execute("SELECT 1")  # the next statement sees it ended
+    else:
+        getattr(first, end)()
+    started = time.monotonic()
+    second.execute("INSERT INTO t VALUES (2)")
+    second.commit()
+    assert time.monotonic() - started < 1  # not the busy timeout
+
+
+def test_waiting_for_the_turn_counts_against_the_busy_timeout(path: Path) -> None:
+    first, second = polling(path), polling(path, timeout=0.3)
+    first.execute("INSERT INTO t VALUES (1)")
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        second.execute("INSERT INTO t VALUES (2)")
+    assert 0.3 <= time.monotonic() - started < 2
+    assert not second.in_transaction
+    first.commit()
+    second.execute("INSERT INTO t VALUES (2)")  # and nothing stays taken
+    second.commit()
+
+
+def test_in_memory_databases_do_not_share_a_turn() -> None:
+    first = sqlite3.connect(":memory:", timeout=0.2, factory=PollingConnection)
+    second = sqlite3.connect(":memory:", timeout=0.2, factory=PollingConnection)
+    for conn in (first, second):
+        conn.execute("CREATE TABLE t (n INTEGER)")
+    first.execute("INSERT INTO t VALUES (1)")
+    second.execute("INSERT INTO t VALUES (1)")  # another database: no wait
+    assert first.in_transaction
+    assert second.in_transaction
