@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from gateway.database import create_store_engine
+from gateway.database import INTAKE_CHECKPOINT_PAGES, WORKER_CHECKPOINT_PAGES, create_store_engine
 from gateway.sqlite_lock import PollingConnection
 from tests.support.servers import wait_for
 
@@ -185,3 +185,21 @@ def test_in_memory_databases_do_not_share_a_turn() -> None:
     second.execute("INSERT INTO t VALUES (1)")  # another database: no wait
     assert first.in_transaction
     assert second.in_transaction
+
+
+@pytest.mark.parametrize(
+    ("acknowledges", "pages", "synchronous"),
+    [(True, INTAKE_CHECKPOINT_PAGES, 2), (False, WORKER_CHECKPOINT_PAGES, 1)],  # 2: FULL, 1: NORMAL
+)
+def test_the_workers_connections_checkpoint_the_wal_and_the_intakes_only_as_a_backstop(
+    path: Path, acknowledges: bool, pages: int, synchronous: int
+) -> None:
+    engine = create_store_engine(f"sqlite:///{path}", acknowledges=acknowledges)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == pages
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == synchronous
+    finally:
+        engine.dispose()
+    assert WORKER_CHECKPOINT_PAGES > 1000  # more than SQLite's default
+    assert INTAKE_CHECKPOINT_PAGES > WORKER_CHECKPOINT_PAGES  # the workers' commits copy first
