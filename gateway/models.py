@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -59,7 +60,14 @@ class EventRecord(SQLModel, table=True):
         Index("ix_hookgate_events_status_id", "status", "id"),
         Index("ix_hookgate_events_event_id", "event_id"),
         Index("ix_hookgate_events_resource_id", "resource_id"),
-        Index("ix_hookgate_events_error_group", "error_group", "status"),
+        # Only the events in a failure group: a status change of any other event costs it nothing.
+        Index(
+            "ix_hookgate_events_error_group",
+            "error_group",
+            "status",
+            sqlite_where=text("error_group IS NOT NULL"),
+            postgresql_where=text("error_group IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, sa_column=Column(_Id, primary_key=True, autoincrement=True))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from gateway.database import create_store_engine
 from gateway.eventlog import EventFilter, waiting_behind
@@ -56,3 +56,16 @@ def test_a_filter_naming_a_few_events_reads_their_index(tmp_path: Path, params: 
     with engine.connect() as conn:
         plan = " / ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", values))
     assert f"INDEX {index} " in plan, plan
+
+
+def test_the_failure_group_index_holds_only_events_in_a_group(engine: Engine) -> None:
+    """Every change of an ungrouped event's status (nearly all changes) used to move its entry in
+    this index too: partial, it holds only failing events, which every query by group implies."""
+    index = "ix_hookgate_events_error_group"
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            found = conn.exec_driver_sql("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,))
+        else:
+            found = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (index,))
+        definition = found.scalar_one()
+    assert "error_group IS NOT NULL" in definition, definition
