@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, bindparam, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from . import tracing
 from .errors import InboxFull, StoreUnavailable
 from .metrics import IntakeMetrics
 from .models import QUEUED, RECEIVED, events
+from .prepared import Prepared, driver_rows
 from .queue import EventQueue, share_tokens
 
 log = logging.getLogger("hookgate.intake")
@@ -300,14 +301,12 @@ class Ingestor:
     def _insert_rows(self, rows: list[dict[str, Any]], sent: list[int]) -> dict[tuple[str, str], int]:
         with self.engine.begin() as conn:
             if sent:
-                conn.execute(
-                    update(events).where(events.c.id.in_(sent), events.c.status == RECEIVED).values(status=QUEUED)
-                )
+                MARK_QUEUED.rowcount(conn, {"pks": sent})
             if not rows:
                 return {}
             params = [row[column] for row in rows for column in INSERT_COLUMNS]
-            result = conn.exec_driver_sql(_insert_sql(len(rows), self._marker), tuple(params))
-            return {(provider, event_id): pk for pk, provider, event_id in result}
+            found = driver_rows(conn, _insert_sql(len(rows), self._marker), params)
+            return {(provider, event_id): pk for pk, provider, event_id in found}
 
     # -- relay thread ---------------------------------------------------------------------
 
@@ -335,6 +334,15 @@ class Ingestor:
         log.info("broker answers again")
         self.broker_healthy = True
 
+
+#: Events the relay has handed to the broker, unless a worker took them meanwhile. Through
+#: ``Connection.execute`` the statement was built, keyed and expanded again for every batch: about
+#: as much CPU as the INSERT itself (bench/README.md, Intake).
+MARK_QUEUED = Prepared(
+    update(events)
+    .where(events.c.id.in_(bindparam("pks", expanding=True)), events.c.status == RECEIVED)
+    .values(status=QUEUED)
+)
 
 #: SQLSTATE classes and codes that judge what was written: data exceptions (a NUL, a number out
 #: of range), integrity violations, and an exception raised by a trigger or function.

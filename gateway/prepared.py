@@ -67,11 +67,11 @@ class Prepared:
         compiled = self._for(conn.dialect)
         args = [self._args(compiled, row)[1] for row in rows]
         sql = compiled.string
-        self._call(conn, sql, args, lambda cursor: cursor.executemany(sql, args)).close()
+        _call(conn, sql, args, lambda cursor: cursor.executemany(sql, args)).close()
 
     def _run(self, conn: Connection, params: dict[str, Any]) -> Any:
         sql, args = self._args(self._for(conn.dialect), params)
-        return self._call(conn, sql, args, lambda cursor: cursor.execute(sql, args))
+        return _call(conn, sql, args, lambda cursor: cursor.execute(sql, args))
 
     def _args(self, compiled: SQLCompiler, params: dict[str, Any]) -> tuple[str, Any]:
         """The SQL with its expanding lists filled in, and the driver's parameters for it."""
@@ -80,26 +80,6 @@ class Prepared:
         if plan is None:
             plan = self._plans[shape] = _Plan.of(compiled, params)
         return plan.sql, plan.args(params)
-
-    def _call(self, conn: Connection, sql: str, args: Any, call: Any) -> Any:
-        dbapi_connection = conn.connection.dbapi_connection
-        assert dbapi_connection is not None
-        cursor = dbapi_connection.cursor()
-        try:
-            call(cursor)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            cursor.close()
-            raise self._translated(conn, exc, sql, args, dbapi_connection) from exc
-        return cursor
-
-    def _translated(self, conn: Connection, exc: Any, sql: str, args: Any, dbapi_connection: Any) -> BaseException:
-        """The driver's error as SQLAlchemy raises it; a dropped connection is invalidated."""
-        dropped = conn.dialect.is_disconnect(exc, dbapi_connection, None)
-        if dropped:
-            conn.invalidate(exc)
-        return DBAPIError.instance(
-            sql, args, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=dropped, dialect=conn.dialect
-        )
 
     def _for(self, dialect: Dialect) -> SQLCompiler:
         compiled = self._compiled.get(dialect.name)
@@ -114,6 +94,39 @@ class Prepared:
         if row_type is None:
             row_type = self._row_types[names] = namedtuple("Row", names)
         return row_type
+
+
+def driver_rows(conn: Connection, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """The rows of ``sql``, a statement written for the driver (its paramstyle), run as a
+    :class:`Prepared` statement is: on the connection's cursor, in its transaction, errors
+    raised as SQLAlchemy's."""
+    cursor = _call(conn, sql, args, lambda cursor: cursor.execute(sql, args))
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _call(conn: Connection, sql: str, args: Any, call: Any) -> Any:
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
+    try:
+        call(cursor)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        cursor.close()
+        raise _translated(conn, exc, sql, args, dbapi_connection) from exc
+    return cursor
+
+
+def _translated(conn: Connection, exc: Any, sql: str, args: Any, dbapi_connection: Any) -> BaseException:
+    """The driver's error as SQLAlchemy raises it; a dropped connection is invalidated."""
+    dropped = conn.dialect.is_disconnect(exc, dbapi_connection, None)
+    if dropped:
+        conn.invalidate(exc)
+    return DBAPIError.instance(
+        sql, args, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=dropped, dialect=conn.dialect
+    )
 
 
 #: Where a driver's parameter comes from: the caller's parameter (and the index in it, for a
