@@ -26,11 +26,10 @@ SQLITE_BUSY_SECONDS = 5.0
 #: (SQLite's default: 1,000). An event writes about five pages to the WAL on its way through
 #: (row and indexes, at each change of status), mostly the same index pages again and again; a
 #: checkpoint copies each page once however often it was written, so a larger WAL copies less per
-#: event: bursts of 10,000 events ran about 5% faster (bench/README.md, step 14). The workers'
-#: connections checkpoint; the intake's only past four times as much, so that its commits, which
-#: requests wait for, are not the ones that copy while workers run.
+#: event: bursts of 10,000 events ran about 5% faster (bench/README.md, step 14). Only the
+#: workers' commits copy: those that acknowledge requests never do, the intake's checkpointer
+#: copies beside them (see :mod:`gateway.checkpoints`).
 WORKER_CHECKPOINT_PAGES = 16_000
-INTAKE_CHECKPOINT_PAGES = 4 * WORKER_CHECKPOINT_PAGES
 
 
 def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -> Engine:
@@ -61,7 +60,7 @@ def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={'FULL' if acknowledges else 'NORMAL'}")
-        pages = INTAKE_CHECKPOINT_PAGES if acknowledges else WORKER_CHECKPOINT_PAGES
+        pages = 0 if acknowledges else WORKER_CHECKPOINT_PAGES
         cursor.execute(f"PRAGMA wal_autocheckpoint={pages}").fetchall()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

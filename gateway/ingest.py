@@ -27,6 +27,7 @@ from sqlalchemy import Engine, bindparam, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from . import tracing
+from .checkpoints import Checkpointer
 from .errors import InboxFull, StoreUnavailable
 from .metrics import IntakeMetrics
 from .models import QUEUED, RECEIVED, events
@@ -123,6 +124,8 @@ class Ingestor:
         self._sent: list[int] = []
         self._sent_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        #: SQLite: the WAL is copied by a thread of its own, never in a commit requests wait for.
+        self.checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
         self._marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
 
     def start(self) -> None:
@@ -132,6 +135,8 @@ class Ingestor:
         ]
         for thread in self._threads:
             thread.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
 
     def stop(self) -> None:
         """Commit and enqueue what is waiting, then stop both threads."""
@@ -142,6 +147,8 @@ class Ingestor:
             self._outbox.put(None)
             relay.join(timeout=30)
             self._threads = []
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
 
     def inbox_full(self, adding: int = 0) -> bool:
         """Whether a row of ``adding`` body bytes would pass either bound of the inbox."""

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from gateway.database import INTAKE_CHECKPOINT_PAGES, WORKER_CHECKPOINT_PAGES, create_store_engine
+from gateway.database import WORKER_CHECKPOINT_PAGES, create_store_engine
 from gateway.sqlite_lock import PollingConnection
 from tests.support.servers import wait_for
 
@@ -189,11 +189,12 @@ def test_in_memory_databases_do_not_share_a_turn() -> None:
 
 @pytest.mark.parametrize(
     ("acknowledges", "pages", "synchronous"),
-    [(True, INTAKE_CHECKPOINT_PAGES, 2), (False, WORKER_CHECKPOINT_PAGES, 1)],  # 2: FULL, 1: NORMAL
+    [(True, 0, 2), (False, WORKER_CHECKPOINT_PAGES, 1)],  # synchronous 2: FULL, 1: NORMAL
 )
-def test_the_workers_connections_checkpoint_the_wal_and_the_intakes_only_as_a_backstop(
+def test_the_workers_commits_copy_the_wal_and_the_intakes_never(
     path: Path, acknowledges: bool, pages: int, synchronous: int
 ) -> None:
+    """The intake's checkpointer copies beside its commits (tests/gateway/test_checkpoints.py)."""
     engine = create_store_engine(f"sqlite:///{path}", acknowledges=acknowledges)
     try:
         with engine.connect() as conn:
@@ -202,4 +203,3 @@ def test_the_workers_connections_checkpoint_the_wal_and_the_intakes_only_as_a_ba
     finally:
         engine.dispose()
     assert WORKER_CHECKPOINT_PAGES > 1000  # more than SQLite's default
-    assert INTAKE_CHECKPOINT_PAGES > WORKER_CHECKPOINT_PAGES  # the workers' commits copy first
