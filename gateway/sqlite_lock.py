@@ -13,7 +13,9 @@ IMMEDIATE`` tried without the busy handler, every :data:`FIRST_PAUSE` at first a
 :data:`MOST_PAUSE` apart, until the connection's busy timeout has passed; then SQLite's "database
 is locked" is raised, as it would have been. The transaction is otherwise the one ``sqlite3``
 would have begun (deferred, at the same statement): the lock is taken at its first write either
-way. Other statements (reads, DDL) keep the busy handler.
+way. An explicit ``BEGIN IMMEDIATE`` (a round with handler sessions, a migration) is taken the
+same way, within the busy timeout the connection has then. Other statements (reads, DDL) keep
+the busy handler.
 
 The threads of one process take turns first: a connection waits for its process's turn at the
 database (a :class:`threading.Lock` per database file) before it polls, and gives the turn back
@@ -33,7 +35,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 #: The first pause between two tries at the write lock; it doubles after each, up to MOST_PAUSE.
 FIRST_PAUSE = 0.0001
@@ -48,6 +50,12 @@ def begins_write(sql: str) -> bool:
     return sql.lstrip()[:7].upper().startswith(WRITES)
 
 
+@functools.lru_cache(maxsize=64)
+def begins_immediate(sql: str) -> bool:
+    """An explicit ``BEGIN IMMEDIATE`` (a round with handler sessions, a migration)."""
+    return " ".join(sql.split()).upper().rstrip(";") == "BEGIN IMMEDIATE"
+
+
 class PollingConnection(sqlite3.Connection):
     """A ``sqlite3`` connection whose write transactions begin by polling for the lock; pass it as
     ``factory`` to :func:`sqlite3.connect` (see :func:`gateway.database.create_store_engine`)."""
@@ -55,10 +63,10 @@ class PollingConnection(sqlite3.Connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._control = sqlite3.Cursor(self)
-        #: The busy timeout ``sqlite3.connect`` set, restored after each time the lock is polled.
-        self._busy_ms: int = self._control.execute("PRAGMA busy_timeout").fetchone()[0]
         self._turn = turn_at(self._control.execute("PRAGMA database_list").fetchone()[2])
         self._holds_turn = False
+        #: Makes "do I hold the turn? then give it back" one step (close() may come from another thread).
+        self._turn_guard = threading.Lock()
 
     def cursor(self, factory: Any = None) -> Any:
         return super().cursor(factory or PollingCursor)
@@ -70,38 +78,49 @@ class PollingConnection(sqlite3.Connection):
         return self.cursor().executemany(sql, seq_of_parameters)
 
     def take_write_lock(self) -> None:
-        """The process's turn, then ``BEGIN IMMEDIATE``, tried until the busy timeout has passed
-        (then SQLite's error)."""
-        deadline = time.monotonic() + self._busy_ms / 1000
-        if not self._turn.acquire(timeout=self._busy_ms / 1000):
+        """The process's turn, then ``BEGIN IMMEDIATE``, tried until the connection's busy timeout
+        has passed (then SQLite's error)."""
+        control = self._control
+        busy_ms: int = control.execute("PRAGMA busy_timeout").fetchone()[0]  # a migration sets its own
+        deadline = time.monotonic() + busy_ms / 1000
+        if not self._turn.acquire(timeout=busy_ms / 1000):
             raise sqlite3.OperationalError("database is locked")
-        self._holds_turn = True
+        with self._turn_guard:
+            self._holds_turn = True
         try:
-            self._poll(deadline)
+            control.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._poll(deadline)
+            finally:
+                control.execute(f"PRAGMA busy_timeout = {busy_ms}")
         except BaseException:
             self._give_turn()
             raise
 
     def _poll(self, deadline: float) -> None:
-        control, pause = self._control, FIRST_PAUSE
-        control.execute("PRAGMA busy_timeout = 0")
-        try:
-            while True:
-                try:
-                    control.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 2, MOST_PAUSE)
-        finally:
-            control.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                self._control.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, MOST_PAUSE)
 
     def _give_turn(self) -> None:
-        if self._holds_turn:
+        with self._turn_guard:
+            if not self._holds_turn:
+                return
             self._holds_turn = False
-            self._turn.release()
+        self._turn.release()
+
+    def _give_turn_if_ended(self) -> None:
+        """After anything that may have ended the transaction without :meth:`commit` or
+        :meth:`rollback`: a ``COMMIT`` in SQL, a script, an error SQLite rolled back."""
+        if self._holds_turn and not self.in_transaction:
+            self._give_turn()
 
     def commit(self) -> None:
         try:
@@ -121,7 +140,7 @@ class PollingConnection(sqlite3.Connection):
         open (as the control cursor is) only once they are gone, keeping its transaction, and
         SQLite's write lock, until then."""
         try:
-            with contextlib.suppress(sqlite3.ProgrammingError):  # closed already
+            with contextlib.suppress(sqlite3.Error):  # closed already, or the rollback failed
                 if self.in_transaction:
                     super().rollback()
                 self._control.close()
@@ -129,15 +148,36 @@ class PollingConnection(sqlite3.Connection):
         finally:
             self._give_turn()
 
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> Literal[False]:
+        """``with connection:`` commits or rolls back as ``sqlite3``'s does, through the methods
+        above (its own skips them, and the turn)."""
+        if kind is None:
+            self.commit()
+        else:
+            self.rollback()
+        return False
+
+    def executescript(self, script: str, /) -> Any:
+        try:
+            return super().executescript(script)
+        finally:
+            self._give_turn_if_ended()
+
     def __del__(self) -> None:  # dropped without close(): the turn must not stay taken
         if getattr(self, "_holds_turn", False):
             self._give_turn()
 
-    def _before(self, sql: str) -> None:
-        if self._holds_turn and not self.in_transaction:  # SQLite ended it (an error rolled it back)
-            self._give_turn()
-        if self.isolation_level is not None and not self.in_transaction and begins_write(sql):
+    def _before(self, sql: str) -> bool:
+        """Begin the write transaction a statement needs; whether it was an explicit ``BEGIN
+        IMMEDIATE``, which this then was (the caller must not run it again)."""
+        if self.in_transaction:
+            return False
+        if begins_immediate(sql):
             self.take_write_lock()
+            return True
+        if self.isolation_level is not None and begins_write(sql):
+            self.take_write_lock()
+        return False
 
 
 #: Each database file's turn, shared by the connections of this process.
@@ -165,14 +205,24 @@ def turn_at(path: str) -> threading.Lock:
 
 
 class PollingCursor(sqlite3.Cursor):
-    """A cursor of a :class:`PollingConnection`: a write outside a transaction begins one first."""
+    """A cursor of a :class:`PollingConnection`: a write outside a transaction begins one first;
+    an explicit ``BEGIN IMMEDIATE`` is taken the same way."""
 
     connection: PollingConnection
 
     def execute(self, sql: str, parameters: Any = (), /) -> PollingCursor:
-        self.connection._before(sql)
-        return super().execute(sql, parameters)
+        connection = self.connection
+        if connection._before(sql):
+            return self
+        try:
+            return super().execute(sql, parameters)
+        finally:
+            connection._give_turn_if_ended()
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> PollingCursor:
-        self.connection._before(sql)
-        return super().executemany(sql, seq_of_parameters)
+        connection = self.connection
+        connection._before(sql)
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        finally:
+            connection._give_turn_if_ended()
