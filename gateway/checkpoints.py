@@ -4,8 +4,8 @@ SQLite appends every commit to the WAL file and copies the WAL into the database
 in the commit that passes ``wal_autocheckpoint`` pages. In the intake that commit is a group
 commit whose requests wait for it: at 64,000 pages the copy held the committer for 150 ms, and
 the intake's p99 went from 16 to 160 ms. So the intake's own connections never copy
-(``wal_autocheckpoint=0``, see :func:`gateway.database.create_store_engine`), and a thread of
-its own copies what is there every :data:`INTERVAL_SECONDS`: a ``PASSIVE`` checkpoint, which
+(past a backstop only, see :func:`gateway.database.create_store_engine`), and a thread of its
+own copies what is there every :data:`INTERVAL_SECONDS`: a ``PASSIVE`` checkpoint, which
 waits for no one and holds no lock that a commit needs, so commits go on while it copies. The
 workers' connections keep copying in their commits, at a larger WAL (their commits are not
 waited for).
@@ -36,6 +36,7 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="hookgate-checkpoint", daemon=True)
         self._thread.start()
 
@@ -46,10 +47,13 @@ class Checkpointer:
             self._thread = None
 
     def _run(self) -> None:
+        failing = False
         while not self._stopping.wait(self.interval):
             try:
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 self.runs += 1
-            except Exception as exc:  # the store is away: the next interval tries again
-                log.debug("WAL checkpoint failed: %s", exc)
+                failing = False
+            except Exception as exc:  # the next interval tries again; said once per spell
+                (log.debug if failing else log.warning)("the WAL checkpoint failed: %s", exc)
+                failing = True

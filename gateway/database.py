@@ -27,9 +27,10 @@ SQLITE_BUSY_SECONDS = 5.0
 #: (row and indexes, at each change of status), mostly the same index pages again and again; a
 #: checkpoint copies each page once however often it was written, so a larger WAL copies less per
 #: event: bursts of 10,000 events ran about 5% faster (bench/README.md, step 14). Only the
-#: workers' commits copy: those that acknowledge requests never do, the intake's checkpointer
-#: copies beside them (see :mod:`gateway.checkpoints`).
+#: workers' commits copy: those that acknowledge requests do only past a backstop (should the
+#: intake's checkpointer, which copies beside them, fail for long; see :mod:`gateway.checkpoints`).
 WORKER_CHECKPOINT_PAGES = 16_000
+BACKSTOP_CHECKPOINT_PAGES = 16 * WORKER_CHECKPOINT_PAGES
 
 
 def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -> Engine:
@@ -60,7 +61,7 @@ def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={'FULL' if acknowledges else 'NORMAL'}")
-        pages = 0 if acknowledges else WORKER_CHECKPOINT_PAGES
+        pages = BACKSTOP_CHECKPOINT_PAGES if acknowledges else WORKER_CHECKPOINT_PAGES
         cursor.execute(f"PRAGMA wal_autocheckpoint={pages}").fetchall()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
