@@ -14,9 +14,10 @@ waited for).
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy import Engine
+
+from .periodic import Periodic
 
 log = logging.getLogger("hookgate.intake")
 
@@ -24,36 +25,25 @@ log = logging.getLogger("hookgate.intake")
 INTERVAL_SECONDS = 1.0
 
 
-class Checkpointer:
-    """A thread that checkpoints a SQLite store's WAL every ``interval`` seconds until stopped."""
+class Checkpointer(Periodic):
+    """Checkpoints a SQLite store's WAL every ``interval`` seconds until stopped."""
+
+    name = "hookgate-checkpoint"
 
     def __init__(self, engine: Engine, interval: float = INTERVAL_SECONDS) -> None:
+        super().__init__(interval)
         self.engine = engine
-        self.interval = interval
         #: Checkpoints run so far (for tests and curiosity).
         self.runs = 0
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._failing = False
 
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="hookgate-checkpoint", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _run(self) -> None:
-        failing = False
-        while not self._stopping.wait(self.interval):
-            try:
-                with self.engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self.runs += 1
-                failing = False
-            except Exception as exc:  # the next interval tries again; said once per spell
-                (log.debug if failing else log.warning)("the WAL checkpoint failed: %s", exc)
-                failing = True
+    def tick(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception as exc:  # the next interval tries again; said once per spell
+            (log.debug if self._failing else log.warning)("the WAL checkpoint failed: %s", exc)
+            self._failing = True
+            return
+        self.runs += 1
+        self._failing = False

@@ -126,8 +126,7 @@ class PollingConnection(sqlite3.Connection):
         try:
             super().commit()
         finally:
-            if not self.in_transaction:
-                self._give_turn()
+            self._give_turn_if_ended()  # a commit that failed leaves the transaction, and the turn
 
     def rollback(self) -> None:
         try:

@@ -37,11 +37,11 @@ from sqlalchemy import Connection, Engine, func, select, update
 from gateway.backlog import BACKLOG_QUERY
 from gateway.config import AlertRule
 from gateway.models import FAILED, alert_states, attempts, events, rejections
+from gateway.periodic import Periodic
 from gateway.queue import new_token
 from providers.base import Clock
 
 from .leases import insert_ignoring_conflict, release_named_lease, take_named_lease
-from .periodic import Periodic
 
 log = logging.getLogger("hookgate.alerts")
 

@@ -37,10 +37,9 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from gateway.config import WorkerSettings
 from gateway.models import PROCESSING, QUEUED, RECEIVED, events, leases, provider_states, resources
+from gateway.periodic import Periodic
 from gateway.prepared import Prepared
 from providers.base import Clock
-
-from .periodic import Periodic
 
 ResourceKey = tuple[str, str]
 

@@ -15,11 +15,11 @@ from sqlalchemy import Engine
 
 from gateway.config import Config
 from gateway.metrics import worker_metrics
+from gateway.periodic import Periodic
 from gateway.queue import new_token
 from gateway.retention import Pruner
 
 from .leases import release_named_lease, take_named_lease
-from .periodic import Periodic
 
 log = logging.getLogger("hookgate.retention")
 

@@ -54,12 +54,12 @@ from gateway.logs import event_context
 from gateway.metrics import worker_metrics
 from gateway.models import FAILED, PROCESSING, QUEUED, RECEIVED, SWEEP, attempts, events
 from gateway.pausing import PausedProviders, park
+from gateway.periodic import Periodic
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
 
 from . import tries
 from .leases import carrying_token, store_time
-from .periodic import Periodic
 
 log = logging.getLogger("hookgate.recovery")
 

@@ -14,8 +14,7 @@ import logging
 from sqlalchemy import Engine
 
 from gateway import replays
-
-from .periodic import Periodic
+from gateway.periodic import Periodic
 
 log = logging.getLogger("hookgate.replays")
 

@@ -1,4 +1,5 @@
-"""A background task that runs every few seconds in each worker process."""
+"""A background task that runs every few seconds: the workers' keeper, sweep and pruning, the
+intake's WAL checkpoints."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Periodic:
         return self._stop.is_set()
 
     def start(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
 
