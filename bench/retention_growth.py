@@ -20,9 +20,9 @@ from pathlib import Path
 
 from sqlalchemy import insert, update
 
+from gateway.batch_insert import INSERT_COLUMNS, values_insert
 from gateway.config import Config, Retention
 from gateway.database import create_store_engine
-from gateway.ingest import INSERT_COLUMNS, _insert_sql
 from gateway.models import PROCESSED, RECEIVED, events, handler_runs
 from gateway.retention import Pruner
 from gateway.schema import prepare_store
@@ -77,7 +77,7 @@ def main() -> None:
                 batch = rows[chunk : chunk + 100]
                 with engine.begin() as conn:
                     params = tuple(row[column] for row in batch for column in INSERT_COLUMNS)
-                    pks = [pk for pk, _, _ in conn.exec_driver_sql(_insert_sql(len(batch), marker), params)]
+                    pks = [pk for pk, _, _ in conn.exec_driver_sql(values_insert(len(batch), marker), params)]
                     conn.execute(
                         update(events).where(events.c.id.in_(pks)).values(status=PROCESSED, processed_at=clock)
                     )

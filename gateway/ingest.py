@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import queue
 import threading
@@ -23,39 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from . import tracing
+from .batch_insert import insert_postgres, insert_sqlite
 from .checkpoints import Checkpointer
 from .errors import InboxFull, StoreUnavailable
 from .metrics import IntakeMetrics
-from .models import QUEUED, RECEIVED, events
-from .prepared import Prepared, driver_rows
 from .queue import EventQueue, share_tokens
 
 log = logging.getLogger("hookgate.intake")
 
 ACCEPTED, DUPLICATE = "accepted", "duplicate"
-
-#: The columns the intake writes; every other column starts at its default.
-INSERT_COLUMNS = (
-    "provider",
-    "event_id",
-    "event_type",
-    "resource_id",
-    "sequence",
-    "body",
-    "headers",
-    "received_at",
-    "status",
-    "attempts",
-    "message_id",
-    "sweep_after",
-    "updated_at",
-    "traceparent",  # the request's trace context (gateway.tracing), NULL when tracing is off
-    "tracestate",
-)
 
 
 @dataclass(slots=True)
@@ -124,9 +103,10 @@ class Ingestor:
         self._sent: list[int] = []
         self._sent_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        #: The committer's connection while batches follow each other (see :meth:`_connection`).
+        self._held: Connection | None = None
         #: SQLite: the WAL is copied by a thread of its own, never in a commit requests wait for.
         self.checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
-        self._marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
 
     def start(self) -> None:
         self._threads = [
@@ -227,6 +207,7 @@ class Ingestor:
             self._commit([])
         except Exception:
             log.warning("store unavailable while marking events queued", exc_info=True)
+        self._release()
 
     def _take_sent(self) -> list[int]:
         with self._sent_lock:
@@ -306,14 +287,36 @@ class Ingestor:
             raise
 
     def _insert_rows(self, rows: list[dict[str, Any]], sent: list[int]) -> dict[tuple[str, str], int]:
-        with self.engine.begin() as conn:
-            if sent:
-                MARK_QUEUED.rowcount(conn, {"pks": sent})
-            if not rows:
-                return {}
-            params = [row[column] for row in rows for column in INSERT_COLUMNS]
-            found = driver_rows(conn, _insert_sql(len(rows), self._marker), params)
-            return {(provider, event_id): pk for pk, provider, event_id in found}
+        """One batch on the committer's connection (see :mod:`gateway.batch_insert`); after any
+        error the connection goes back to the pool, and the next batch checks one out again."""
+        try:
+            conn = self._connection()
+            if self.engine.dialect.name != "sqlite":
+                return insert_postgres(conn, rows, sent)
+            with conn.begin():
+                return insert_sqlite(conn, rows, sent)
+        except BaseException:
+            self._release()
+            raise
+
+    def _connection(self) -> Connection:
+        """The committer keeps one connection while batches follow each other: no checkout (and
+        on PostgreSQL no ping, a round trip) per batch. It gives it back after half a second
+        without requests (:meth:`_idle`) and after any error, so a connection the database dropped
+        costs one batch (answered 503, which senders retry) and the next is checked out, and
+        pinged, afresh."""
+        if self._held is None:
+            conn = self.engine.connect()
+            if self.engine.dialect.name != "sqlite":  # the batch is one statement: its own transaction
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._held = conn
+        return self._held
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            with contextlib.suppress(Exception):  # a dropped connection is discarded by the pool
+                held.close()
 
     # -- relay thread ---------------------------------------------------------------------
 
@@ -341,15 +344,6 @@ class Ingestor:
         log.info("broker answers again")
         self.broker_healthy = True
 
-
-#: Events the relay has handed to the broker, unless a worker took them meanwhile. Through
-#: ``Connection.execute`` the statement was built, keyed and expanded again for every batch: about
-#: as much CPU as the INSERT itself (bench/README.md, Intake).
-MARK_QUEUED = Prepared(
-    update(events)
-    .where(events.c.id.in_(bindparam("pks", expanding=True)), events.c.status == RECEIVED)
-    .values(status=QUEUED)
-)
 
 #: SQLSTATE classes and codes that judge what was written: data exceptions (a NUL, a number out
 #: of range), integrity violations, and an exception raised by a trigger or function.
@@ -385,27 +379,11 @@ def _log_failure(exc: Exception, keys: list[tuple[str, str]]) -> None:
         log.error("the store refused event %r of %s: %s", event_id, provider, reason, extra=fields)
 
 
-@functools.cache
 def _expire(future: asyncio.Future[str]) -> None:
     """The commit did not come in time. It may still land; then the sender's retry is answered
     ``duplicate`` (the committer leaves a future that is done alone)."""
     if not future.done():
         future.set_exception(StoreUnavailable("the store did not commit in time"))
-
-
-def _insert_sql(count: int, marker: str) -> str:
-    """One multi-row INSERT that skips known (provider, event id) pairs and returns the new rows.
-
-    Built as text and handed to the driver in one call: under load, per-row parameter handling
-    in Python competes with the event loop for the GIL and was most of the writer's time.
-    """
-    row = "(" + ", ".join([marker] * len(INSERT_COLUMNS)) + ")"
-    # Only constant identifiers and placeholders are interpolated; values travel as parameters.
-    columns, rows = ", ".join(INSERT_COLUMNS), ", ".join([row] * count)
-    return (
-        f"INSERT INTO {events.name} ({columns}) VALUES {rows} "  # noqa: S608
-        "ON CONFLICT (provider, event_id) DO NOTHING RETURNING id, provider, event_id"
-    )
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
