@@ -89,6 +89,9 @@ def insert_postgres(conn: Connection, rows: Sequence[dict[str, Any]], sent: list
     # Planned anew each time (``prepare=False``): a generic plan made while the table was small
     # looked the sent ids up by scanning every ``received`` event, slower with every batch.
     found = driver_rows(conn, _POSTGRES_BATCH, [QUEUED, sent, RECEIVED, *arrays], prepare=False)
+    # Free in autocommit (psycopg sends nothing outside a transaction), and the rows are committed
+    # before anyone is answered even if a reconnect had left the connection out of autocommit.
+    conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
     return {(provider, event_id): pk for pk, provider, event_id in found}
 
 

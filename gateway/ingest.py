@@ -69,6 +69,8 @@ class Ingestor:
         event_queue: the broker hand-off.
         max_batch: the most rows in one transaction.
         commit_timeout: how long a request waits for its commit before answering 503.
+        idle_after: how long the committer waits for requests before it marks what the relay
+            sent ``queued`` and gives its connection back (see :meth:`_connection`).
         max_waiting_rows, max_waiting_bytes: the most rows (and body bytes) waiting to be
             written. A request answered 503 after ``commit_timeout`` leaves its row waiting (the
             commit may still land), so while the store stalls the inbox would grow with every
@@ -85,6 +87,7 @@ class Ingestor:
         max_waiting_rows: int = 10_000,
         max_waiting_bytes: int = 64 * 1024 * 1024,
         metrics: IntakeMetrics | None = None,
+        idle_after: float = 0.5,
     ) -> None:
         self.engine = engine
         self.metrics = metrics or IntakeMetrics(CollectorRegistry())
@@ -95,6 +98,7 @@ class Ingestor:
         self.commit_timeout = commit_timeout
         self.event_queue = event_queue
         self.max_batch = max_batch
+        self.idle_after = idle_after
         #: False after an enqueue failed, until the broker answers again; the intake then says 503.
         self.broker_healthy = True
         self._inbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
@@ -162,7 +166,7 @@ class Ingestor:
     # -- committer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        self._consume(self._inbox, self._write, self._idle, limit=self.max_batch)
+        self._consume(self._inbox, self._write, self._idle, limit=self.max_batch, idle_after=self.idle_after)
         self._idle()
 
     @staticmethod
@@ -171,15 +175,16 @@ class Ingestor:
         handle: Callable[[list[Any]], None],
         idle: Callable[[], None],
         limit: int = 1 << 30,
+        idle_after: float = 0.5,
     ) -> None:
         """Hand everything waiting on ``source`` (up to ``limit`` items) to ``handle`` at once.
 
-        Runs until a ``None`` arrives; calls ``idle`` whenever nothing came for half a second.
+        Runs until a ``None`` arrives; calls ``idle`` whenever nothing came for ``idle_after`` seconds.
         """
         stopping = False
         while not stopping:
             try:
-                item = source.get(timeout=0.5)
+                item = source.get(timeout=idle_after)
             except queue.Empty:
                 idle()
                 continue
@@ -301,14 +306,18 @@ class Ingestor:
 
     def _connection(self) -> Connection:
         """The committer keeps one connection while batches follow each other: no checkout (and
-        on PostgreSQL no ping, a round trip) per batch. It gives it back after half a second
-        without requests (:meth:`_idle`) and after any error, so a connection the database dropped
+        on PostgreSQL no ping, a round trip) per batch. It gives it back after ``idle_after``
+        seconds without requests (:meth:`_idle`) and after any error, so a connection the database dropped
         costs one batch (answered 503, which senders retry) and the next is checked out, and
         pinged, afresh."""
         if self._held is None:
             conn = self.engine.connect()
             if self.engine.dialect.name != "sqlite":  # the batch is one statement: its own transaction
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                try:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                except BaseException:
+                    conn.close()
+                    raise
             self._held = conn
         return self._held
 
