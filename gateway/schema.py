@@ -82,7 +82,8 @@ def prepare_store(engine: Engine, *, upgrade: bool) -> Migration:
 
     An empty store is created at head. A store that is behind is upgraded when ``upgrade``,
     else refused. Several processes may call this at once: on PostgreSQL an advisory lock
-    serialises them, on SQLite a write transaction; the second finds the work done.
+    serialises them, on SQLite a write transaction; the second finds the work done, and one that
+    does not upgrade waits for one that does before it judges the store.
 
     Raises:
         SchemaMismatch: the store is behind and ``upgrade`` is false, or it is at a revision
@@ -92,8 +93,10 @@ def prepare_store(engine: Engine, *, upgrade: bool) -> Migration:
         found = stored_revision(conn)
     if found == HEAD:
         return Migration(HEAD, HEAD)
-    if found is not None:
-        _check_known(found, engine, upgrade=upgrade)
+    # Anything else is judged under the lock only. Read while another process creates or migrates
+    # the store, it can look behind: the reads above are several statements, and the other's
+    # commit may fall between them (no version table yet, then the events table there). A worker
+    # started beside ``serve`` would refuse the store instead of waiting the moment it takes.
     with _schema_lock(engine) as conn:
         found = stored_revision(conn)  # another process may have done it meanwhile
         if found is None:

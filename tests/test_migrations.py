@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,6 +222,60 @@ def test_two_migrates_started_at_once_both_succeed(old_store: Engine) -> None:
     with old_store.connect() as conn:
         assert conn.execute(select(schema.version_table.c.version_num)).scalars().all() == [schema.HEAD]
     assert stored_rows(old_store)["events"][0][1] == "old-processed"
+
+
+def test_a_process_started_while_another_migrates_waits_for_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve`` and ``worker`` started together on one store: while one of them migrates it, the
+    other (which never upgrades) read the store half-way, found it behind and exited (seen in
+    bench/side_by_side.py: "schema revision 0003, behind this release's"). It must wait for the
+    migration and then find the store current."""
+    engine = create_store_engine(database_url)
+    drop_everything(engine)
+    schema.prepare_store(engine, upgrade=True)
+    with engine.begin() as conn:
+        conn.execute(schema.version_table.update().values(version_num=schema._revisions()[-2]))
+    migrating, looked, finish = threading.Event(), threading.Event(), threading.Event()
+
+    def migrate() -> None:
+        with schema._schema_lock(engine) as conn:
+            conn.execute(schema.version_table.update().values(version_num=schema.HEAD))
+            migrating.set()
+            finish.wait(30)
+
+    first_read = schema.stored_revision
+
+    def stored_revision(conn: Any) -> str | None:
+        try:
+            return first_read(conn)
+        finally:
+            looked.set()
+
+    monkeypatch.setattr(schema, "stored_revision", stored_revision)
+    outcome: dict[str, Any] = {}
+
+    def start() -> None:
+        starter = create_store_engine(database_url)
+        try:
+            outcome["done"] = schema.prepare_store(starter, upgrade=False)
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            starter.dispose()
+
+    migrator = threading.Thread(target=migrate)
+    migrator.start()
+    assert migrating.wait(30)
+    starter = threading.Thread(target=start)
+    starter.start()
+    assert looked.wait(30)  # it has read the store as it was before the migration ends
+    finish.set()
+    migrator.join(30)
+    starter.join(60)
+    assert "error" not in outcome, outcome
+    assert outcome["done"].after == schema.HEAD
+    engine.dispose()
 
 
 def test_a_store_from_a_newer_release_is_refused_even_by_migrate(database_url: str) -> None:
