@@ -82,21 +82,17 @@ def prepare_store(engine: Engine, *, upgrade: bool) -> Migration:
 
     An empty store is created at head. A store that is behind is upgraded when ``upgrade``,
     else refused. Several processes may call this at once: on PostgreSQL an advisory lock
-    serialises them, on SQLite a write transaction; the second finds the work done, and one that
-    does not upgrade waits for one that does before it judges the store.
+    serialises them, on SQLite a write transaction; the second finds the work done.
 
     Raises:
         SchemaMismatch: the store is behind and ``upgrade`` is false, or it is at a revision
             this release does not know (a newer one migrated it).
     """
-    with engine.connect() as conn:
-        found = stored_revision(conn)
+    found = _read_revision(engine)
     if found == HEAD:
         return Migration(HEAD, HEAD)
-    # Anything else is judged under the lock only. Read while another process creates or migrates
-    # the store, it can look behind: the reads above are several statements, and the other's
-    # commit may fall between them (no version table yet, then the events table there). A worker
-    # started beside ``serve`` would refuse the store instead of waiting the moment it takes.
+    if found is not None:
+        _check_known(found, engine, upgrade=upgrade)
     with _schema_lock(engine) as conn:
         found = stored_revision(conn)  # another process may have done it meanwhile
         if found is None:
@@ -108,6 +104,23 @@ def prepare_store(engine: Engine, *, upgrade: bool) -> Migration:
                 _stamp(conn, found)
             _run_revisions(conn)
     return Migration(found, HEAD)
+
+
+def _read_revision(engine: Engine) -> str | None:
+    """:func:`stored_revision` read from one snapshot. Its reads are several statements; read one
+    by one, they could straddle the commit of another process creating the store (no version
+    table yet, then the events table there): a worker started beside ``serve`` on a new store
+    took it for revision 0003 and exited. One snapshot sees the store before that commit (empty:
+    the caller then waits for the schema lock) or after it (at head)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN")  # deferred: one read snapshot from the first read on
+        elif conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        try:
+            return stored_revision(conn)
+        finally:
+            conn.rollback()
 
 
 def stored_revision(conn: Connection) -> str | None:

@@ -17,7 +17,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, select, text
 
-from gateway import schema
+from gateway import models, schema
 from gateway.database import create_store_engine
 from gateway.models import events, handler_runs
 from tests.conftest import Hookgate, write_config
@@ -224,38 +224,57 @@ def test_two_migrates_started_at_once_both_succeed(old_store: Engine) -> None:
     assert stored_rows(old_store)["events"][0][1] == "old-processed"
 
 
-def test_a_process_started_while_another_migrates_waits_for_it(
+def test_a_worker_started_while_serve_creates_the_store_finds_it_current(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``serve`` and ``worker`` started together on one store: while one of them migrates it, the
-    other (which never upgrades) read the store half-way, found it behind and exited (seen in
-    bench/side_by_side.py: "schema revision 0003, behind this release's"). It must wait for the
-    migration and then find the store current."""
+    """``serve`` and ``worker`` started together on a new store: ``serve`` creates it, and the
+    worker's look at it (several reads) may straddle that commit: no version table yet, then the
+    events table there. It took the store for revision 0003 and exited (seen in
+    bench/side_by_side.py). Here the creating commit lands between its first read and the rest."""
     engine = create_store_engine(database_url)
     drop_everything(engine)
-    schema.prepare_store(engine, upgrade=True)
-    with engine.begin() as conn:
-        conn.execute(schema.version_table.update().values(version_num=schema._revisions()[-2]))
-    migrating, looked, finish = threading.Event(), threading.Event(), threading.Event()
+    created, commit_now, committed = threading.Event(), threading.Event(), threading.Event()
+    straddled = threading.Event()
 
-    def migrate() -> None:
-        with schema._schema_lock(engine) as conn:
-            conn.execute(schema.version_table.update().values(version_num=schema.HEAD))
-            migrating.set()
-            finish.wait(30)
-
-    first_read = schema.stored_revision
-
-    def stored_revision(conn: Any) -> str | None:
+    def create() -> None:
         try:
-            return first_read(conn)
+            with schema._schema_lock(engine) as conn:
+                models.SQLModel.metadata.create_all(conn, tables=list(models.TABLES))
+                schema._stamp(conn, schema.HEAD)
+                created.set()
+                commit_now.wait(30)
         finally:
-            looked.set()
+            committed.set()
 
-    monkeypatch.setattr(schema, "stored_revision", stored_revision)
+    real_inspect = schema.inspect
+    starting = threading.local()
+
+    class Straddling:
+        """The starter's inspector: the creator commits right after its first read."""
+
+        def __init__(self, conn: Any) -> None:
+            self.inspector = real_inspect(conn)
+
+        def has_table(self, name: str) -> bool:
+            found = self.inspector.has_table(name)
+            if getattr(starting, "first", False):
+                starting.first = False
+                commit_now.set()
+                assert committed.wait(30)
+                straddled.set()
+            return found
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inspector, name)
+
+    def inspect(conn: Any) -> Any:
+        return Straddling(conn) if hasattr(starting, "first") else real_inspect(conn)
+
+    monkeypatch.setattr(schema, "inspect", inspect)
     outcome: dict[str, Any] = {}
 
     def start() -> None:
+        starting.first = True
         starter = create_store_engine(database_url)
         try:
             outcome["done"] = schema.prepare_store(starter, upgrade=False)
@@ -264,18 +283,21 @@ def test_a_process_started_while_another_migrates_waits_for_it(
         finally:
             starter.dispose()
 
-    migrator = threading.Thread(target=migrate)
-    migrator.start()
-    assert migrating.wait(30)
+    creator = threading.Thread(target=create)
     starter = threading.Thread(target=start)
-    starter.start()
-    assert looked.wait(30)  # it has read the store as it was before the migration ends
-    finish.set()
-    migrator.join(30)
-    starter.join(60)
+    try:
+        creator.start()
+        assert created.wait(30)
+        starter.start()
+        starter.join(60)
+        assert not starter.is_alive()
+    finally:
+        commit_now.set()
+        creator.join(30)
+        engine.dispose()
+    assert straddled.is_set()  # the creating commit fell between the starter's reads
     assert "error" not in outcome, outcome
     assert outcome["done"].after == schema.HEAD
-    engine.dispose()
 
 
 def test_a_store_from_a_newer_release_is_refused_even_by_migrate(database_url: str) -> None:
