@@ -109,8 +109,11 @@ class Ingestor:
         self._threads: list[threading.Thread] = []
         #: The committer's connection while batches follow each other (see :meth:`_connection`).
         self._held: Connection | None = None
+        #: SQLite writes a batch in a transaction of its own; elsewhere a batch is one statement,
+        #: run in autocommit (see :mod:`gateway.batch_insert`).
+        self._sqlite = engine.dialect.name == "sqlite"
         #: SQLite: the WAL is copied by a thread of its own, never in a commit requests wait for.
-        self.checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
+        self.checkpointer = Checkpointer(engine) if self._sqlite else None
 
     def start(self) -> None:
         self._threads = [
@@ -296,7 +299,7 @@ class Ingestor:
         error the connection goes back to the pool, and the next batch checks one out again."""
         try:
             conn = self._connection()
-            if self.engine.dialect.name != "sqlite":
+            if not self._sqlite:
                 return insert_postgres(conn, rows, sent)
             with conn.begin():
                 return insert_sqlite(conn, rows, sent)
@@ -307,12 +310,12 @@ class Ingestor:
     def _connection(self) -> Connection:
         """The committer keeps one connection while batches follow each other: no checkout (and
         on PostgreSQL no ping, a round trip) per batch. It gives it back after ``idle_after``
-        seconds without requests (:meth:`_idle`) and after any error, so a connection the database dropped
-        costs one batch (answered 503, which senders retry) and the next is checked out, and
-        pinged, afresh."""
+        seconds without requests (:meth:`_idle`) and after any error, so a connection the
+        database dropped costs one batch (answered 503, which senders retry) and the next is
+        checked out, and pinged, afresh."""
         if self._held is None:
             conn = self.engine.connect()
-            if self.engine.dialect.name != "sqlite":  # the batch is one statement: its own transaction
+            if not self._sqlite:  # the batch is one statement: its own transaction
                 try:
                     conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 except BaseException:
