@@ -41,6 +41,14 @@ def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -
     return (``synchronous=FULL``). The workers' commits are not promised to anyone: with
     ``NORMAL`` a power loss may undo the last of them, each whole (status, store and handler
     rows together), and the event then simply runs again; a process crash loses nothing.
+
+    psycopg's statements are never prepared on the server (``prepare_threshold=None``; it
+    prepares a statement it has run five times by default). A prepared statement whose plan
+    PostgreSQL makes generic cannot use the partial indexes, whose statuses are parameters here,
+    and the intake's batch once kept such a plan made while the table was small; in
+    bench/side_by_side.py Hookgate handled 6 to 17% more events per second without it, in
+    five alternating pairs (bench/README.md). It also keeps the store usable through PgBouncer in transaction mode,
+    where a statement prepared on one server connection is missing on the next.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -48,6 +56,8 @@ def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -
         kwargs.setdefault("pool_size", 10)
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.get_driver_name() == "psycopg":
+            kwargs["connect_args"] = {"prepare_threshold": None, **kwargs.get("connect_args", {})}
         return create_engine(parsed, **kwargs)
     connect_args = kwargs.pop("connect_args", {})
     timeout = parsed.query.get("timeout", SQLITE_BUSY_SECONDS)

@@ -85,3 +85,19 @@ def test_a_dropped_connection_is_invalidated(engine: Any) -> None:
         assert raised.value.connection_invalidated
     with engine.connect() as conn:  # the pool hands out a live connection again
         assert [row.name for row in named.rows(conn, {"names": ["n1"]})] == ["n1"]
+
+
+def test_the_store_never_prepares_statements_on_the_postgresql_server(engine: Any) -> None:
+    """psycopg prepares a statement on its fifth run by default; a store engine's sessions never
+    do (gateway.database: generic plans skip the partial indexes, and PgBouncer in transaction
+    mode loses statements prepared on another server connection)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's server-side prepared statements")
+    add(engine, "n1")
+    named = Prepared(NAMED)
+    with engine.connect() as conn:
+        for _ in range(8):
+            assert [row.name for row in named.rows(conn, {"names": ["n1"]})] == ["n1"]
+            conn.execute(select(leases.c.holder).where(leases.c.name == "n1")).all()
+        prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+    assert prepared == []
