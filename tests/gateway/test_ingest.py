@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sqlite3
 import threading
 import time
 import weakref
@@ -17,9 +18,10 @@ import sqlalchemy.pool
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select
 
+import gateway.ingest
 from gateway.database import create_store_engine
 from gateway.errors import StoreUnavailable
-from gateway.ingest import Ingestor, _expire, _refused_for_content
+from gateway.ingest import Ingestor, _expire, _refused_for_content, sync_file
 from gateway.models import events
 from gateway.queue import QUEUE_NAME, EventQueue, new_token
 
@@ -155,6 +157,55 @@ def test_a_batch_stores_new_rows_once_and_marks_what_the_relay_sent_queued(inges
     with ingestor.engine.connect() as conn:
         stored = conn.execute(select(events.c.event_id, events.c.body)).all()
     assert sorted(stored) == [("a", b"{}"), ("b", b"{}"), ("c", b"{}")]
+
+
+def test_on_sqlite_a_batch_is_synced_after_the_write_lock_is_free_and_before_its_answer(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committer's connection commits without syncing; the committer then syncs the WAL
+    file itself, while other writers may already take the lock, and answers the batch's
+    requests only after that. Its connection goes back to the pool syncing every commit."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write lock and WAL file")
+    syncing, release, synced = threading.Event(), threading.Event(), []
+
+    def held_sync(path: str) -> None:
+        syncing.set()
+        assert release.wait(10)
+        sync_file(path)
+        synced.append(path)
+
+    monkeypatch.setattr(gateway.ingest, "sync_file", held_sync)
+    writer = Ingestor(engine, EventQueue(StubBroker()), commit_timeout=5, idle_after=0.2)
+    writer.start()
+    try:
+
+        async def submit_while_syncing() -> str:
+            answer = asyncio.ensure_future(writer.submit(row("s1")))
+            assert await asyncio.to_thread(syncing.wait, 10)
+            other = sqlite3.connect(engine.url.database, timeout=0)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # the lock is free while the committer syncs
+                other.rollback()
+            finally:
+                other.close()
+            held = writer._held
+            assert held is not None
+            level = held.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]  # type: ignore[union-attr]
+            assert level == 1  # NORMAL
+            await asyncio.sleep(0.2)
+            assert not answer.done()
+            release.set()
+            return await answer
+
+        assert asyncio.run(submit_while_syncing()) == "accepted"
+        assert synced == [f"{engine.url.database}-wal"]
+        wait_for(lambda: writer._held is None, "the connection given back")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        release.set()
+        writer.stop()
 
 
 def test_a_request_that_waited_too_long_leaves_nothing_behind() -> None:
