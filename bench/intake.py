@@ -4,7 +4,7 @@ Both run under uvicorn with one worker process, take the same load from wrk (64 
 2 KB GitHub-style bodies, a fresh X-GitHub-Delivery per request), and are reported as
 requests/s, p50 and p99 latency, and Hookgate's throughput as a ratio of the bare endpoint's.
 Hookgate does everything it does in production: size limit, HMAC verification, JSON parse,
-dedupe, a durable commit (SQLite WAL, synchronous=FULL, or $HOOKGATE_DATABASE_URL) and the
+dedupe, a durable commit (SQLite WAL synced before the answer, or $HOOKGATE_DATABASE_URL) and the
 enqueue to Redis (embedded, or $HOOKGATE_REDIS_URL). No workers run, so the queue only grows.
 
     python bench/intake.py [--seconds 15] [--connections 64] [--rounds 5]

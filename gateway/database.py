@@ -1,7 +1,9 @@
-"""Engines for the store: SQLite by default (WAL, fully synced commits), PostgreSQL in production.
+"""Engines for the store: SQLite by default (WAL), PostgreSQL in production.
 
-A 2xx promises the event is committed, so SQLite runs ``synchronous=FULL``: with group commit
-the fsync is paid once per batch, not per request.
+A 2xx promises the event is committed and on the disk, so the connections of an engine that
+acknowledges run SQLite's ``synchronous=FULL``; the intake's committer, which writes nearly all
+of those commits, syncs the WAL itself after each batch instead (gateway.ingest), once per
+batch, not per request.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -
     within which a write transaction polls for the write lock (:mod:`gateway.sqlite_lock`).
 
     ``acknowledges``: commits that a 2xx promises (the intake's) are synced to disk before they
-    return (``synchronous=FULL``). The workers' commits are not promised to anyone: with
+    return (``synchronous=FULL``; the intake's committer syncs its batches itself, outside the
+    write lock, see :meth:`gateway.ingest.Ingestor._connection`). The workers' commits are not promised to anyone: with
     ``NORMAL`` a power loss may undo the last of them, each whole (status, store and handler
     rows together), and the event then simply runs again; a process crash loses nothing.
 

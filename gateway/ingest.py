@@ -102,6 +102,9 @@ class Ingestor:
         self.idle_after = idle_after
         #: False after an enqueue failed, until the broker answers again; the intake then says 503.
         self.broker_healthy = True
+        #: Why a sync of SQLite's WAL failed, if one did: from then on this process stores and
+        #: acknowledges nothing (see :meth:`_sync_wal`).
+        self.sync_failed: str | None = None
         self._inbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[list[tuple[int, str]] | None] = queue.SimpleQueue()
         #: Events the relay has enqueued; the committer marks them ``queued``.
@@ -110,8 +113,11 @@ class Ingestor:
         self._threads: list[threading.Thread] = []
         #: The committer's connection while batches follow each other (see :meth:`_connection`).
         self._held: Connection | None = None
-        #: SQLite: the WAL file the committer syncs after each batch ("": an in-memory store).
+        #: SQLite: the WAL file the committer syncs after each batch ("": an in-memory store),
+        #: and its descriptor while the connection is held (open and close were two more waits
+        #: for the GIL a batch). SQLite deletes the file only when its last connection closes.
         self._wal = ""
+        self._wal_fd: int | None = None
         #: SQLite writes a batch in a transaction of its own; elsewhere a batch is one statement,
         #: run in autocommit (see :mod:`gateway.batch_insert`).
         self._sqlite = engine.dialect.name == "sqlite"
@@ -152,6 +158,8 @@ class Ingestor:
             StoreUnavailable: the batch holding this row was not committed, or not within
                 ``commit_timeout`` seconds (senders give up after 5 to 30 s).
         """
+        if self.sync_failed is not None:
+            raise StoreUnavailable(self.sync_failed)
         size = len(row["body"])
         with self._waiting_lock:
             if self.inbox_full(size):
@@ -305,6 +313,8 @@ class Ingestor:
         write lock is free, and only then are the batch's requests answered (see
         :meth:`_connection`). An error while syncing answers them 503: their rows may be lost.
         """
+        if self.sync_failed is not None:
+            raise StoreUnavailable(self.sync_failed)
         try:
             conn = self._connection()
             if not self._sqlite:
@@ -314,9 +324,32 @@ class Ingestor:
         except BaseException:
             self._release()
             raise
-        if inserted and self._wal:
-            sync_file(self._wal)
+        if rows and self._wal:  # a duplicate too: its row may be another process's, not yet synced
+            self._sync_wal()
         return inserted
+
+    def _sync_wal(self) -> None:
+        """Make the WAL durable, or stop acknowledging for good.
+
+        After a failed ``fsync`` Linux may drop the pages it could not write and report the next
+        ``fsync`` clean: rows committed since the last good sync are visible (their retries would
+        be answered ``duplicate``) and perhaps not on the disk, and SQLite's WAL is only valid up
+        to its first lost frame. As PostgreSQL does for its own log, the process then takes no
+        more deliveries (each is answered 503, which senders retry, to another replica or after
+        a restart), ``/healthz`` and ``/readyz`` fail, and the log says why.
+        """
+        try:
+            if self._wal_fd is None:
+                self._wal_fd = os.open(self._wal, os.O_RDONLY)
+            sync_descriptor(self._wal_fd)
+        except OSError as exc:
+            self.sync_failed = f"syncing {self._wal} failed ({type(exc).__name__}: {exc})"
+            log.critical(
+                "%s: rows committed since the last sync may not be on the disk; this process "
+                "accepts no more deliveries; check the disk, then restart serve",
+                self.sync_failed,
+            )
+            raise StoreUnavailable(self.sync_failed) from exc
 
     def _connection(self) -> Connection:
         """The committer keeps one connection while batches follow each other: no checkout (and
@@ -328,7 +361,7 @@ class Ingestor:
         On SQLite the held connection commits without syncing (``synchronous=NORMAL``), and
         :meth:`_insert_rows` syncs the WAL file after the commit, outside SQLite's write lock.
         With ``FULL`` the sync ran inside the commit, and every writer waited for the disk: at a
-        steady 350 requests a second the intake's commit held the lock 1.3 ms, 0.8 of it the
+        steady 350 requests a second the intake's commit held the lock 1.3 ms, 0.75 of it the
         sync, and the workers fell behind (bench/README.md, Intake). The durability is the same:
         a commit's frames are in the WAL file when it returns, and a sync of the file makes them,
         and every frame before them, durable; SQLite itself syncs the WAL before a checkpoint
@@ -339,7 +372,8 @@ class Ingestor:
             try:
                 if self._sqlite:
                     self._wal = _wal_file(conn)
-                    _set_synchronous(conn, "NORMAL")
+                    if self._wal:  # else the commits sync themselves (FULL), as on any connection
+                        _set_synchronous(conn, "NORMAL")
                 else:  # the batch is one statement: its own transaction
                     conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             except BaseException:
@@ -350,6 +384,9 @@ class Ingestor:
 
     def _release(self) -> None:
         held, self._held = self._held, None
+        wal_fd, self._wal_fd = self._wal_fd, None
+        if wal_fd is not None:
+            os.close(wal_fd)
         if held is None:
             return
         with contextlib.suppress(Exception):  # a dropped connection is discarded by the pool
@@ -423,13 +460,15 @@ def _log_failure(exc: Exception, keys: list[tuple[str, str]]) -> None:
 
 
 def _wal_file(conn: Connection) -> str:
-    """The WAL file of a SQLite connection's database ("" for an in-memory one)."""
+    """The WAL file of a SQLite connection's database: "" for an in-memory one, or one whose
+    journal is not a WAL (``PRAGMA journal_mode=WAL`` is refused on some file systems)."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         path: str = cursor.execute("PRAGMA database_list").fetchone()[2]
+        mode: str = cursor.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         cursor.close()
-    return f"{path}-wal" if path else ""
+    return f"{path}-wal" if path and mode.lower() == "wal" else ""
 
 
 def _set_synchronous(conn: Connection, level: str) -> None:
@@ -437,14 +476,10 @@ def _set_synchronous(conn: Connection, level: str) -> None:
     conn.connection.dbapi_connection.cursor().execute(f"PRAGMA synchronous={level}").close()  # type: ignore[union-attr]
 
 
-def sync_file(path: str) -> None:
-    """``fsync`` of the file at ``path``: whatever was written to it, through any descriptor,
-    is on the disk when this returns."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def sync_descriptor(fd: int) -> None:
+    """Whatever was written to the file, through any descriptor, is on the disk when this
+    returns (``fdatasync`` where there is one, as SQLite syncs its WAL)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def _expire(future: asyncio.Future[str]) -> None:

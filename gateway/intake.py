@@ -366,12 +366,17 @@ class Intake:
         }
 
     async def healthz(self, request: Request) -> Response:
+        failed = self.ingestor.sync_failed
+        if failed is not None:  # this process will never acknowledge again: restart it
+            return json_response(503, {"status": "failed", "reason": failed})
         return json_response(200, {"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
         problems = {}
         if self.ingestor.inbox_full(self.largest_body):  # the writer is stuck or far behind
             problems["intake"] = "InboxFull"
+        if self.ingestor.sync_failed is not None:
+            problems["intake"] = "SyncFailed"
         for part, check in (("store", lambda: ping(self.engine)), ("broker", self.event_queue.ping)):
             try:
                 await run_in_threadpool(check)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sqlite3
 import threading
 import time
@@ -21,7 +22,7 @@ from sqlalchemy import select
 import gateway.ingest
 from gateway.database import create_store_engine
 from gateway.errors import StoreUnavailable
-from gateway.ingest import Ingestor, _expire, _refused_for_content, sync_file
+from gateway.ingest import Ingestor, _expire, _refused_for_content, sync_descriptor
 from gateway.models import events
 from gateway.queue import QUEUE_NAME, EventQueue, new_token
 
@@ -164,23 +165,24 @@ def test_on_sqlite_a_batch_is_synced_after_the_write_lock_is_free_and_before_its
 ) -> None:
     """The committer's connection commits without syncing; the committer then syncs the WAL
     file itself, while other writers may already take the lock, and answers the batch's
-    requests only after that. Its connection goes back to the pool syncing every commit."""
+    requests only after that, a duplicate's too (its row may be another process's, committed
+    and not yet synced). Its connection goes back to the pool syncing every commit."""
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite's write lock and WAL file")
     syncing, release, synced = threading.Event(), threading.Event(), []
 
-    def held_sync(path: str) -> None:
+    def held_sync(fd: int) -> None:
         syncing.set()
         assert release.wait(10)
-        sync_file(path)
-        synced.append(path)
+        sync_descriptor(fd)
+        synced.append(os.fstat(fd).st_ino)
 
-    monkeypatch.setattr(gateway.ingest, "sync_file", held_sync)
-    writer = Ingestor(engine, EventQueue(StubBroker()), commit_timeout=5, idle_after=0.2)
+    monkeypatch.setattr(gateway.ingest, "sync_descriptor", held_sync)
+    writer = Ingestor(engine, EventQueue(StubBroker()), commit_timeout=5, idle_after=60)
     writer.start()
     try:
 
-        async def submit_while_syncing() -> str:
+        async def submit_while_syncing() -> tuple[str, Any]:
             answer = asyncio.ensure_future(writer.submit(row("s1")))
             assert await asyncio.to_thread(syncing.wait, 10)
             other = sqlite3.connect(engine.url.database, timeout=0)
@@ -191,21 +193,50 @@ def test_on_sqlite_a_batch_is_synced_after_the_write_lock_is_free_and_before_its
                 other.close()
             held = writer._held
             assert held is not None
-            level = held.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]  # type: ignore[union-attr]
-            assert level == 1  # NORMAL
+            dbapi = held.connection.dbapi_connection
+            assert dbapi is not None
+            assert dbapi.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
             await asyncio.sleep(0.2)
             assert not answer.done()
             release.set()
-            return await answer
+            return await answer, dbapi
 
-        assert asyncio.run(submit_while_syncing()) == "accepted"
-        assert synced == [f"{engine.url.database}-wal"]
-        wait_for(lambda: writer._held is None, "the connection given back")
-        with engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        answer, dbapi = asyncio.run(submit_while_syncing())
+        assert answer == "accepted"
+        wal = os.stat(f"{engine.url.database}-wal").st_ino
+        assert synced == [wal]  # the store's WAL file
+        assert asyncio.run(writer.submit(row("s1"))) == "duplicate"
+        assert synced == [wal, wal]
     finally:
         release.set()
+        writer.stop()  # gives the connection back
+    assert dbapi.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_on_sqlite_a_failed_sync_stops_the_intake_acknowledging(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failed ``fsync`` the rows committed since the last good one may not be on the
+    disk, and later syncs prove nothing: the batch is answered 503, and so is every delivery
+    after it, stored or not, until the process is restarted."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's WAL file")
+
+    def failing_sync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(gateway.ingest, "sync_descriptor", failing_sync)
+    writer = Ingestor(engine, EventQueue(StubBroker()), commit_timeout=5)
+    writer.start()
+    try:
+        with pytest.raises(StoreUnavailable):  # committed, and perhaps not on the disk
+            asyncio.run(writer.submit(row("f1")))
+        monkeypatch.setattr(gateway.ingest, "sync_descriptor", sync_descriptor)  # the disk "recovers"
+        for event_id in ("f1", "f2"):
+            with pytest.raises(StoreUnavailable, match="Input/output error"):
+                asyncio.run(writer.submit(row(event_id)))
+        assert writer.sync_failed is not None
+    finally:
         writer.stop()
+    assert set(statuses(engine)) == {"f1"}  # nothing after the failure was even written
 
 
 def test_a_request_that_waited_too_long_leaves_nothing_behind() -> None:

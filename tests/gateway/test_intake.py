@@ -15,6 +15,7 @@ import orjson
 import pytest
 import stripe
 
+import gateway.ingest
 from gateway.embedded_redis import EmbeddedRedis
 from tests.conftest import STRIPE_SECRET, Hookgate
 from tests.support.servers import wait_for
@@ -237,3 +238,29 @@ def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate) -> None:
         hookgate.wait_status("stripe", "evt_b", "processed")
     finally:
         broker.stop()
+
+
+def test_a_failed_wal_sync_is_503_from_then_on_and_health_says_so(
+    intake: Hookgate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: the rows of a batch whose sync failed may not be on the disk, nor anything after
+    (gateway.ingest.Ingestor._sync_wal): no more 2xx from this process, and both health
+    endpoints fail so that an orchestrator restarts it."""
+    if intake.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's WAL file")
+
+    def failing_sync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(gateway.ingest, "sync_descriptor", failing_sync)
+    assert intake.post("stripe", *stripe_event("evt_s1")).status_code == 503
+    monkeypatch.undo()
+    response = intake.post("stripe", *stripe_event("evt_s2"))
+    assert (response.status_code, response.json()) == (503, {"error": "store unavailable"})
+    assert intake.event("stripe", "evt_s2") is None
+    health = httpx.get(f"{intake.url}/healthz")
+    assert health.status_code == 503
+    assert health.json()["status"] == "failed"
+    assert "Input/output error" in health.json()["reason"]
+    ready = httpx.get(f"{intake.url}/readyz")
+    assert (ready.status_code, ready.json()["problems"]) == (503, {"intake": "SyncFailed"})
