@@ -48,10 +48,11 @@ def create_store_engine(url: str, *, acknowledges: bool = True, **kwargs: Any) -
     psycopg's statements are never prepared on the server (``prepare_threshold=None``; it
     prepares a statement it has run five times by default). A prepared statement whose plan
     PostgreSQL makes generic cannot use the partial indexes, whose statuses are parameters here,
-    and the intake's batch once kept such a plan made while the table was small; in
-    bench/side_by_side.py Hookgate handled 6 to 17% more events per second without it, in
-    five alternating pairs (bench/README.md). It also keeps the store usable through PgBouncer in transaction mode,
-    where a statement prepared on one server connection is missing on the next.
+    and the intake's batch once kept such a plan made while the table was small. In
+    bench/side_by_side.py Hookgate handled about 5% more events per second without it (the
+    median of ten alternating pairs, from 8% fewer to 27% more; bench/README.md, step 17). It
+    also removes one obstacle to PgBouncer in transaction mode, where a statement prepared on
+    one server connection is missing on the next.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
