@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import insert, update
 
-from gateway.batch_insert import INSERT_COLUMNS, values_insert
+from gateway.batch_insert import flat_params, values_insert
 from gateway.config import Config, Retention
 from gateway.database import create_store_engine
 from gateway.models import PROCESSED, RECEIVED, events, handler_runs
@@ -76,7 +76,7 @@ def main() -> None:
             for chunk in range(0, len(rows), 100):
                 batch = rows[chunk : chunk + 100]
                 with engine.begin() as conn:
-                    params = tuple(row[column] for row in batch for column in INSERT_COLUMNS)
+                    params = tuple(flat_params(batch))
                     pks = [pk for pk, _, _ in conn.exec_driver_sql(values_insert(len(batch), marker), params)]
                     conn.execute(
                         update(events).where(events.c.id.in_(pks)).values(status=PROCESSED, processed_at=clock)

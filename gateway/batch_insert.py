@@ -57,14 +57,16 @@ MARK_QUEUED = Prepared(
 )
 
 
-def values_insert(count: int, marker: str, *, returning: bool = True) -> str:
-    """One multi-row INSERT of ``count`` rows that skips known (provider, event id) pairs and,
-    with ``returning``, returns the new rows' ``id, provider, event_id``."""
+def values_insert(count: int, marker: str) -> str:
+    """One multi-row INSERT of ``count`` rows that skips known (provider, event id) pairs and
+    returns the new rows' ``id, provider, event_id``."""
     row = "(" + ", ".join([marker] * len(INSERT_COLUMNS)) + ")"
     # Only constant identifiers and placeholders are interpolated; values travel as parameters.
     columns, rows = ", ".join(INSERT_COLUMNS), ", ".join([row] * count)
-    sql = f"INSERT INTO {events.name} ({columns}) VALUES {rows} ON CONFLICT (provider, event_id) DO NOTHING"  # noqa: S608
-    return sql + " RETURNING id, provider, event_id" if returning else sql
+    return (
+        f"INSERT INTO {events.name} ({columns}) VALUES {rows} "  # noqa: S608
+        "ON CONFLICT (provider, event_id) DO NOTHING RETURNING id, provider, event_id"
+    )
 
 
 def flat_params(rows: Sequence[dict[str, Any]]) -> list[Any]:
@@ -86,9 +88,10 @@ def insert_postgres(conn: Connection, rows: Sequence[dict[str, Any]], sent: list
     """Mark ``sent`` queued and insert ``rows`` in one statement (``conn`` in autocommit: the
     statement is its own transaction); the new rows' ids."""
     arrays = [[row[column] for row in rows] for column in INSERT_COLUMNS]
-    # Planned anew each time (``prepare=False``): a generic plan made while the table was small
-    # looked the sent ids up by scanning every ``received`` event, slower with every batch.
-    found = driver_rows(conn, _POSTGRES_BATCH, [QUEUED, sent, RECEIVED, *arrays], prepare=False)
+    # Planned anew each time, as every statement of the store's engines (gateway.database): a
+    # generic plan made while the table was small looked the sent ids up by scanning every
+    # ``received`` event, slower with every batch.
+    found = driver_rows(conn, _POSTGRES_BATCH, [QUEUED, sent, RECEIVED, *arrays])
     # Free in autocommit (psycopg sends nothing outside a transaction), and the rows are committed
     # before anyone is answered even if a reconnect had left the connection out of autocommit.
     conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]

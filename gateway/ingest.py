@@ -313,7 +313,7 @@ class Ingestor:
         write lock is free, and only then are the batch's requests answered (see
         :meth:`_connection`). An error while syncing answers them 503: their rows may be lost.
         """
-        if self.sync_failed is not None:
+        if rows and self.sync_failed is not None:  # marks acknowledge nothing: they may go on
             raise StoreUnavailable(self.sync_failed)
         try:
             conn = self._connection()

@@ -96,11 +96,11 @@ class Prepared:
         return row_type
 
 
-def driver_rows(conn: Connection, sql: str, args: Sequence[Any], **options: Any) -> list[tuple[Any, ...]]:
+def driver_rows(conn: Connection, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
     """The rows of ``sql``, a statement written for the driver (its paramstyle), run as a
     :class:`Prepared` statement is: on the connection's cursor, in its transaction, errors
-    raised as SQLAlchemy's. ``options`` go to the cursor's ``execute`` (psycopg: ``prepare``)."""
-    cursor = _call(conn, sql, args, lambda cursor: cursor.execute(sql, args, **options))
+    raised as SQLAlchemy's."""
+    cursor = _call(conn, sql, args, lambda cursor: cursor.execute(sql, args))
     try:
         return cursor.fetchall()
     finally:
