@@ -7,6 +7,10 @@ futures. The relay thread then enqueues the new events, again everything waiting
 pipeline; requests never wait for it, so commits and enqueues overlap. A 2xx therefore always
 follows a commit; an event whose enqueue is lost (crash, broker down) stays ``received`` in the
 store and the workers' recovery sweep sends it again.
+
+When deliveries follow each other closely but not all at once (a steady few hundred a second),
+the committer waits a moment for more before it writes a small batch, so that a commit and a
+broker message serve a few (see :mod:`gateway.linger`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -30,6 +35,7 @@ from . import tracing
 from .batch_insert import insert_postgres, insert_sqlite
 from .checkpoints import Checkpointer
 from .errors import InboxFull, StoreUnavailable
+from .linger import Linger
 from .metrics import IntakeMetrics
 from .queue import EventQueue, share_tokens
 
@@ -72,6 +78,8 @@ class Ingestor:
         commit_timeout: how long a request waits for its commit before answering 503.
         idle_after: how long the committer waits for requests before it marks what the relay
             sent ``queued`` and gives its connection back (see :meth:`_connection`).
+        linger: when the committer waits for more rows before it writes a small batch (default:
+            :class:`gateway.linger.Linger`'s; ``Linger(seconds=0)``: never).
         max_waiting_rows, max_waiting_bytes: the most rows (and body bytes) waiting to be
             written. A request answered 503 after ``commit_timeout`` leaves its row waiting (the
             commit may still land), so while the store stalls the inbox would grow with every
@@ -89,6 +97,7 @@ class Ingestor:
         max_waiting_bytes: int = 64 * 1024 * 1024,
         metrics: IntakeMetrics | None = None,
         idle_after: float = 0.5,
+        linger: Linger | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics or IntakeMetrics(CollectorRegistry())
@@ -100,6 +109,7 @@ class Ingestor:
         self.event_queue = event_queue
         self.max_batch = max_batch
         self.idle_after = idle_after
+        self.linger = linger or Linger()
         #: False after an enqueue failed, until the broker answers again; the intake then says 503.
         self.broker_healthy = True
         #: Why a sync of SQLite's WAL failed, if one did: from then on this process stores and
@@ -180,7 +190,9 @@ class Ingestor:
     # -- committer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        self._consume(self._inbox, self._write, self._idle, limit=self.max_batch, idle_after=self.idle_after)
+        self._consume(
+            self._inbox, self._write, self._idle, limit=self.max_batch, idle_after=self.idle_after, linger=self.linger
+        )
         self._idle()
 
     @staticmethod
@@ -190,35 +202,35 @@ class Ingestor:
         idle: Callable[[], None],
         limit: int = 1 << 30,
         idle_after: float = 0.5,
+        linger: Linger | None = None,
     ) -> None:
         """Hand everything waiting on ``source`` (up to ``limit`` items) to ``handle`` at once.
 
-        Runs until a ``None`` arrives; calls ``idle`` whenever nothing came for ``idle_after`` seconds.
+        Runs until a ``None`` arrives; calls ``idle`` whenever nothing came for ``idle_after``
+        seconds. With a ``linger``, a small batch may first wait for more (see :mod:`gateway.linger`).
         """
         stopping = False
+        handled_at = -math.inf
         while not stopping:
             try:
                 item = source.get(timeout=idle_after)
             except queue.Empty:
                 idle()
                 continue
-            taken: list[Any] = []
-            while True:
-                if item is None:
-                    stopping = True
-                    break
-                taken.append(item)
-                if len(taken) >= limit:
-                    break
-                try:
-                    item = source.get_nowait()
-                except queue.Empty:
-                    break
-            if taken:
-                try:
-                    handle(taken)
-                except Exception:
-                    log.exception("unexpected error in the intake's writer; it carries on")
+            if item is None:
+                break
+            since_last = time.monotonic() - handled_at
+            taken: list[Any] = [item]
+            stopping = _take_more(source, taken, limit)
+            if linger is not None and not stopping and (wait := linger.wait_for(since_last, len(taken))):
+                before = len(taken)
+                stopping = _take_more(source, taken, min(limit, linger.rows), until=time.monotonic() + wait)
+                linger.gained(len(taken) - before)
+            try:
+                handle(taken)
+            except Exception:
+                log.exception("unexpected error in the intake's writer; it carries on")
+            handled_at = time.monotonic()
 
     def _idle(self) -> None:
         """Between batches: record what the relay has enqueued."""
@@ -480,6 +492,27 @@ def sync_descriptor(fd: int) -> None:
     """Whatever was written to the file, through any descriptor, is on the disk when this
     returns (``fdatasync`` where there is one, as SQLite syncs its WAL)."""
     getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _take_more(source: queue.SimpleQueue[Any], taken: list[Any], limit: int, until: float | None = None) -> bool:
+    """Move items from ``source`` to ``taken`` until it holds ``limit`` or ``source`` is empty
+    (with ``until``: until that ``time.monotonic()``, waiting for them); whether the stop (``None``)
+    came."""
+    while len(taken) < limit:
+        try:
+            if until is None:
+                item = source.get_nowait()
+            else:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return False
+                item = source.get(timeout=remaining)
+        except queue.Empty:
+            return False
+        if item is None:
+            return True
+        taken.append(item)
+    return False
 
 
 def _expire(future: asyncio.Future[str]) -> None:

@@ -3,7 +3,8 @@
 The intake never imports the workers: it builds the messages of the ``hookgate.process_event``
 actor itself. Each message carries ``([event pks], token)``: one message may carry several
 events, which then share its token (the intake groups up to :data:`MESSAGE_EVENTS` of a commit's
-new events so, see :func:`share_tokens`; a worker spreads them over its idle threads). The
+new events so, see :func:`share_tokens`; a worker may spread them over its idle threads, see
+:mod:`workers.spreading`). The
 token is also stored in each event row (``message_id``) and is the message's Redis id, so that
 
 * a worker runs an event only with the message the store expects (stale copies are dropped), and

@@ -283,12 +283,14 @@ class Processor:
         first = lanes.next()
         if first is None:
             return
-        if self.spreader.idle():
+        if self.spreader.worth_spreading(lanes.waiting()):
             self.spread(lanes.take_rest(), token)
         with self.spreader.watching(lanes):
             lane: list[Any] | None = first
             while lane is not None:
+                started = time.monotonic()
                 self.run_lane(lane, token)
+                self.spreader.lane_ran(time.monotonic() - started)
                 lane = lanes.next()
                 if lane is not None and self.stopping.is_set():  # the rest to other workers, by the sweep
                     rest = [lane, *lanes.take_rest()]

@@ -23,6 +23,7 @@ from workers.leases import LeaseKeeper
 from workers.processing import Processor
 from workers.reconcile import Reconciler
 from workers.registry import HandlerRegistry
+from workers.spreading import SPREAD_AFTER_SECONDS, Lanes, Spreader
 
 
 def test_a_commit_s_events_share_a_message_a_resource_s_side_by_side() -> None:
@@ -79,7 +80,8 @@ def test_one_message_runs_the_events_of_several_resources_each_in_its_pass(hookg
 
 def test_a_message_s_other_resources_go_to_new_messages_when_threads_are_idle(hookgate: Hookgate) -> None:
     """The thread keeps the first resource's events; each other resource gets a message of its
-    own under a new token, for the idle threads; the old message then claims nothing of them."""
+    own under a new token, for the idle threads (the process has not timed a lane yet, so they
+    count as slow); the old message then claims nothing of them."""
     hookgate.start_intake()
     posted = [("s-a1", "sa", 1), ("s-b1", "sb", 1), ("s-a2", "sa", 2), ("s-c1", "sc", 1)]
     for event_id, resource, version in posted:
@@ -102,6 +104,29 @@ def test_a_message_s_other_resources_go_to_new_messages_when_threads_are_idle(ho
     for message in sent:
         handler_for_stale.process(*message.args)
     assert sorted(ran) == ["s-b1", "s-c1"]
+
+
+def test_a_message_of_a_few_quick_lanes_stays_whole_while_threads_are_idle(hookgate: Hookgate) -> None:
+    """Handing lanes over costs a transaction and a message each: once this process's lanes have
+    been measured quick, a message of a few runs whole on its thread, idle threads or not."""
+    hookgate.start_intake()
+    warm_up = [(f"q-w{i}", f"qw{i}", 1) for i in range(16)]
+    posted = [("q-a1", "qa", 1), ("q-b1", "qb", 1), ("q-c1", "qc", 1)]
+    for event_id, resource, version in warm_up + posted:
+        post_thing(hookgate, event_id, resource, version)
+    broker = StubBroker()
+    ran: list[str] = []
+    worker = processor(hookgate, ran, threads=4, spread_to=EventQueue(broker))
+    assert worker.spreader.worth_spreading(2), "lanes not measured yet count as slow"
+    for event_id, _, _ in warm_up:  # one lane each: nothing to spread, and the lanes are timed
+        worker.process(*one_message(hookgate, [event_id]))
+    assert worker.spreader.lane_seconds < SPREAD_AFTER_SECONDS / 2, "the lanes' times were not measured"
+    worker.spreader.lane_seconds = 0.005  # as here when the machine is not loaded by other tests
+    pks, token = one_message(hookgate, [event_id for event_id, _, _ in posted])
+    worker.process(pks, token)
+    assert ran[-3:] == ["q-a1", "q-b1", "q-c1"]
+    assert broker.queues[QUEUE_NAME].qsize() == 0, "quick lanes were handed to new messages"
+    assert {hookgate.event("acme", event_id).status for event_id, _, _ in posted} == {"processed"}
 
 
 def test_a_message_s_remaining_lanes_go_to_the_sweep_when_the_worker_stops(hookgate: Hookgate) -> None:
@@ -151,3 +176,34 @@ def test_the_lanes_behind_a_slow_one_go_to_new_messages(hookgate: Hookgate) -> N
     by_id = {hookgate.event("acme", event_id).id: event_id for event_id in ("w-b", "w-c")}
     assert sorted(by_id[pk] for message in handed for pk in message) == ["w-b", "w-c"]
     assert {hookgate.event("acme", event_id).status for event_id in ("w-b", "w-c")} <= {"received", "queued"}
+
+
+def test_a_process_s_typical_lane_time_follows_its_lanes() -> None:
+    spreader = Spreader(threads=2, hand_off=lambda lanes, token: None)
+    assert spreader.worth_spreading(2)  # slow until measured: 2 x 0.1 s behind the first
+    assert not spreader.worth_spreading(1)
+    for _ in range(30):
+        spreader.lane_ran(0.002)
+    assert not spreader.worth_spreading(8)  # 8 lanes of about 2 ms: quicker run here than handed over
+    for _ in range(10):
+        spreader.lane_ran(0.5)
+    assert spreader.worth_spreading(1)
+    with spreader.running(), spreader.running():
+        assert not spreader.worth_spreading(8), "no idle thread to take them"
+    assert not Spreader(threads=2, hand_off=None).worth_spreading(8), "nowhere to hand them"
+
+
+def test_a_message_of_quick_lanes_that_runs_long_is_spread_when_a_thread_is_idle() -> None:
+    """No lane of it runs past SPREAD_AFTER_SECONDS, but together they have: with a thread idle,
+    the watchdog hands the rest over; with none, the message keeps them."""
+    lanes = Lanes([[1], [2], [3]], "token")
+    lanes.next()
+    assert not lanes.overdue(lanes.started + SPREAD_AFTER_SECONDS / 2, idle=True)
+    lanes.next()
+    lanes.lane_started = lanes.started + SPREAD_AFTER_SECONDS * 0.9  # the second lane began then
+    later = lanes.started + SPREAD_AFTER_SECONDS * 1.2
+    assert lanes.overdue(later, idle=True)
+    assert not lanes.overdue(later, idle=False)
+    assert lanes.overdue(lanes.lane_started + SPREAD_AFTER_SECONDS * 1.1, idle=False)  # the lane itself
+    lanes.take_rest()
+    assert not lanes.overdue(later, idle=True), "nothing left to hand over"

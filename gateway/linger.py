@@ -1,0 +1,75 @@
+"""When the intake's committer waits a little for more rows before it writes a small batch.
+
+At a steady few hundred deliveries a second, each would otherwise be a batch of its own: a
+commit, a sync, a broker message and, on the workers' side, a message to fetch and acknowledge,
+for every event. Waiting up to :data:`LINGER_SECONDS` for company, as PostgreSQL's
+``commit_delay`` does, lets one commit and one message serve a few (bench/README.md, step 18).
+
+A wait is only worth it when more rows are likely to come meanwhile:
+
+* the committer is *busy*: the batch's first row came within ``busy_within`` of the end of the
+  batch before (a lone request, or one after a pause, never waits);
+* the batch is smaller than a full broker message (:data:`gateway.queue.MESSAGE_EVENTS`): under
+  a burst nobody waits;
+* waiting has paid lately: a sender that sends its next request only after the answer to the
+  last one (a replay script, a queue drained one by one) looks busy, yet no row ever comes
+  while the committer waits for it. An average of how often a wait gained a row stops the waits
+  when it falls below :data:`MIN_GAIN`; one busy batch in :data:`PROBE_EVERY` still waits, so
+  the waits resume when the load changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .queue import MESSAGE_EVENTS
+
+#: How long a busy committer waits for more rows before it writes a small batch.
+LINGER_SECONDS = 0.002
+#: The weight of the latest wait in the average of waits that gained a row.
+GAIN_WEIGHT = 0.25
+#: Below this share of waits that gained a row, the committer stops waiting (but probes).
+MIN_GAIN = 0.25
+#: While waits do not pay, one busy batch in this many still waits, to notice when they would.
+PROBE_EVERY = 16
+
+
+@dataclass
+class Linger:
+    """The committer's policy: how long to wait for more rows before writing a batch.
+
+    Used by the committer thread only, so it needs no lock.
+    """
+
+    seconds: float = LINGER_SECONDS
+    #: A batch this large is written at once.
+    rows: int = MESSAGE_EVENTS
+    #: A row this soon after the last batch finds the committer busy (default: ``2 * seconds``).
+    busy_within: float | None = None
+    #: The share of recent waits that gained at least one row (an exponential average).
+    gain: float = 1.0
+    #: Waits so far (for tests and the curious).
+    waits: int = 0
+    _skipped: int = 0
+
+    def __post_init__(self) -> None:
+        if self.busy_within is None:
+            self.busy_within = 2 * self.seconds
+
+    def wait_for(self, since_last: float, taken: int) -> float:
+        """Seconds to wait for more rows, for a batch of ``taken`` rows whose first came
+        ``since_last`` seconds after the end of the batch before (0: write it now)."""
+        assert self.busy_within is not None
+        if self.seconds <= 0 or taken >= self.rows or since_last >= self.busy_within:
+            return 0.0
+        if self.gain < MIN_GAIN:
+            self._skipped += 1
+            if self._skipped < PROBE_EVERY:
+                return 0.0
+        self._skipped = 0
+        self.waits += 1
+        return self.seconds
+
+    def gained(self, rows: int) -> None:
+        """A wait ended with ``rows`` more rows."""
+        self.gain += GAIN_WEIGHT * ((1.0 if rows else 0.0) - self.gain)
