@@ -180,10 +180,15 @@ def hookgate_stack(
     redis_url: str,
     database_url: str | None = None,
     env: dict[str, str] | None = None,
+    checkout: Path = HERE.parent,
+    started: list[subprocess.Popen[bytes]] | None = None,
 ) -> Iterator[str]:
     """``hookgate serve`` and ``hookgate worker --processes N --threads T`` on ``config_text``,
     the handler's done log in ``work/out``; yields the intake's base URL once it answers and
-    stops both (workers first) on the way out. ``work`` must not exist yet."""
+    stops both (workers first) on the way out. ``work`` must not exist yet.
+
+    ``checkout``: the tree whose code runs (its working directory too: ``python -m`` puts that
+    first on ``sys.path``); ``started`` gets the two processes, serve first."""
     (work / "out").mkdir(parents=True)
     config = work / "providers.yaml"
     config.write_text(config_text)
@@ -194,14 +199,17 @@ def hookgate_stack(
         "HOOKGATE_DATABASE_URL": database_url or os.environ.get("HOOKGATE_DATABASE_URL", f"sqlite:///{work}/bench.db"),
         "HOOKGATE_REDIS_URL": redis_url,
         "HOOKGATE_BENCH_OUT": str(work / "out"),
-        "PYTHONPATH": str(HERE.parent),
+        "PYTHONPATH": str(checkout),
         **(env or {}),
     }
     port = free_port()
-    serve = start([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], full_env, work / "serve.log")
+    serve_command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    serve = start(serve_command, full_env, work / "serve.log", cwd=checkout)
     worker_command = [sys.executable, "-m", "gateway.cli", "worker", "--processes", str(processes)]
     worker_command += ["--threads", str(threads)]
-    worker = start(worker_command, full_env, work / "worker.log")
+    worker = start(worker_command, full_env, work / "worker.log", cwd=checkout)
+    if started is not None:
+        started += [serve, worker]
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz")
         yield f"http://127.0.0.1:{port}"

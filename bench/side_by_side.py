@@ -15,10 +15,16 @@ Reported per run: events/s from the first POST to the last handler, POST→handl
 client's send time to the handler's time, one clock for both), and the checks: every event
 handled exactly once, and the events of each customer handled in version order (out-of-order
 events are counted, not failed: the peer has no ordering at all). Per configuration: the
-medians over the rounds and Hookgate's ratio to the peer, paired within each round.
+medians over the rounds and Hookgate's ratio to the peer, paired within each round. Each run
+also reports the CPU time its intake and its workers used per event (from /proc, between the
+first POST and the last handler), which moves much less than the rates on a shared machine.
+
+``--baseline DIR`` runs a third stack: Hookgate from another checkout (e.g. a ``git worktree``
+of an older commit), to compare a change in the same run.
 
     python bench/side_by_side.py [--configs 1x4,2x4] [--rounds 3] [--rate 500]
         [--customers 100] [--versions 10] [--database-url postgresql+psycopg://…/db]
+        [--baseline /tmp/base]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import hashlib
 import hmac
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -54,7 +61,7 @@ from bench.end_to_end import (
     wait_handled,
     warm_up,
 )
-from bench.intake import HERE, free_port, start, wait_ready
+from bench.intake import HERE, cpu_seconds, free_port, start, wait_ready
 from tests.support.fake_api import FakeApi
 
 SECRET = "whsec_bench_side_by_side_0123456789abcdef"
@@ -75,6 +82,8 @@ PEER_SERVER = ["--no-access-log", "--ws", "none", "--backlog", "2048", "--limit-
 PEER_SERVER += ["--timeout-keep-alive", "5", "--log-level", "warning"]
 
 STACKS = ("hookgate", "peer")
+#: Hookgate from the ``--baseline`` checkout.
+BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
@@ -141,12 +150,18 @@ class Outcome:
     out_of_order: int  #: events handled after a later version of their customer
     fetches: float | None = None  #: reconciliation requests per event (Hookgate only)
     load: float = 0.0  #: the machine's 1-minute load average as the run began
+    intake_cpu: float = 0.0  #: CPU ms per event of the server (and its children)
+    workers_cpu: float = 0.0  #: CPU ms per event of the worker processes
 
     @property
     def check(self) -> str:
         once = "once" if not self.duplicates and not self.missing else f"dup {self.duplicates} miss {self.missing}"
         fetched = "" if self.fetches is None else f", {self.fetches:.2f} fetches/event"
         return f"{once}, {self.out_of_order} out of order{fetched}"
+
+    @property
+    def cpu(self) -> str:
+        return f"cpu ms/event intake {self.intake_cpu:.2f} workers {self.workers_cpu:.2f}"
 
 
 def judge(done: list[Done], events: list[Planned], sent: list[float], started: float) -> Outcome:
@@ -179,9 +194,12 @@ def judge(done: list[Done], events: list[Planned], sent: list[float], started: f
 
 
 @contextmanager
-def peer_stack(work: Path, *, processes: int, threads: int, redis_url: str) -> Iterator[str]:
+def peer_stack(
+    work: Path, *, processes: int, threads: int, redis_url: str, started: list[subprocess.Popen[bytes]]
+) -> Iterator[str]:
     """The hand-written stack: uvicorn on bench/peer/app.py and ``dramatiq bench.peer.tasks``
-    with ``processes`` x ``threads``, its done log in ``work/out``; yields the base URL."""
+    with ``processes`` x ``threads``, its done log in ``work/out``; yields the base URL, and puts
+    the server and the workers' process in ``started``."""
     (work / "out").mkdir(parents=True)
     redis.Redis.from_url(redis_url).flushdb()
     env = {
@@ -199,6 +217,7 @@ def peer_stack(work: Path, *, processes: int, threads: int, redis_url: str) -> I
     )
     workers_command = [sys.executable, "-m", "dramatiq", "bench.peer.tasks", "--processes", str(processes)]
     workers = start([*workers_command, "--threads", str(threads)], env, work / "worker.log")
+    started += [server, workers]
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz")
         yield f"http://127.0.0.1:{port}"
@@ -218,19 +237,27 @@ def reset_postgres(url: str) -> None:
 
 
 def measure(
-    base: str, out: Path, events: list[Planned], args: argparse.Namespace, api: FakeApi | None = None
+    base: str,
+    out: Path,
+    events: list[Planned],
+    args: argparse.Namespace,
+    processes: list[subprocess.Popen[bytes]],
+    api: FakeApi | None = None,
 ) -> Outcome:
     """Warm a started stack up, send it the events (signed now: both refuse stale signatures),
-    wait for them to be handled and judge the run."""
+    wait for them to be handled and judge the run. ``processes``: its server, then its workers."""
     url = f"{base}/webhooks/stripe"
     now = int(time.time())
     warm_up(url, signed(stripe_event("evt_warm", "cus_warm", 1, now), now), out)
     requests = [signed(e.body, now) for e in events]
     sent = [0.0] * len(requests)
     fetches_before = len(api.seen()) if api else 0
+    cpu_before = [cpu_seconds(proc.pid) for proc in processes]
     started = asyncio.run(post_all(url, requests, args.concurrency, args.rate, sent))
     done = wait_handled(out, {e.event_id for e in events}, timeout=args.timeout)
+    intake_cpu, workers_cpu = (cpu_seconds(p.pid) - before for p, before in zip(processes, cpu_before, strict=True))
     outcome = judge(done, events, sent, started)
+    outcome.intake_cpu, outcome.workers_cpu = intake_cpu * 1000 / len(events), workers_cpu * 1000 / len(events)
     if api:
         outcome.fetches = (len(api.seen()) - fetches_before) / len(events)
     return outcome
@@ -247,9 +274,10 @@ def run(
     args: argparse.Namespace,
 ) -> Outcome:
     load = os.getloadavg()[0]
+    started: list[subprocess.Popen[bytes]] = []
     if stack == "peer":
-        with peer_stack(work, processes=processes, threads=threads, redis_url=redis_url) as base:
-            outcome = measure(base, work / "out", events, args)
+        with peer_stack(work, processes=processes, threads=threads, redis_url=redis_url, started=started) as base:
+            outcome = measure(base, work / "out", events, args, started)
         outcome.load = load
         return outcome
     database_url = args.database_url
@@ -264,10 +292,16 @@ def run(
         redis_url=redis_url,
         database_url=database_url or f"sqlite:///{work}/bench.db",
         env={"HOOKGATE_BENCH_PROVIDER": "stripe"},
+        checkout=Path(args.baseline) if stack == BASELINE else HERE.parent,
+        started=started,
     ) as base:
-        outcome = measure(base, work / "out", events, args, api)
+        outcome = measure(base, work / "out", events, args, started, api)
     outcome.load = load
     return outcome
+
+
+def stacks_of(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*STACKS, BASELINE) if args.baseline else STACKS
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -291,7 +325,11 @@ def main() -> int:
     )
     parser.add_argument("--redis-url", default=None, help="default: $HOOKGATE_REDIS_URL, else an embedded Redis")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the handlers after the POSTs")
+    parser.add_argument(
+        "--baseline", default=None, help="another checkout (a git worktree of an older commit) run as a third stack"
+    )
     args = parser.parse_args()
+    stacks = stacks_of(args)
     configs = parse_configs(args.configs)
     events = plan(args.customers, args.versions)
     api = FakeApi(keep_alive=True).start()
@@ -301,7 +339,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hgsbs-") as name, redis_server(Path(name), args.redis_url) as redis_url:
         for round_number in range(args.rounds):
             for processes, threads in configs:
-                order = STACKS if round_number % 2 == 0 else STACKS[::-1]
+                turn = round_number % len(stacks)
+                order = stacks[turn:] + stacks[:turn]
                 outcomes: dict[str, Outcome] = {}
                 for stack in order:
                     work = Path(name) / f"{stack}-{processes}x{threads}-round{round_number + 1}"
@@ -309,7 +348,7 @@ def main() -> int:
                     print(
                         f"round {round_number + 1} {processes}x{threads} {stack:8} {outcome.rate:7.0f} events/s "
                         f"p50 {outcome.p50:6.0f} ms p99 {outcome.p99:6.0f} ms  "
-                        f"load {outcome.load:4.1f}  {outcome.check}",
+                        f"load {outcome.load:4.1f}  {outcome.check}; {outcome.cpu}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -323,37 +362,45 @@ def report(results: dict[tuple[int, int], list[dict[str, Outcome]]], args: argpa
     median = statistics.median
     load = f"paced {args.rate:.0f}/s" if args.rate else "burst"
     store = (args.database_url or "sqlite").split(":")[0].split("+")[0]
-    print(f"\n{'config':>6} {'round':>5} {'stack':>8} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'load':>5}  check")
+    stacks = stacks_of(args)
+    header = f"{'config':>6} {'round':>5} {'stack':>8} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'load':>5}"
+    print(f"\n{header}  check; cpu")
     for (processes, threads), rounds in results.items():
         label = f"{processes}x{threads}"
         for number, outcomes in enumerate(rounds, 1):
-            for stack in STACKS:
+            for stack in stacks:
                 o = outcomes[stack]
                 print(
                     f"{label:>6} {number:>5} {stack:>8} {o.rate:>9.0f} {o.p50:>8.0f} {o.p99:>8.0f} "
-                    f"{o.load:>5.1f}  {o.check}"
+                    f"{o.load:>5.1f}  {o.check}; {o.cpu}"
                 )
     print(
-        f"\n{'config':>6} {'hookgate/s':>10} {'peer/s':>7} {'ratio':>6} {'hookgate p50/p99 ms':>20} "
-        f"{'peer p50/p99 ms':>16} {'p99 ratio':>9}"
+        f"\n{'config':>6} {'stack':>8} {'events/s':>9} {'peer/s':>7} {'ratio':>6} {'p50/p99 ms':>14} "
+        f"{'peer p50/p99 ms':>16} {'p99 ratio':>9} {'cpu ms/event intake, workers':>29}"
     )
     for (processes, threads), rounds in results.items():
-        hookgate, peer = ([r[stack] for r in rounds] for stack in STACKS)
-        pairs = list(zip(hookgate, peer, strict=True))
-        ratio = median([h.rate / p.rate if p.rate else float("nan") for h, p in pairs])
-        p99_ratio = median([h.p99 / p.p99 for h, p in pairs])
-        hg_rate, peer_rate = median([h.rate for h in hookgate]), median([p.rate for p in peer])
-        hg_latency = f"{median([h.p50 for h in hookgate]):.0f} / {median([h.p99 for h in hookgate]):.0f}"
-        peer_latency = f"{median([p.p50 for p in peer]):.0f} / {median([p.p99 for p in peer]):.0f}"
-        print(
-            f"{f'{processes}x{threads}':>6} {hg_rate:>10.0f} {peer_rate:>7.0f} {ratio:>6.2f} {hg_latency:>20} "
-            f"{peer_latency:>16} {p99_ratio:>9.1f}"
-        )
+        peer = [r["peer"] for r in rounds]
+        for stack in (s for s in stacks if s != "peer"):
+            mine = [r[stack] for r in rounds]
+            pairs = list(zip(mine, peer, strict=True))
+            ratio = median([h.rate / p.rate if p.rate else float("nan") for h, p in pairs])
+            p99_ratio = median([h.p99 / p.p99 for h, p in pairs])
+            latency = f"{median([h.p50 for h in mine]):.0f} / {median([h.p99 for h in mine]):.0f}"
+            peer_latency = f"{median([p.p50 for p in peer]):.0f} / {median([p.p99 for p in peer]):.0f}"
+            cpu = f"{median([h.intake_cpu for h in mine]):.2f}, {median([h.workers_cpu for h in mine]):.2f}"
+            print(
+                f"{f'{processes}x{threads}':>6} {stack:>8} {median([h.rate for h in mine]):>9.0f} "
+                f"{median([p.rate for p in peer]):>7.0f} {ratio:>6.2f} {latency:>14} {peer_latency:>16} "
+                f"{p99_ratio:>9.1f} {cpu:>29}"
+            )
+        peer_cpu = f"{median([p.intake_cpu for p in peer]):.2f}, {median([p.workers_cpu for p in peer]):.2f}"
+        print(f"{f'{processes}x{threads}':>6} {'peer':>8} {'':>66} {peer_cpu:>29}")
     events = args.customers * args.versions
     print(
         f"\n{events} events ({args.customers} customers x {args.versions} versions), {load}, "
         f"{args.concurrency} connections, {args.rounds} rounds (medians; ratios paired per round), "
         f"Hookgate on {store}, ordering window 0, reconciled against a loopback API"
+        + (f"; baseline: Hookgate from {args.baseline}" if args.baseline else "")
     )
 
 
