@@ -210,7 +210,7 @@ class Ingestor:
         seconds. With a ``linger``, a small batch may first wait for more (see :mod:`gateway.linger`).
         """
         stopping = False
-        handled_at = -math.inf
+        handled_at, last_batch = -math.inf, 0
         while not stopping:
             try:
                 item = source.get(timeout=idle_after)
@@ -222,15 +222,22 @@ class Ingestor:
             since_last = time.monotonic() - handled_at
             taken: list[Any] = [item]
             stopping = _take_more(source, taken, limit)
-            if linger is not None and not stopping and (wait := linger.wait_for(since_last, len(taken))):
+            if (
+                linger is not None
+                and not stopping
+                and (wait := linger.wait_for(since_last, len(taken), last_batch=last_batch))
+            ):
+                # A sleep, not a wait for each row: every row that woke the committer would take
+                # the GIL from the event loop, which cost more than the batch saved.
+                time.sleep(wait)
                 before = len(taken)
-                stopping = _take_more(source, taken, min(limit, linger.rows), until=time.monotonic() + wait)
+                stopping = _take_more(source, taken, limit)
                 linger.gained(len(taken) - before)
             try:
                 handle(taken)
             except Exception:
                 log.exception("unexpected error in the intake's writer; it carries on")
-            handled_at = time.monotonic()
+            handled_at, last_batch = time.monotonic(), len(taken)
 
     def _idle(self) -> None:
         """Between batches: record what the relay has enqueued."""
@@ -494,19 +501,12 @@ def sync_descriptor(fd: int) -> None:
     getattr(os, "fdatasync", os.fsync)(fd)
 
 
-def _take_more(source: queue.SimpleQueue[Any], taken: list[Any], limit: int, until: float | None = None) -> bool:
-    """Move items from ``source`` to ``taken`` until it holds ``limit`` or ``source`` is empty
-    (with ``until``: until that ``time.monotonic()``, waiting for them); whether the stop (``None``)
-    came."""
+def _take_more(source: queue.SimpleQueue[Any], taken: list[Any], limit: int) -> bool:
+    """Move the items waiting on ``source`` to ``taken`` until it holds ``limit``; whether the
+    stop (``None``) came."""
     while len(taken) < limit:
         try:
-            if until is None:
-                item = source.get_nowait()
-            else:
-                remaining = until - time.monotonic()
-                if remaining <= 0:
-                    return False
-                item = source.get(timeout=remaining)
+            item = source.get_nowait()
         except queue.Empty:
             return False
         if item is None:

@@ -63,7 +63,7 @@ def consumers() -> Iterator[list[Consumer]]:
 
 
 def test_a_busy_committer_waits_for_more_rows_before_a_small_batch(consumers: list[Consumer]) -> None:
-    consumer = Consumer(linger=Linger(seconds=30.0, rows=3))  # only the rows end this wait
+    consumer = Consumer(linger=Linger(seconds=1.0))
     consumers.append(consumer)
     consumer.put_taken("a")
     assert consumer.handled.acquire(timeout=5)  # the first after a pause goes alone, at once
@@ -72,6 +72,19 @@ def test_a_busy_committer_waits_for_more_rows_before_a_small_batch(consumers: li
     consumer.source.put("d")
     assert consumer.handled.acquire(timeout=5)
     assert consumer.batches == [["a"], ["b", "c", "d"]]
+
+
+def test_a_batch_of_a_full_message_is_written_without_a_wait() -> None:
+    linger = Linger(seconds=0.002, rows=32)
+    assert linger.wait_for(0.001, 31) == 0.002
+    assert linger.wait_for(0.001, 32) == 0.0
+
+
+def test_after_a_large_batch_the_committer_does_not_wait() -> None:
+    """The load forms large batches by itself: a wait would only delay their answers."""
+    linger = Linger(seconds=0.002, rows=32)
+    assert linger.wait_for(0.001, 1, last_batch=15) == 0.002
+    assert linger.wait_for(0.001, 1, last_batch=16) == 0.0
 
 
 def test_a_row_after_a_pause_is_written_at_once(consumers: list[Consumer]) -> None:
@@ -85,15 +98,16 @@ def test_a_row_after_a_pause_is_written_at_once(consumers: list[Consumer]) -> No
     assert consumer.batches == [["a"], ["b"]]
 
 
-def test_a_stop_ends_a_linger_and_writes_what_was_taken(consumers: list[Consumer]) -> None:
-    consumer = Consumer(linger=Linger(seconds=30.0))
+def test_a_stop_during_a_linger_writes_what_was_taken(consumers: list[Consumer]) -> None:
+    consumer = Consumer(linger=Linger(seconds=0.5))
     consumer.put_taken("a")
     assert consumer.handled.acquire(timeout=5)
-    consumer.put_taken("b")  # waiting now, for up to 30 s
+    consumer.put_taken("b")  # waiting now
+    consumer.source.put("c")
     consumer.source.put(None)
     consumer.thread.join(timeout=5)
     assert not consumer.thread.is_alive()
-    assert consumer.batches == [["a"], ["b"]]
+    assert consumer.batches == [["a"], ["b", "c"]]
 
 
 def test_without_a_linger_rows_are_written_as_they_come(consumers: list[Consumer]) -> None:
