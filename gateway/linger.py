@@ -24,8 +24,6 @@ A wait is only worth it when more rows are likely to come meanwhile:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .queue import MESSAGE_EVENTS
 
 #: How long a busy committer waits for more rows before it writes a small batch.
@@ -38,33 +36,30 @@ MIN_GAIN = 0.25
 PROBE_EVERY = 16
 
 
-@dataclass
 class Linger:
     """The committer's policy: how long to wait for more rows before writing a batch.
 
-    Used by the committer thread only, so it needs no lock.
+    ``rows``: a batch this large is written at once, without a wait; ``busy_within``: a row this
+    soon after the last batch finds the committer busy (default: ``2 * seconds``). Used by the
+    committer thread only, so it needs no lock.
     """
 
-    seconds: float = LINGER_SECONDS
-    #: A batch this large is written at once, without a wait.
-    rows: int = MESSAGE_EVENTS
-    #: A row this soon after the last batch finds the committer busy (default: ``2 * seconds``).
-    busy_within: float | None = None
-    #: The share of recent waits that gained at least one row (an exponential average).
-    gain: float = 1.0
-    #: Waits so far (for tests and the curious).
-    waits: int = 0
-    _skipped: int = 0
-
-    def __post_init__(self) -> None:
-        if self.busy_within is None:
-            self.busy_within = 2 * self.seconds
+    def __init__(
+        self, seconds: float = LINGER_SECONDS, *, rows: int = MESSAGE_EVENTS, busy_within: float | None = None
+    ) -> None:
+        self.seconds = seconds
+        self.rows = rows
+        self.busy_within = 2 * seconds if busy_within is None else busy_within
+        #: The share of recent waits that gained at least one row (an exponential average).
+        self.gain = 1.0
+        #: Waits so far (for tests and the curious).
+        self.waits = 0
+        self._skipped = 0
 
     def wait_for(self, since_last: float, taken: int, *, last_batch: int = 0) -> float:
         """Seconds to wait for more rows, for a batch of ``taken`` rows whose first came
         ``since_last`` seconds after the end of the batch before, of ``last_batch`` rows (0: write
         it now)."""
-        assert self.busy_within is not None
         if self.seconds <= 0 or taken >= self.rows or last_batch >= self.rows // 2 or since_last >= self.busy_within:
             return 0.0
         if self.gain < MIN_GAIN:

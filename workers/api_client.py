@@ -170,14 +170,13 @@ class ApiClient:
             if not first:
                 raise _Closed
             status, version = _status(_line(reader))
-            for _ in range(MAX_INTERIM):
-                if status >= 200:
-                    break
-                _headers(reader)  # an interim answer (100 Continue, 103 Early Hints)
-                status, version = _status(_line(reader))
-            else:
-                if status < 200:
+            interim = 0
+            while status < 200:  # an interim answer (100 Continue, 103 Early Hints)
+                interim += 1
+                if interim > MAX_INTERIM:
                     raise _protocol_error(f"more than {MAX_INTERIM} interim answers")
+                _headers(reader)
+                status, version = _status(_line(reader))
             headers = _headers(reader)
             body, framed = _body(reader, status, version, headers, limit)
         except TimeoutError:
@@ -204,21 +203,18 @@ class ApiClient:
         return self._new(), False
 
     def _new(self) -> socket.socket:
+        """A connection, TLS handshake included, within the connect timeout."""
+        sock: socket.socket | None = None
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except TimeoutError:
-            raise FetchTimeout("connect timed out") from None
-        except OSError as exc:
-            raise FetchFailed("ConnectError", exc) from None
-        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-        except TimeoutError:
-            sock.close()
-            raise FetchTimeout("connect timed out") from None
-        except OSError as exc:  # the TLS handshake failed (ssl.SSLError is an OSError)
-            sock.close()
+        except OSError as exc:  # a failed TLS handshake too (ssl.SSLError is an OSError)
+            if sock is not None:
+                sock.close()
+            if isinstance(exc, TimeoutError):
+                raise FetchTimeout("connect timed out") from None
             raise FetchFailed("ConnectError", exc) from None
         sock.settimeout(self.read_timeout)  # connected: from now on, each read waits at most this
         return sock
