@@ -22,6 +22,7 @@ retry is due, are written by the host that decides them; skew only shifts them.)
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,7 +30,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, and_, bindparam, exists, or_, update
+from sqlalchemy import Connection, Engine, Float, and_, bindparam, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -40,6 +41,8 @@ from gateway.models import PROCESSING, QUEUED, RECEIVED, events, leases, provide
 from gateway.periodic import Periodic
 from gateway.prepared import Prepared
 from providers.base import Clock
+
+log = logging.getLogger("hookgate.worker")
 
 ResourceKey = tuple[str, str]
 
@@ -129,14 +132,30 @@ class EventLeases:
                 )
             )
 
-    def renew(self, conn: Connection, held: Sequence[tuple[int, str]]) -> None:
-        if held:
+    def renew(self, conn: Connection, held: Sequence[tuple[int, str]]) -> list[int]:
+        """Renew these leases; the events among them taken over by another token meanwhile (the
+        recovery sweep's: this process held them past their expiry). An event that was settled
+        or given back as the keeper ran is not counted: its holder is done with it."""
+        if not held:
+            return []
+        if conn.dialect.name == "postgresql":
+            # Lock the rows, then stamp them: PostgreSQL computes an UPDATE's new values before it
+            # waits for a row lock, so a renewal that waited would write an expiry already past.
+            pks = sorted(pk for pk, _ in held)
             conn.execute(
-                update(events)
-                .where(carrying_token(PROCESSING))
-                .values(lease_expires_at=store_time() + self.settings.lease_seconds),
-                [{"pk": pk, "token": token} for pk, token in sorted(held)],  # in key order (see recovery)
+                select(events.c.id).where(events.c.id.in_(pks)).order_by(events.c.id).with_for_update(key_share=True)
             )
+        renewed = conn.execute(
+            update(events)
+            .where(carrying_token(PROCESSING))
+            .values(lease_expires_at=store_time() + self.settings.lease_seconds),
+            [{"pk": pk, "token": token} for pk, token in sorted(held)],  # in key order (see recovery)
+        ).rowcount
+        if renewed == len(held):
+            return []
+        tokens = dict(held)
+        now = conn.execute(select(events.c.id, events.c.message_id).where(events.c.id.in_(tokens))).all()
+        return sorted(pk for pk, token in now if token is not None and token != tokens[pk])
 
 
 def insert_ignoring_conflict(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
@@ -310,12 +329,24 @@ class Lease:
 
 
 class LeaseKeeper(Periodic):
-    """Renews, every third of a lease, the leases this process holds, until their deadlines."""
+    """Renews, every third of a lease, the leases this process holds, until their deadlines.
+
+    The renewals keep their pace whatever one takes (the next starts a third of a lease after
+    the last one started, at once if that is past). A renewal slower than a third of a lease is
+    logged, and so is a lease found taken over: a lapse is never silent.
+
+    A renewal waits for a row lock as long as it takes, with no lock timeout: waiting, it is
+    first in line for the row, ahead of a recovery sweep that finds the lease expired meanwhile,
+    and it stamps the new expiry only once it holds the row (see :meth:`EventLeases.renew`), so
+    the sweep then finds the lease live. A renewal that gave up and tried again would queue
+    behind the sweep.
+    """
 
     name = "hookgate-leases"
 
     def __init__(self, engine: Engine, settings: WorkerSettings) -> None:
         super().__init__(settings.lease_seconds / 3)
+        self.lease_seconds = settings.lease_seconds
         #: Its own engine (one connection): renewal must never wait for a handler's connection.
         self.engine = engine
         self.event_leases = EventLeases(engine, settings)
@@ -325,6 +356,8 @@ class LeaseKeeper(Periodic):
         self._events: dict[int, Lease] = {}
         self._resources: dict[ResourceKey, Lease] = {}
         self._lock = threading.Lock()
+        #: When the last renewal started (monotonic), for the pace of the next.
+        self._started: float | None = None
 
     @contextmanager
     def holding_event(self, pk: int, token: str) -> Iterator[Lease]:
@@ -360,13 +393,38 @@ class LeaseKeeper(Periodic):
         with self._lock:
             return [(lease.key, lease.token) for lease in table.values() if lease.renew_until > now]
 
+    def next_wait(self) -> float:
+        """A third of a lease after the last renewal started, not after it ended: a slow one
+        (or a failed one) is followed by the next at once."""
+        if self._started is None:
+            return self.interval
+        return max(0.0, self._started + self.interval - time.monotonic())
+
     def tick(self) -> None:
+        started = self._started = time.monotonic()
         held_events, held_resources = self._due(self._events), self._due(self._resources)
         if not held_events and not held_resources:
             return
-        with self.engine.begin() as conn:
-            self.event_leases.renew(conn, held_events)
-            self.resource_leases.renew(conn, held_resources)
+        try:
+            with self.engine.begin() as conn:
+                lost = self.event_leases.renew(conn, held_events)
+                self.resource_leases.renew(conn, held_resources)
+        finally:
+            took = time.monotonic() - started
+            if took > self.interval:
+                log.warning(
+                    "renewing %d leases took %.1f s, longer than a third of a lease (%.3g s): "
+                    "a store that slow lets them lapse and another worker take their events over",
+                    len(held_events) + len(held_resources),
+                    took,
+                    self.lease_seconds,
+                )
+        if lost:
+            log.warning(
+                "events %s were taken over by another worker while this one still held them: their "
+                "leases lapsed (a renewal came too late), and their handlers may run twice",
+                lost,
+            )
 
     def stop(self) -> None:
         super().stop()
