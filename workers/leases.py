@@ -294,6 +294,14 @@ class ResourceLeases:
         return NEW_RESOURCE[conn.dialect.name].first(conn, {**values, "now": self.clock()})
 
     def renew(self, conn: Connection, held: Sequence[tuple[ResourceKey, str]]) -> None:
+        if held and conn.dialect.name == "postgresql":  # rows locked first, as EventLeases.renew says
+            keys = sorted(key for key, _ in held)
+            conn.execute(
+                select(resources.c.provider)
+                .where(or_(*(resource_row(key) for key in keys)))
+                .order_by(resources.c.provider, resources.c.resource_id)
+                .with_for_update(key_share=True)
+            )
         for key, holder in held:
             conn.execute(
                 update(resources)

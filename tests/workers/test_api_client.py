@@ -87,7 +87,7 @@ def api() -> Iterator[Api]:
 
 def client(api: Api, **timeouts: float) -> ApiClient:
     settings = {"connect_timeout": 5.0, "read_timeout": 5.0, **timeouts}
-    return ApiClient(api.url, {"Authorization": "Bearer t0k3n"}, **settings)  # type: ignore[arg-type]
+    return ApiClient(api.url, {"Authorization": "Bearer t0k3n"}, **settings)
 
 
 def test_a_header_given_replaces_a_default_one_whatever_its_case(api: Api) -> None:
@@ -367,7 +367,7 @@ def test_an_ambiguous_length_is_read_but_the_connection_is_not_kept(scripted: li
         ("https://b\u00fccher.example", b"xn--bcher-kva.example"),
     ],
 )
-def test_the_host_header_names_the_api_as_http_client_did(base: str, host: str) -> None:
+def test_the_host_header_names_the_api_as_http_client_did(base: str, host: bytes) -> None:
     assert b"\r\nHost: " + host + b"\r\n" in b"\r\n" + ApiClient(base, {}, connect_timeout=1, read_timeout=1)._head
 
 

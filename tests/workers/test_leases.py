@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from gateway.config import WorkerSettings
-from gateway.models import QUEUED, events
+from gateway.models import QUEUED, events, resources
 from gateway.queue import EventQueue, create_broker
 from tests.support.servers import wait_for
-from workers.leases import EventLeases, LeaseKeeper, ResourceLeases
+from workers.leases import EventLeases, LeaseKeeper, ResourceLeases, resource_row
 from workers.ordering import order_key
 from workers.recovery import RecoverySweep
 from workers.resources import PASS_LIMIT, ResourceStore
@@ -140,6 +140,28 @@ def test_a_renewal_that_waits_for_a_row_lock_past_the_lease_keeps_it(engine: Any
     with engine.connect() as conn:
         row = conn.execute(select(events.c.status, events.c.message_id).where(events.c.id == pk)).one()
     assert tuple(row) == ("processing", "holder")
+
+
+def test_a_resource_lease_renewed_after_a_row_lock_wait_expires_a_lease_from_then(engine: Any) -> None:
+    """The same for a resource's lease: a renewal that waited for the row stamps an expiry a lease
+    from when it got the row, not from when it started waiting."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    settings = WorkerSettings(lease_seconds=0.6)
+    key = ("acme", "locked-resource")
+    assert ResourceLeases(engine, settings).acquire(key, "holder")
+    keeper = LeaseKeeper(engine, settings)
+    with keeper.holding_resource(key, "holder"), engine.connect() as locker:
+        locker.execute(select(resources.c.provider).where(resource_row(key)).with_for_update())
+        renewal = threading.Thread(target=keeper.tick)
+        renewal.start()
+        wait_for(lambda: lock_waits(engine) == 1, 10, what="the renewal to wait for the row")
+        time.sleep(2 * settings.lease_seconds)  # the lease would have lapsed by now
+        locker.rollback()
+        renewal.join(timeout=10)
+    with engine.connect() as conn:
+        expires = conn.execute(select(resources.c.lease_expires_at).where(resource_row(key))).scalar_one()
+    assert expires - time.time() > settings.lease_seconds / 2, "the renewal stamped an expiry already past"
 
 
 def test_a_slow_renewal_is_logged(engine: Any, caplog: pytest.LogCaptureFixture) -> None:
