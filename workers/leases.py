@@ -138,13 +138,7 @@ class EventLeases:
         or given back as the keeper ran is not counted: its holder is done with it."""
         if not held:
             return []
-        if conn.dialect.name == "postgresql":
-            # Lock the rows, then stamp them: PostgreSQL computes an UPDATE's new values before it
-            # waits for a row lock, so a renewal that waited would write an expiry already past.
-            pks = sorted(pk for pk, _ in held)
-            conn.execute(
-                select(events.c.id).where(events.c.id.in_(pks)).order_by(events.c.id).with_for_update(key_share=True)
-            )
+        lock_before_renewing(conn, events.c.id.in_([pk for pk, _ in held]), events.c.id)
         renewed = conn.execute(
             update(events)
             .where(carrying_token(PROCESSING))
@@ -156,6 +150,15 @@ class EventLeases:
         tokens = dict(held)
         now = conn.execute(select(events.c.id, events.c.message_id).where(events.c.id.in_(tokens))).all()
         return sorted(pk for pk, token in now if token is not None and token != tokens[pk])
+
+
+def lock_before_renewing(conn: Connection, rows: Any, *key: Any) -> None:
+    """On PostgreSQL, lock the ``rows`` whose leases are about to be renewed, in ``key`` order
+    (see recovery): PostgreSQL computes an UPDATE's new values before it waits for a row lock,
+    so a renewal that waited would stamp an expiry already past. Locked first, it stamps one a
+    lease from when it got the rows."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(*key).where(rows).order_by(*key).with_for_update(key_share=True))
 
 
 def insert_ignoring_conflict(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
@@ -294,14 +297,9 @@ class ResourceLeases:
         return NEW_RESOURCE[conn.dialect.name].first(conn, {**values, "now": self.clock()})
 
     def renew(self, conn: Connection, held: Sequence[tuple[ResourceKey, str]]) -> None:
-        if held and conn.dialect.name == "postgresql":  # rows locked first, as EventLeases.renew says
-            keys = sorted(key for key, _ in held)
-            conn.execute(
-                select(resources.c.provider)
-                .where(or_(*(resource_row(key) for key in keys)))
-                .order_by(resources.c.provider, resources.c.resource_id)
-                .with_for_update(key_share=True)
-            )
+        if held:
+            rows = or_(*(resource_row(key) for key, _ in held))
+            lock_before_renewing(conn, rows, resources.c.provider, resources.c.resource_id)
         for key, holder in held:
             conn.execute(
                 update(resources)
@@ -354,7 +352,6 @@ class LeaseKeeper(Periodic):
 
     def __init__(self, engine: Engine, settings: WorkerSettings) -> None:
         super().__init__(settings.lease_seconds / 3)
-        self.lease_seconds = settings.lease_seconds
         #: Its own engine (one connection): renewal must never wait for a handler's connection.
         self.engine = engine
         self.event_leases = EventLeases(engine, settings)
@@ -425,7 +422,7 @@ class LeaseKeeper(Periodic):
                     "a store that slow lets them lapse and another worker take their events over",
                     len(held_events) + len(held_resources),
                     took,
-                    self.lease_seconds,
+                    self.interval,
                 )
         if lost:
             log.warning(
