@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .eventlog import EventFilter
     from .schema import Migration
+    from .writer_process import WriterProcess
 
 
 def _when(timestamp: float | None) -> str:
@@ -93,12 +94,27 @@ def _serve(
         engine = create_store_engine(settings.database_url)
         token = settings.admin_token if admin else None
         queue = EventQueue(create_broker(broker_url))
-        app = create_app(config, engine, queue, limits=settings.limits, admin_token=token)
+        writer = _intake_writer(settings)
+        app = create_app(config, engine, queue, limits=settings.limits, admin_token=token, writer=writer)
         for collector in collectors:
             app.intake.metric_registry.register(collector)
         serve(app, settings.limits, host, port)
     finally:
         tracing.shutdown()  # exports the spans still waiting
+
+
+def _intake_writer(settings: Settings) -> WriterProcess | None:
+    """The intake's writer process, unless ``HOOKGATE_INTAKE_WRITER=thread`` or the store is a
+    SQLite database in memory (which no other process can open)."""
+    from sqlalchemy.engine import make_url
+
+    from .writer_process import WriterProcess
+
+    url = make_url(settings.database_url)
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    if settings.intake_writer == "thread" or in_memory:
+        return None
+    return WriterProcess(settings.database_url)
 
 
 def _worker_command(processes: int, threads: int) -> list[str]:

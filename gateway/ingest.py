@@ -1,12 +1,14 @@
 """Group commit of accepted deliveries, then one batched hand-off to the broker.
 
 Requests do not each pay a database round trip and a Redis round trip: they put their row on a
-queue and await a future. The committer thread takes everything waiting, inserts it in one
+queue and await a future. The committer thread takes everything waiting, has it inserted in one
 transaction (``ON CONFLICT DO NOTHING`` on (provider, event id) is the dedupe) and resolves the
-futures. The relay thread then enqueues the new events, again everything waiting in one
-pipeline; requests never wait for it, so commits and enqueues overlap. A 2xx therefore always
-follows a commit; an event whose enqueue is lost (crash, broker down) stays ``received`` in the
-store and the workers' recovery sweep sends it again.
+futures. The writing itself is :mod:`gateway.store_writer`'s, on the committer thread or, under
+``hookgate serve``, in a process of its own (:mod:`gateway.writer_process`). The relay thread
+then enqueues the new events, again everything waiting in one pipeline; requests never wait for
+it, so commits and enqueues overlap. A 2xx therefore always follows a commit; an event whose
+enqueue is lost (crash, broker down) stays ``received`` in the store and the workers' recovery
+sweep sends it again.
 
 When deliveries follow each other closely but not all at once (a steady few hundred a second),
 the committer waits a moment for more before it writes a small batch, so that a commit and a
@@ -19,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -28,16 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy import Engine
 
 from . import tracing
-from .batch_insert import insert_postgres, insert_sqlite
 from .checkpoints import Checkpointer
 from .errors import InboxFull, StoreUnavailable
 from .linger import Linger
 from .metrics import IntakeMetrics
 from .queue import EventQueue, share_tokens
+from .store_writer import BatchWriter, log_failure, refused_for_content
+from .writer_process import WriterProcess
 
 log = logging.getLogger("hookgate.intake")
 
@@ -77,9 +78,12 @@ class Ingestor:
         max_batch: the most rows in one transaction.
         commit_timeout: how long a request waits for its commit before answering 503.
         idle_after: how long the committer waits for requests before it marks what the relay
-            sent ``queued`` and gives its connection back (see :meth:`_connection`).
+            sent ``queued`` and gives its connection back (see
+            :meth:`gateway.store_writer.BatchWriter._connection`).
         linger: when the committer waits for more rows before it writes a small batch (default:
             :class:`gateway.linger.Linger`'s; ``Linger(seconds=0)``: never).
+        writer: writes the batches (default: a :class:`~gateway.store_writer.BatchWriter` on
+            the committer thread; :class:`~gateway.writer_process.WriterProcess` for a child).
         max_waiting_rows, max_waiting_bytes: the most rows (and body bytes) waiting to be
             written. A request answered 503 after ``commit_timeout`` leaves its row waiting (the
             commit may still land), so while the store stalls the inbox would grow with every
@@ -98,6 +102,7 @@ class Ingestor:
         metrics: IntakeMetrics | None = None,
         idle_after: float = 0.5,
         linger: Linger | None = None,
+        writer: BatchWriter | WriterProcess | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics or IntakeMetrics(CollectorRegistry())
@@ -112,29 +117,27 @@ class Ingestor:
         self.linger = linger or Linger()
         #: False after an enqueue failed, until the broker answers again; the intake then says 503.
         self.broker_healthy = True
-        #: Why a sync of SQLite's WAL failed, if one did: from then on this process stores and
-        #: acknowledges nothing (see :meth:`_sync_wal`).
-        self.sync_failed: str | None = None
         self._inbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[list[tuple[int, str]] | None] = queue.SimpleQueue()
         #: Events the relay has enqueued; the committer marks them ``queued``.
         self._sent: list[int] = []
         self._sent_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        #: The committer's connection while batches follow each other (see :meth:`_connection`).
-        self._held: Connection | None = None
-        #: SQLite: the WAL file the committer syncs after each batch ("": an in-memory store),
-        #: and its descriptor while the connection is held (open and close were two more waits
-        #: for the GIL a batch). SQLite deletes the file only when its last connection closes.
-        self._wal = ""
-        self._wal_fd: int | None = None
-        #: SQLite writes a batch in a transaction of its own; elsewhere a batch is one statement,
-        #: run in autocommit (see :mod:`gateway.batch_insert`).
-        self._sqlite = engine.dialect.name == "sqlite"
+        #: Writes each batch: on the committer thread, or in a process of its own (``writer``).
+        self.writer = writer or BatchWriter(engine)
+        if isinstance(self.writer, WriterProcess):
+            self.writer.on_exit = self.metrics.writer_exits.inc
         #: SQLite: the WAL is copied by a thread of its own, never in a commit requests wait for.
-        self.checkpointer = Checkpointer(engine) if self._sqlite else None
+        self.checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
+
+    @property
+    def sync_failed(self) -> str | None:
+        """Why a sync of SQLite's WAL failed, if one did: from then on this process stores and
+        acknowledges nothing (see :meth:`gateway.store_writer.BatchWriter._sync_wal`)."""
+        return self.writer.sync_failed
 
     def start(self) -> None:
+        self.writer.start()
         self._threads = [
             threading.Thread(target=self._run, name="hookgate-commit", daemon=True),
             threading.Thread(target=self._relay, name="hookgate-relay", daemon=True),
@@ -153,6 +156,7 @@ class Ingestor:
             self._outbox.put(None)
             relay.join(timeout=30)
             self._threads = []
+            self.writer.stop()
         if self.checkpointer is not None:
             self.checkpointer.stop()
 
@@ -245,7 +249,10 @@ class Ingestor:
             self._commit([])
         except Exception:
             log.warning("store unavailable while marking events queued", exc_info=True)
-        self._release()
+        try:
+            self.writer.release()
+        except Exception:
+            log.warning("the store writer could not give its connection back", exc_info=True)
 
     def _take_sent(self) -> list[int]:
         with self._sent_lock:
@@ -297,8 +304,8 @@ class Ingestor:
         try:
             return self._commit([p.row for p in batch]), set()
         except Exception as exc:
-            if not _refused_for_content(exc) or len(batch) == 1:
-                _log_failure(exc, keys)
+            if not refused_for_content(exc) or len(batch) == 1:
+                log_failure(exc, keys)
                 return {}, set(keys)
         inserted: dict[tuple[str, str], int] = {}
         refused: set[tuple[str, str]] = set()
@@ -306,9 +313,9 @@ class Ingestor:
             try:
                 inserted |= self._commit([pending.row])
             except Exception as exc:
-                _log_failure(exc, [key])
+                log_failure(exc, [key])
                 refused.add(key)
-                if not _refused_for_content(exc):  # the store went away meanwhile: stop there
+                if not refused_for_content(exc):  # the store went away meanwhile: stop there
                     refused.update(keys[index + 1 :])
                     break
         return inserted, refused
@@ -325,97 +332,8 @@ class Ingestor:
             raise
 
     def _insert_rows(self, rows: list[dict[str, Any]], sent: list[int]) -> dict[tuple[str, str], int]:
-        """One batch on the committer's connection (see :mod:`gateway.batch_insert`); after any
-        error the connection goes back to the pool, and the next batch checks one out again.
-
-        On SQLite the batch's commit does not sync; the committer syncs the WAL itself once the
-        write lock is free, and only then are the batch's requests answered (see
-        :meth:`_connection`). An error while syncing answers them 503: their rows may be lost.
-        """
-        if rows and self.sync_failed is not None:  # marks acknowledge nothing: they may go on
-            raise StoreUnavailable(self.sync_failed)
-        try:
-            conn = self._connection()
-            if not self._sqlite:
-                return insert_postgres(conn, rows, sent)
-            with conn.begin():
-                inserted = insert_sqlite(conn, rows, sent)
-        except BaseException:
-            self._release()
-            raise
-        if rows and self._wal:  # a duplicate too: its row may be another process's, not yet synced
-            self._sync_wal()
-        return inserted
-
-    def _sync_wal(self) -> None:
-        """Make the WAL durable, or stop acknowledging for good.
-
-        After a failed ``fsync`` Linux may drop the pages it could not write and report the next
-        ``fsync`` clean: rows committed since the last good sync are visible (their retries would
-        be answered ``duplicate``) and perhaps not on the disk, and SQLite's WAL is only valid up
-        to its first lost frame. As PostgreSQL does for its own log, the process then takes no
-        more deliveries (each is answered 503, which senders retry, to another replica or after
-        a restart), ``/healthz`` and ``/readyz`` fail, and the log says why.
-        """
-        try:
-            if self._wal_fd is None:
-                self._wal_fd = os.open(self._wal, os.O_RDONLY)
-            sync_descriptor(self._wal_fd)
-        except OSError as exc:
-            self.sync_failed = f"syncing {self._wal} failed ({type(exc).__name__}: {exc})"
-            log.critical(
-                "%s: rows committed since the last sync may not be on the disk; this process "
-                "accepts no more deliveries; check the disk, then restart serve",
-                self.sync_failed,
-            )
-            raise StoreUnavailable(self.sync_failed) from exc
-
-    def _connection(self) -> Connection:
-        """The committer keeps one connection while batches follow each other: no checkout (and
-        on PostgreSQL no ping, a round trip) per batch. It gives it back after ``idle_after``
-        seconds without requests (:meth:`_idle`) and after any error, so a connection the
-        database dropped costs one batch (answered 503, which senders retry) and the next is
-        checked out, and pinged, afresh.
-
-        On SQLite the held connection commits without syncing (``synchronous=NORMAL``), and
-        :meth:`_insert_rows` syncs the WAL file after the commit, outside SQLite's write lock.
-        With ``FULL`` the sync ran inside the commit, and every writer waited for the disk: at a
-        steady 350 requests a second the intake's commit held the lock 1.3 ms, 0.75 of it the
-        sync, and the workers fell behind (bench/README.md, Intake). The durability is the same:
-        a commit's frames are in the WAL file when it returns, and a sync of the file makes them,
-        and every frame before them, durable; SQLite itself syncs the WAL before a checkpoint
-        copies it and before the file is reused. The connection goes back to the pool at ``FULL``.
-        """
-        if self._held is None:
-            conn = self.engine.connect()
-            try:
-                if self._sqlite:
-                    self._wal = _wal_file(conn)
-                    if self._wal:  # else the commits sync themselves (FULL), as on any connection
-                        _set_synchronous(conn, "NORMAL")
-                else:  # the batch is one statement: its own transaction
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            except BaseException:
-                conn.invalidate()  # not back to the pool half set up
-                raise
-            self._held = conn
-        return self._held
-
-    def _release(self) -> None:
-        held, self._held = self._held, None
-        wal_fd, self._wal_fd = self._wal_fd, None
-        if wal_fd is not None:
-            os.close(wal_fd)
-        if held is None:
-            return
-        with contextlib.suppress(Exception):  # a dropped connection is discarded by the pool
-            if self._sqlite:
-                try:
-                    _set_synchronous(held, "FULL")
-                except BaseException:
-                    held.invalidate()  # never back to the pool with commits that do not sync
-                    raise
-            held.close()
+        """One batch, written by :attr:`writer` (see :mod:`gateway.store_writer`)."""
+        return self.writer.write(rows, sent)
 
     # -- relay thread ---------------------------------------------------------------------
 
@@ -442,63 +360,6 @@ class Ingestor:
             return
         log.info("broker answers again")
         self.broker_healthy = True
-
-
-#: SQLSTATE classes and codes that judge what was written: data exceptions (a NUL, a number out
-#: of range), integrity violations, and an exception raised by a trigger or function.
-CONTENT_SQLSTATES = ("22", "23", "P0001")
-
-
-def _refused_for_content(exc: Exception) -> bool:
-    """Whether the store turned down what was written (a value, a constraint, a trigger) rather
-    than being unreachable, read-only, locked, out of connections or out of time: only then can a
-    try of fewer rows help. Unknown errors count as unavailability, which costs one 503 per row
-    instead of one transaction per row."""
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return False
-        state = getattr(exc.orig, "sqlstate", None)  # psycopg
-        if state is not None:
-            return state.startswith(CONTENT_SQLSTATES)
-        return isinstance(exc, IntegrityError | DataError)  # sqlite3 (a trigger's RAISE is one)
-    # The driver refused to bind a value before sending it (sqlite3: an int past 64 bits).
-    return isinstance(exc, OverflowError | ValueError | TypeError)
-
-
-def _log_failure(exc: Exception, keys: list[tuple[str, str]]) -> None:
-    # The driver's first line only: SQLAlchemy's own text lists the parameters (bodies, headers).
-    cause = exc.orig if isinstance(exc, DBAPIError) else exc
-    reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
-    if not _refused_for_content(exc):
-        # A driver's or the pool's error is the store being unavailable; anything else is a bug.
-        log.warning("store unavailable: %s", reason, exc_info=not isinstance(exc, SQLAlchemyError))
-    else:  # a refusal for content is only ever of one row: a larger batch is retried row by row
-        provider, event_id = keys[0]
-        fields = {"provider": provider, "event_id": event_id}
-        log.error("the store refused event %r of %s: %s", event_id, provider, reason, extra=fields)
-
-
-def _wal_file(conn: Connection) -> str:
-    """The WAL file of a SQLite connection's database: "" for an in-memory one, or one whose
-    journal is not a WAL (``PRAGMA journal_mode=WAL`` is refused on some file systems)."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        path: str = cursor.execute("PRAGMA database_list").fetchone()[2]
-        mode: str = cursor.execute("PRAGMA journal_mode").fetchone()[0]
-    finally:
-        cursor.close()
-    return f"{path}-wal" if path and mode.lower() == "wal" else ""
-
-
-def _set_synchronous(conn: Connection, level: str) -> None:
-    """On the driver's connection: SQLAlchemy's would begin a transaction around the PRAGMA."""
-    conn.connection.dbapi_connection.cursor().execute(f"PRAGMA synchronous={level}").close()  # type: ignore[union-attr]
-
-
-def sync_descriptor(fd: int) -> None:
-    """Whatever was written to the file, through any descriptor, is on the disk when this
-    returns (``fdatasync`` where there is one, as SQLite syncs its WAL)."""
-    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def _take_more(source: queue.SimpleQueue[Any], taken: list[Any], limit: int) -> bool:

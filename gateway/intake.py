@@ -60,6 +60,7 @@ from .rejections import (
 from .schema import prepare_store
 from .server import BODY_RECEIVED
 from .settings import DEFAULT_LIMITS, ServerLimits
+from .writer_process import WriterProcess
 
 log = logging.getLogger("hookgate.intake")
 
@@ -118,7 +119,12 @@ class Intake:
     """The webhook endpoint: providers, the batch writer and the delivery metrics."""
 
     def __init__(
-        self, config: Config, engine: Engine, event_queue: EventQueue, limits: ServerLimits = DEFAULT_LIMITS
+        self,
+        config: Config,
+        engine: Engine,
+        event_queue: EventQueue,
+        limits: ServerLimits = DEFAULT_LIMITS,
+        writer: WriterProcess | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -138,6 +144,7 @@ class Intake:
             max_waiting_rows=limits.inbox_max_rows,
             max_waiting_bytes=limits.inbox_max_bytes,
             metrics=self.intake_metrics,
+            writer=writer,
         )
         #: Hands a row to the group commit; when tracing, also writes the trace context into it.
         self.submit = tracing.commit_waits(self.ingestor.submit) if tracing.on else self.ingestor.submit
@@ -475,10 +482,12 @@ def create_app(
     prepare_schema: bool = True,
     limits: ServerLimits = DEFAULT_LIMITS,
     admin_token: str | None = None,
+    writer: WriterProcess | None = None,
 ) -> HookgateApp:
     """The intake application; its lifespan starts and stops the batch writer. With
-    ``admin_token``, it also serves the operations console under ``/admin`` (see gateway.admin)."""
-    intake = Intake(config, engine, event_queue, limits)
+    ``admin_token``, it also serves the operations console under ``/admin`` (see gateway.admin).
+    With ``writer``, batches are written in that process rather than on the committer thread."""
+    intake = Intake(config, engine, event_queue, limits, writer)
     admin: list[BaseRoute] = []
     if admin_token:
         from .admin import admin_routes

@@ -59,6 +59,12 @@ class IntakeMetrics:
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
+        self.writer_exits = Counter(
+            "hookgate_intake_writer_exits",
+            "Times the intake's store writer process exited unasked; each costs the batch it was "
+            "writing (answered 503) and a new process is started for the next.",
+            registry=registry,
+        )
         self.rejections_dropped = Counter(
             "hookgate_rejections_dropped",
             "Refused requests left out of the rejection log: its queue was full (queue_full) or "

@@ -80,6 +80,9 @@ class Settings:
     admin_token: str | None = None
     data_dir: Path = Path(".hookgate")
     limits: ServerLimits = DEFAULT_LIMITS
+    #: Where ``serve`` writes the intake's batches: ``process`` (a child process of its own) or
+    #: ``thread`` (the committer thread, in the intake's process; see gateway.writer_process).
+    intake_writer: str = "process"
 
     @property
     def broker(self) -> str | None:
@@ -105,7 +108,19 @@ class Settings:
             admin_token=(get("ADMIN_TOKEN") or "").strip() or None,  # a stray newline from a secret file
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
             limits=ServerLimits.from_env(environ),
+            intake_writer=_intake_writer(get("INTAKE_WRITER")),
         )
+
+
+#: The values of ``HOOKGATE_INTAKE_WRITER``.
+INTAKE_WRITERS = ("process", "thread")
+
+
+def _intake_writer(value: str | None) -> str:
+    chosen = (value or INTAKE_WRITERS[0]).strip().lower()
+    if chosen not in INTAKE_WRITERS:
+        raise ConfigError([f"HOOKGATE_INTAKE_WRITER={value!r}: give process or thread"])
+    return chosen
 
 
 #: URL schemes of the brokers: RabbitMQ's, and Redis' (as ``HOOKGATE_REDIS_URL`` takes them).

@@ -266,3 +266,14 @@ def test_a_broker_url_of_another_scheme_is_refused(
     assert check_err(bare, capsys) == (
         "hookgate: HOOKGATE_BROKER_URL: http scheme: give amqp://… (RabbitMQ) or redis://… (Redis)"
     )
+
+
+def test_an_intake_writer_other_than_process_or_thread_is_refused(
+    bare: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOOKGATE_INTAKE_WRITER", "fork")
+    assert check_err(bare, capsys) == "hookgate: HOOKGATE_INTAKE_WRITER='fork': give process or thread"
+    monkeypatch.setenv("HOOKGATE_INTAKE_WRITER", " Thread ")
+    from gateway.settings import Settings
+
+    assert Settings.from_env().intake_writer == "thread"

@@ -5,10 +5,12 @@ do; every event answered 200 must end processed, each session effect once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,12 @@ from tests.support.servers import wait_for
 pytestmark = pytest.mark.broker
 
 
-def stream_with_sigterm(
-    faults: Faults, url: str, requests: dict[str, tuple[bytes, dict[str, str]]], process: Any, after: int
+def stream_with_fault(
+    url: str, requests: dict[str, tuple[bytes, dict[str, str]]], fault: Callable[[], None], after: int
 ) -> tuple[dict[str, Answer], float]:
-    """Post ``requests`` from 8 senders; SIGTERM ``process`` once ``after`` answers came back."""
+    """Post ``requests`` from 8 senders; call ``fault`` once ``after`` answers came back."""
     answers: dict[str, Answer] = {}
-    stopped_at: list[float] = []
+    faulted_at: list[float] = []
 
     async def run() -> None:
         pending = list(requests.items())
@@ -48,15 +50,15 @@ def stream_with_sigterm(
                     answers[event_id] = Answer(response.status_code, time.monotonic() - started)
                 except httpx.HTTPError as exc:
                     answers[event_id] = Answer(None, time.monotonic() - started, error=type(exc).__name__)
-                if len(answers) >= after and not stopped_at:
-                    process.send_signal(signal.SIGTERM)
-                    stopped_at.append(time.monotonic())
+                if len(answers) >= after and not faulted_at:
+                    fault()
+                    faulted_at.append(time.monotonic())
 
         async with httpx.AsyncClient(timeout=30) as client:
             await asyncio.gather(*(sender(client) for _ in range(8)))
 
     asyncio.run(run())
-    return answers, stopped_at[0]
+    return answers, faulted_at[0]
 
 
 def test_sigterm_of_serve_under_load(faults: Faults, serve: Serve) -> None:
@@ -66,7 +68,8 @@ def test_sigterm_of_serve_under_load(faults: Faults, serve: Serve) -> None:
     serve.start()
     requests = {f"serve-{i}": faults.request("fx.serve", f"serve-{i}") for i in range(150)}
     assert serve.process is not None
-    answers, stopped_at = stream_with_sigterm(faults, serve.url, requests, serve.process, after=40)
+    process = serve.process
+    answers, stopped_at = stream_with_fault(serve.url, requests, lambda: process.send_signal(signal.SIGTERM), after=40)
     code = serve.process.wait(timeout=30)
     exited = time.monotonic() - stopped_at
     log = serve.logs[-1].read_text()
@@ -93,6 +96,55 @@ def test_sigterm_of_serve_under_load(faults: Faults, serve: Serve) -> None:
     assert code == 0, log
     assert "Traceback" not in log, log
     assert len(again) == len(other)
+    assert max(faults.runs().values()) == 1
+    assert_sweeps_never_failed(faults)
+
+
+def store_writer(serve: Serve) -> int:
+    """The pid of the store writer process of ``serve`` (gateway.writer_process)."""
+    assert serve.process is not None
+    for task in Path(f"/proc/{serve.process.pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                if b"gateway.writer_process" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+    raise AssertionError("serve runs no store writer process")
+
+
+def test_the_store_writer_process_killed_under_load(faults: Faults, serve: Serve) -> None:
+    """SIGKILL to the process writing the intake's batches, mid-stream: ``serve`` goes on with a
+    new one; every 200 was committed, the batch being written is answered 503 (stored or not),
+    and the rest, sent again, are stored once. The exit is logged and counted."""
+    faults.start_worker(threads=4)
+    serve.start()
+    first = store_writer(serve)
+    requests = {f"writer-{i}": faults.request("fx.writer", f"writer-{i}") for i in range(150)}
+    answers, killed_at = stream_with_fault(serve.url, requests, lambda: os.kill(first, signal.SIGKILL), after=40)
+    ok = [i for i, a in answers.items() if a.status == 200]
+    other = {i: a for i, a in answers.items() if a.status != 200}
+    assert {a.status for a in other.values()} <= {503}, other
+    stored = faults.rows(requests)
+    assert [i for i in ok if i not in stored] == [], "answered 200 and not stored"
+    again = faults.post_until_accepted({i: requests[i] for i in other}, url=serve.url)
+    figures = faults.verdict(
+        "writer-killed",
+        requests,
+        killed_at,
+        extra={
+            "answered 200 at once": len(ok),
+            "answered 503": len(other),
+            "of which stored": len(set(other) & set(stored)),
+        },
+    )
+    assert_nothing_lost_or_duplicated(faults, figures)
+    assert len(again) == len(other)
+    assert serve.ready()  # the same serve process all along
+    assert store_writer(serve) != first
+    metrics = httpx.get(f"{serve.url}/metrics").text
+    assert "hookgate_intake_writer_exits_total 1.0" in metrics
+    log = serve.logs[-1].read_text()
+    assert "store writer process exited" in log
+    assert "Traceback" not in log, log
     assert max(faults.runs().values()) == 1
     assert_sweeps_never_failed(faults)
 

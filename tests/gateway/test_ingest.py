@@ -19,12 +19,13 @@ import sqlalchemy.pool
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select
 
-import gateway.ingest
+import gateway.store_writer
 from gateway.database import create_store_engine
 from gateway.errors import StoreUnavailable
-from gateway.ingest import Ingestor, _expire, _refused_for_content, sync_descriptor
+from gateway.ingest import Ingestor, _expire
 from gateway.models import events
 from gateway.queue import QUEUE_NAME, EventQueue, new_token
+from gateway.store_writer import refused_for_content, sync_descriptor
 
 
 def row(event_id: str) -> dict[str, Any]:
@@ -128,8 +129,8 @@ def test_only_a_refusal_of_the_rows_themselves_retries_a_batch_row_by_row(engine
     else:
         unavailable.append(store_error(create_store_engine("sqlite:////nonexistent/dir/x.db"), "SELECT 1"))
     content.append(OverflowError("Python int too large to convert to SQLite INTEGER"))
-    assert [_refused_for_content(exc) for exc in content] == [True] * len(content), content
-    assert [_refused_for_content(exc) for exc in unavailable] == [False] * len(unavailable), unavailable
+    assert [refused_for_content(exc) for exc in content] == [True] * len(content), content
+    assert [refused_for_content(exc) for exc in unavailable] == [False] * len(unavailable), unavailable
 
 
 def wait_for(check: Any, what: str, timeout: float = 10) -> None:
@@ -177,7 +178,7 @@ def test_on_sqlite_a_batch_is_synced_after_the_write_lock_is_free_and_before_its
         sync_descriptor(fd)
         synced.append(os.fstat(fd).st_ino)
 
-    monkeypatch.setattr(gateway.ingest, "sync_descriptor", held_sync)
+    monkeypatch.setattr(gateway.store_writer, "sync_descriptor", held_sync)
     writer = Ingestor(engine, EventQueue(StubBroker()), commit_timeout=5, idle_after=60)
     writer.start()
     try:
@@ -191,7 +192,7 @@ def test_on_sqlite_a_batch_is_synced_after_the_write_lock_is_free_and_before_its
                 other.rollback()
             finally:
                 other.close()
-            held = writer._held
+            held = writer.writer._held
             assert held is not None
             dbapi = held.connection.dbapi_connection
             assert dbapi is not None
@@ -223,13 +224,13 @@ def test_on_sqlite_a_failed_sync_stops_the_intake_acknowledging(engine: Any, mon
     def failing_sync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(gateway.ingest, "sync_descriptor", failing_sync)
+    monkeypatch.setattr(gateway.store_writer, "sync_descriptor", failing_sync)
     writer = Ingestor(engine, EventQueue(StubBroker()), commit_timeout=5)
     writer.start()
     try:
         with pytest.raises(StoreUnavailable):  # committed, and perhaps not on the disk
             asyncio.run(writer.submit(row("f1")))
-        monkeypatch.setattr(gateway.ingest, "sync_descriptor", sync_descriptor)  # the disk "recovers"
+        monkeypatch.setattr(gateway.store_writer, "sync_descriptor", sync_descriptor)  # the disk "recovers"
         for event_id in ("f1", "f2"):
             with pytest.raises(StoreUnavailable, match="Input/output error"):
                 asyncio.run(writer.submit(row(event_id)))
@@ -267,14 +268,14 @@ def terminate(engine: Any, pid: int) -> None:
 def record_connections(ingestor: Ingestor, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The driver's connection of each batch, as the committer thread took it."""
     taken: list[Any] = []
-    original = ingestor._connection
+    original = ingestor.writer._connection
 
     def recording() -> Any:
         conn = original()
         taken.append(conn.connection.dbapi_connection)
         return conn
 
-    monkeypatch.setattr(ingestor, "_connection", recording)
+    monkeypatch.setattr(ingestor.writer, "_connection", recording)
     return taken
 
 
@@ -287,7 +288,7 @@ def test_the_committer_gives_its_connection_back_when_requests_stop(
     next one it hands out, so no request sees the drop."""
     connections = record_connections(ingestor, monkeypatch)
     assert asyncio.run(ingestor.submit(row("before"))) == "accepted"
-    wait_for(lambda: ingestor._held is None, "connection given back")
+    wait_for(lambda: not ingestor.writer.holds_connection, "connection given back")
     if engine.dialect.name == "postgresql":
         assert connections[-1].autocommit is False
         terminate(engine, connections[-1].info.backend_pid)

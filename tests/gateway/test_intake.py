@@ -15,7 +15,7 @@ import orjson
 import pytest
 import stripe
 
-import gateway.ingest
+import gateway.store_writer
 from gateway.embedded_redis import EmbeddedRedis
 from tests.conftest import STRIPE_SECRET, Hookgate
 from tests.support.servers import wait_for
@@ -244,7 +244,7 @@ def test_a_failed_wal_sync_is_503_from_then_on_and_health_says_so(
     intake: Hookgate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite: the rows of a batch whose sync failed may not be on the disk, nor anything after
-    (gateway.ingest.Ingestor._sync_wal): no more 2xx from this process, and both health
+    (gateway.store_writer.BatchWriter._sync_wal): no more 2xx from this process, and both health
     endpoints fail so that an orchestrator restarts it."""
     if intake.engine.dialect.name != "sqlite":
         pytest.skip("SQLite's WAL file")
@@ -252,7 +252,7 @@ def test_a_failed_wal_sync_is_503_from_then_on_and_health_says_so(
     def failing_sync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(gateway.ingest, "sync_descriptor", failing_sync)
+    monkeypatch.setattr(gateway.store_writer, "sync_descriptor", failing_sync)
     assert intake.post("stripe", *stripe_event("evt_s1")).status_code == 503
     monkeypatch.undo()
     response = intake.post("stripe", *stripe_event("evt_s2"))

@@ -1,0 +1,44 @@
+"""Writers for the intake's writer process in tests (``WriterProcess(url, factory=...)``): each is
+called in the child with the store's URL, so that a test can reach inside a real child process.
+Paths and behaviour come from the environment, which the child inherits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gateway.store_writer
+from gateway.batch_insert import Key
+from gateway.store_writer import BatchWriter
+from gateway.writer_process import open_writer
+
+#: A file the announcing writer creates when a batch with rows begins.
+WRITING_MARK = "HOOKGATE_TEST_WRITING_MARK"
+
+
+class AnnouncingWriter(BatchWriter):
+    def __init__(self, writer: BatchWriter, mark: Path) -> None:
+        super().__init__(writer.engine)
+        self.mark = mark
+
+    def write(self, rows: list[dict[str, Any]], sent: list[int]) -> dict[Key, int]:
+        if rows:
+            self.mark.write_text(",".join(row["event_id"] for row in rows))
+        return super().write(rows, sent)
+
+
+def announcing(url: str) -> BatchWriter:
+    """Writes as usual, and says when a batch begins (in ``$HOOKGATE_TEST_WRITING_MARK``)."""
+    import os
+
+    return AnnouncingWriter(open_writer(url), Path(os.environ[WRITING_MARK]))
+
+
+def failing_sync(url: str) -> BatchWriter:
+    """Every sync of the WAL fails, as on a disk that went bad."""
+
+    def fail(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    gateway.store_writer.sync_descriptor = fail
+    return open_writer(url)
