@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +32,13 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from . import tracing
+from .batch_insert import Key
 from .checkpoints import Checkpointer
 from .errors import InboxFull, StoreUnavailable
 from .linger import Linger
 from .metrics import IntakeMetrics
 from .queue import EventQueue, share_tokens
 from .store_writer import BatchWriter, log_failure, refused_for_content
-from .writer_process import WriterProcess
 
 log = logging.getLogger("hookgate.intake")
 
@@ -82,8 +82,9 @@ class Ingestor:
             :meth:`gateway.store_writer.BatchWriter._connection`).
         linger: when the committer waits for more rows before it writes a small batch (default:
             :class:`gateway.linger.Linger`'s; ``Linger(seconds=0)``: never).
-        writer: writes the batches (default: a :class:`~gateway.store_writer.BatchWriter` on
-            the committer thread; :class:`~gateway.writer_process.WriterProcess` for a child).
+        writer: writes the batches on the committer thread (default: a
+            :class:`~gateway.store_writer.BatchWriter` of ``engine``). :class:`gateway.child_commit.
+            ChildIngestor` has them written in a process of its own instead.
         max_waiting_rows, max_waiting_bytes: the most rows (and body bytes) waiting to be
             written. A request answered 503 after ``commit_timeout`` leaves its row waiting (the
             commit may still land), so while the store stalls the inbox would grow with every
@@ -102,7 +103,7 @@ class Ingestor:
         metrics: IntakeMetrics | None = None,
         idle_after: float = 0.5,
         linger: Linger | None = None,
-        writer: BatchWriter | WriterProcess | None = None,
+        writer: BatchWriter | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics or IntakeMetrics(CollectorRegistry())
@@ -122,11 +123,10 @@ class Ingestor:
         #: Events the relay has enqueued; the committer marks them ``queued``.
         self._sent: list[int] = []
         self._sent_lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._committer: threading.Thread | None = None
+        self._relay_thread: threading.Thread | None = None
         #: Writes each batch: on the committer thread, or in a process of its own (``writer``).
         self.writer = writer or BatchWriter(engine)
-        if isinstance(self.writer, WriterProcess):
-            self.writer.on_exit = self.metrics.writer_exits.inc
         #: SQLite: the WAL is copied by a thread of its own, never in a commit requests wait for.
         self.checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
 
@@ -137,26 +137,31 @@ class Ingestor:
         return self.writer.sync_failed
 
     def start(self) -> None:
-        self.writer.start()
-        self._threads = [
-            threading.Thread(target=self._run, name="hookgate-commit", daemon=True),
-            threading.Thread(target=self._relay, name="hookgate-relay", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        if self.checkpointer is not None:
-            self.checkpointer.start()
+        self._committer = threading.Thread(target=self._run, name="hookgate-commit", daemon=True)
+        self._committer.start()
+        self._start_relay()
 
     def stop(self) -> None:
         """Commit and enqueue what is waiting, then stop both threads."""
-        if self._threads:
-            committer, relay = self._threads
+        if self._committer is not None:
             self._inbox.put(None)
-            committer.join(timeout=30)
-            self._outbox.put(None)
-            relay.join(timeout=30)
-            self._threads = []
+            self._committer.join(timeout=30)
+            self._committer = None
             self.writer.stop()
+        self._stop_relay()
+
+    def _start_relay(self) -> None:
+        self._relay_thread = threading.Thread(target=self._relay, name="hookgate-relay", daemon=True)
+        self._relay_thread.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
+
+    def _stop_relay(self) -> None:
+        """Enqueue what the committer left, then stop the relay (and the checkpointer)."""
+        if self._relay_thread is not None:
+            self._outbox.put(None)
+            self._relay_thread.join(timeout=30)
+            self._relay_thread = None
         if self.checkpointer is not None:
             self.checkpointer.stop()
 
@@ -182,7 +187,7 @@ class Ingestor:
             self.waiting_bytes += size
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
-        self._inbox.put(_Pending(row, future, loop, size))
+        self._hand_over(_Pending(row, future, loop, size))
         # One timer on the loop rather than ``asyncio.wait_for``, whose own future and callbacks
         # per request were a measurable share of the intake's CPU (bench/README.md, Intake).
         timer = loop.call_later(self.commit_timeout, _expire, future)
@@ -190,6 +195,18 @@ class Ingestor:
             return await future
         finally:
             timer.cancel()
+
+    def _hand_over(self, pending: _Pending) -> None:
+        """Give a delivery to the committer."""
+        self._inbox.put(pending)
+
+    async def open(self) -> None:
+        """Start, from the event loop that will submit (the application's lifespan)."""
+        self.start()
+
+    async def close(self) -> None:
+        """Stop, from the event loop (the application's lifespan): see :meth:`stop`."""
+        await asyncio.to_thread(self.stop)
 
     # -- committer thread -----------------------------------------------------------------
 
@@ -260,35 +277,36 @@ class Ingestor:
         return sent
 
     def _write(self, batch: list[_Pending]) -> None:
-        with self._waiting_lock:
-            self.waiting_rows -= len(batch)
-            self.waiting_bytes -= sum(pending.size for pending in batch)
-        first_of: dict[tuple[str, str], _Pending] = {}
-        for pending in batch:
-            first_of.setdefault((pending.row["provider"], pending.row["event_id"]), pending)
-        share_tokens([pending.row for pending in first_of.values()])  # a broker message for many
-        outcomes: dict[asyncio.AbstractEventLoop, _Outcomes] = {}
-
-        def answer(pending: _Pending, result: str | BaseException) -> None:
-            outcomes.setdefault(pending.loop, _Outcomes()).results.append((pending.future, result))
-
+        first_of = self._taken(batch)
         started = time.perf_counter()
         traced = tracing.committing([p.row for p in batch], self.engine.dialect.name) if tracing.on else tracing.NOTHING
         with traced as note:
             inserted, refused = self._commit_batch(list(first_of.values()))
             note(inserted=len(inserted), refused=len(refused))
         self.metrics.committed(len(first_of), time.perf_counter() - started)
-        error = StoreUnavailable("the store did not commit")
+        outcomes: dict[asyncio.AbstractEventLoop, _Outcomes] = {}
+        for pending, result in _results(batch, first_of, inserted, refused):
+            outcomes.setdefault(pending.loop, _Outcomes()).results.append((pending.future, result))
+        for loop, outcome in outcomes.items():
+            _call_soon(loop, outcome.deliver)
+        self._relay_new(first_of, inserted)
+
+    def _taken(self, batch: list[_Pending]) -> dict[Key, _Pending]:
+        """``batch`` leaves the inbox: the first delivery of each event in it, by key, whose rows
+        are written (a broker token shared by many)."""
+        with self._waiting_lock:
+            self.waiting_rows -= len(batch)
+            self.waiting_bytes -= sum(pending.size for pending in batch)
+        first_of: dict[Key, _Pending] = {}
         for pending in batch:
-            key = (pending.row["provider"], pending.row["event_id"])
-            if key in refused:
-                answer(pending, error)
-            else:
-                answer(pending, ACCEPTED if key in inserted and first_of[key] is pending else DUPLICATE)
-        for loop, result in outcomes.items():
-            _call_soon(loop, result.deliver)
+            first_of.setdefault((pending.row["provider"], pending.row["event_id"]), pending)
+        share_tokens([pending.row for pending in first_of.values()])  # a broker message for many
+        return first_of
+
+    def _relay_new(self, first_of: dict[Key, _Pending], inserted: dict[Key, int]) -> None:
+        """Hand the new events that are due at once to the relay (held ones go later)."""
         ready = [(pk, first_of[key].row["message_id"]) for key, pk in inserted.items()]
-        ready = [(pk, token) for pk, token in ready if token is not None]  # held ones go later
+        ready = [(pk, token) for pk, token in ready if token is not None]
         if ready:
             self._outbox.put(ready)
 
@@ -360,6 +378,20 @@ class Ingestor:
             return
         log.info("broker answers again")
         self.broker_healthy = True
+
+
+def _results(
+    batch: list[_Pending], first_of: dict[Key, _Pending], inserted: dict[Key, int], refused: set[Key]
+) -> Iterator[tuple[_Pending, str | BaseException]]:
+    """Each delivery's answer: ``accepted`` for the first of a new event, ``duplicate`` for the
+    others, and an error for those whose row was not committed."""
+    error = StoreUnavailable("the store did not commit")
+    for pending in batch:
+        key = (pending.row["provider"], pending.row["event_id"])
+        if key in refused:
+            yield pending, error
+        else:
+            yield pending, ACCEPTED if key in inserted and first_of[key] is pending else DUPLICATE
 
 
 def _take_more(source: queue.SimpleQueue[Any], taken: list[Any], limit: int) -> bool:

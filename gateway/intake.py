@@ -36,6 +36,7 @@ from providers import Delivery, DeliveryRejected, Inbound
 from providers.base import COMMON_HEADERS
 
 from . import tracing
+from .child_commit import ChildIngestor
 from .config import Config, ProviderEntry
 from .database import ping
 from .errors import ConfigError, InboxFull, StoreUnavailable
@@ -138,13 +139,15 @@ class Intake:
             )
         self.metric_registry = CollectorRegistry()
         self.intake_metrics = IntakeMetrics(self.metric_registry)
-        self.ingestor = Ingestor(
-            engine,
-            event_queue,
-            max_waiting_rows=limits.inbox_max_rows,
-            max_waiting_bytes=limits.inbox_max_bytes,
-            metrics=self.intake_metrics,
-            writer=writer,
+        bounds: dict[str, Any] = {
+            "max_waiting_rows": limits.inbox_max_rows,
+            "max_waiting_bytes": limits.inbox_max_bytes,
+            "metrics": self.intake_metrics,
+        }
+        self.ingestor = (
+            ChildIngestor(engine, event_queue, process=writer, **bounds)
+            if writer is not None
+            else Ingestor(engine, event_queue, **bounds)
         )
         #: Hands a row to the group commit; when tracing, also writes the trace context into it.
         self.submit = tracing.commit_waits(self.ingestor.submit) if tracing.on else self.ingestor.submit
@@ -507,12 +510,12 @@ def create_app(
         # a young collection every 700 allocations found nearly nothing to free and cost the loop
         # a measurable share under load, so the youngest generation is collected less often.
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-        intake.ingestor.start()
+        await intake.ingestor.open()
         intake.rejection_log.start()
         try:
             yield
         finally:
-            await run_in_threadpool(intake.ingestor.stop)
+            await intake.ingestor.close()
             await run_in_threadpool(intake.rejection_log.stop)
 
     other = Starlette(

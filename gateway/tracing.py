@@ -31,6 +31,7 @@ workers leave the event out too (their default sampler follows the parent's deci
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
@@ -354,6 +355,36 @@ def committing(rows: Sequence[Mapping[str, Any]], db_system: str) -> Iterator[No
 
     Its note takes ``inserted`` and ``refused`` counts; a refused row makes it an error.
     """
+    with _span(f"INSERT {EVENTS_TABLE}", "CLIENT", _commit_attributes(rows, db_system)) as span:
+        if span.is_recording():
+            for request in _requests(rows):
+                span.add_link(request)
+        yield functools.partial(_note_commit, span)
+
+
+def start_committing(rows: Sequence[Mapping[str, Any]], db_system: str) -> Note:
+    """The same span for a batch whose answer comes in another callback of the event loop
+    (gateway.child_commit): it is never the current span, and calling its note ends it."""
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Link, SpanKind
+
+    links = [Link(request) for request in _requests(rows)]
+    span = _active().start_span(
+        f"INSERT {EVENTS_TABLE}",
+        context=Context(),  # a trace of its own, whichever request's callback sends the batch
+        kind=SpanKind.CLIENT,
+        attributes=_commit_attributes(rows, db_system),
+        links=links,
+    )
+
+    def note(*, inserted: int, refused: int) -> None:
+        _note_commit(span, inserted=inserted, refused=refused)
+        span.end()
+
+    return note
+
+
+def _commit_attributes(rows: Sequence[Mapping[str, Any]], db_system: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "db.system.name": db_system,
         "db.operation.name": "INSERT",
@@ -361,19 +392,21 @@ def committing(rows: Sequence[Mapping[str, Any]], db_system: str) -> Iterator[No
     }
     if len(rows) > 1:
         attributes["db.operation.batch.size"] = len(rows)
-    with _span(f"INSERT {EVENTS_TABLE}", "CLIENT", attributes) as span:
-        if span.is_recording():
-            for row in rows:
-                if (request := _sampled_request(row["traceparent"])) is not None:
-                    span.add_link(request)
+    return attributes
 
-        def note(*, inserted: int, refused: int) -> None:
-            span.set_attribute("hookgate.rows.inserted", inserted)
-            if refused:
-                span.set_attribute("hookgate.rows.refused", refused)
-                _failed(span, "refused")
 
-        yield note
+def _requests(rows: Sequence[Mapping[str, Any]]) -> Iterator[SpanContext]:
+    """The sampled request span of each row, to link the commit to."""
+    for row in rows:
+        if (request := _sampled_request(row["traceparent"])) is not None:
+            yield request
+
+
+def _note_commit(span: Span, *, inserted: int, refused: int) -> None:
+    span.set_attribute("hookgate.rows.inserted", inserted)
+    if refused:
+        span.set_attribute("hookgate.rows.refused", refused)
+        _failed(span, "refused")
 
 
 def _sampled_request(traceparent: str | None) -> SpanContext | None:

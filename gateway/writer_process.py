@@ -1,27 +1,25 @@
-"""The intake's batch writer in a process of its own.
+"""The intake's batch writer in a process of its own: the child's side, and how the intake
+starts it and talks to it.
 
 Under load the intake's process is one busy event loop, and a thread beside it that talks to the
 store waits for the GIL after every one of its small waits: every ``sqlite3`` step, the fsync,
 every round trip to PostgreSQL. Measured at saturation, a 31-row SQLite batch took 5.75 ms of
-wall time for 2.9 ms of CPU, and the committer set the pace (bench/README.md, Intake). Here the
-committer thread hands each batch to a child process that runs :class:`~gateway.store_writer.
-BatchWriter` and sends back the new rows' ids: two system calls and one wait a batch in the
-intake's process, whatever the store does.
+wall time for 2.9 ms of CPU (bench/README.md, Intake). The child runs a
+:class:`~gateway.store_writer.BatchWriter` with no one to share its GIL with, and answers each
+batch with the new rows' ids; :mod:`gateway.child_commit` drives it from the event loop.
 
-What does not change: a request is answered 2xx only after the child has committed (and, on
-SQLite, synced) its row. The child ignores SIGINT and SIGTERM (the intake stops it once what is
-waiting is written) and exits when its socket closes, so it never outlives the intake. If it
-dies, the batch it was writing is answered 503 (its rows may or may not be stored: the senders'
-retries are then accepted or answered ``duplicate``), the death is logged and counted
-(``hookgate_intake_writer_exits_total``), and the next batch starts a new child. A failed WAL
-sync in the child stops the intake acknowledging, as it does on the committer thread.
+The child ignores SIGINT and SIGTERM (the intake writes what waits, then closes the child's
+socket) and exits when its socket closes, so it never outlives the intake, however that ends.
 
-Messages are ``marshal``-ed tuples behind a 4-byte length: about 2 µs of the intake's CPU a
-2 KB row, against the 70-100 µs a row the committer thread spent in the intake's process.
+Messages are ``marshal``-ed tuples behind a 4-byte length, one answer for each message:
+``("open", url, factory)`` first, then ``("write", rows, sent)`` (insert ``rows``, mark ``sent``
+queued) and ``("idle", sent)`` (mark, then give the connection back). An answer is ``("ok",
+value)`` or ``("failed", reason, for_content, details, sync_failed)``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import marshal
@@ -34,9 +32,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .batch_insert import Key
-from .errors import StoreUnavailable
-from .store_writer import BatchWriter, WriteFailed, failure_reason, is_unexpected, refused_for_content
+from .store_writer import BatchWriter, failure_reason, is_unexpected, refused_for_content
 
 log = logging.getLogger("hookgate.intake")
 
@@ -80,8 +76,7 @@ class Channel:
 
 
 class WriterProcess:
-    """Stands in for a :class:`~gateway.store_writer.BatchWriter` on the committer thread, and
-    runs one in a child process (see the module's text). One caller at a time.
+    """Starts the child and keeps track of it (the intake's side of its lifecycle).
 
     Args:
         url: the store's URL, as ``HOOKGATE_DATABASE_URL`` gives it (sent over the socket, never
@@ -91,110 +86,91 @@ class WriterProcess:
 
     def __init__(self, url: str, factory: str = DEFAULT_FACTORY) -> None:
         self.url, self.factory = url, factory
-        #: As :attr:`BatchWriter.sync_failed`: set from the child's answer to a failed sync.
-        self.sync_failed: str | None = None
-        #: Called once for each child that exited unasked (the intake's metric counts them).
-        self.on_exit: Callable[[], None] = lambda: None
         self.process: subprocess.Popen[bytes] | None = None
-        self._channel: Channel | None = None
-        #: Whether the child holds a connection (so an idle committer's release is worth a call).
-        self._holding = False
 
-    def start(self) -> None:
-        """Start the child and wait until it is ready. Raises StoreUnavailable if it is not."""
+    def spawn(self) -> socket.socket:
+        """Start a child; the intake's end of its socket. Its first message must be :meth:`opening`.
+
+        Raises:
+            OSError: the child could not be started.
+        """
         ours, theirs = socket.socketpair()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=(theirs.fileno(),)
             )
-        except OSError as exc:
+        except BaseException:
             ours.close()
-            raise StoreUnavailable(f"the store writer process did not start: {exc}") from exc
+            raise
         finally:
             theirs.close()
-        ours.settimeout(START_SECONDS)
-        self._channel = Channel(ours)
-        try:
-            self._exchange(("open", self.url, self.factory))
-        except BaseException:
-            self._end_child()
-            raise
-        ours.settimeout(None)
-        log.info("the intake's store writer runs in process %d", self.process.pid)
+        return ours
 
-    def write(self, rows: list[dict[str, Any]], sent: list[int]) -> dict[Key, int]:
-        if rows and self.sync_failed is not None:
-            raise StoreUnavailable(self.sync_failed)
-        if self._channel is not None and self.process is not None and self.process.poll() is not None:
-            self._died(EOFError("exited between batches"))  # found before this batch is lost with it
-        if self._channel is None:  # the last child died: a new one for this batch
-            self.start()
-        self._holding = True
-        inserted: dict[Key, int] = self._exchange(("write", rows, sent))
-        return inserted
-
-    def release(self) -> None:
-        if self._channel is not None and self._holding and self.process is not None and self.process.poll() is None:
-            self._exchange(("release",))
-            self._holding = False
+    def opening(self) -> tuple[str, str, str]:
+        """The first message to a new child: what to open."""
+        return ("open", self.url, self.factory)
 
     @property
-    def holds_connection(self) -> bool:
-        return self._holding
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
-    def stop(self) -> None:
-        """Close the socket (the child gives its connection back and exits) and reap it."""
-        if self._channel is None:
-            return
-        self._channel.close()
-        self._channel = None
-        if self.process is not None:
-            try:
-                self.process.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                log.warning("the store writer process %d did not stop; killing it", self.process.pid)
-                self.process.kill()
-                self.process.wait()
-
-    def _exchange(self, message: tuple[Any, ...]) -> Any:
-        """Send ``message``, return the child's answer; its failures raise as they did there."""
-        assert self._channel is not None
-        try:
-            self._channel.send(message)
-            answer = self._channel.receive()
-        except (OSError, EOFError) as exc:
-            self._died(exc)
-            raise StoreUnavailable("the store writer process exited") from None
-        if answer[0] == "ok":
-            return answer[1]
-        _, reason, for_content, details, sync_failed = answer
-        if sync_failed is not None:
-            self.sync_failed = sync_failed
-        self._holding = False  # the child gives its connection back after any error
-        raise WriteFailed(reason, for_content=for_content, details=details)
-
-    def _died(self, exc: BaseException) -> None:
-        code = self._end_child()
-        log.error(
-            "the intake's store writer process exited (%s; exit code %s): its batch is answered 503, "
-            "and the next batch starts a new one",
-            type(exc).__name__,
-            code,
-        )
-        self.on_exit()
-
-    def _end_child(self) -> int | None:
-        """Close the socket and reap the child, killing it if it is still there."""
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        self._holding = False
+    def reap(self, timeout: float = 0.0) -> int | None:
+        """Wait up to ``timeout`` seconds for the child to exit, then kill it; its exit code."""
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            if timeout:
+                log.warning("the store writer process %d did not stop; killing it", process.pid)
             process.kill()
-        return process.wait()
+            return process.wait()
+
+
+class WriterConnection(asyncio.Protocol):
+    """The intake's end of the socket, on its event loop: ``send`` a message, and each answer is
+    handed to ``answered``; ``lost`` is called once the child's end is closed (its exit)."""
+
+    def __init__(self, answered: Callable[[Any], None], lost: Callable[[], None]) -> None:
+        self.answered, self.lost = answered, lost
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are no subclass of asyncio.Transport; they have what is used here.
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, message: Any) -> None:
+        assert self.transport is not None
+        payload = marshal.dumps(message)
+        self.transport.write(_LENGTH.pack(len(payload)) + payload)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            end = start + _LENGTH.size + length
+            if len(buffer) < end:
+                break
+            # Only the intake and its own child hold the two ends of the socket pair.
+            message = marshal.loads(bytes(buffer[start + _LENGTH.size : end]))  # noqa: S302
+            start = end
+            self.answered(message)
+        del buffer[:start]
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.lost()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 def open_writer(url: str) -> BatchWriter:
@@ -235,8 +211,12 @@ def serve_channel(channel: Channel) -> None:
             try:
                 if message[0] == "write":
                     answer: tuple[Any, ...] = ("ok", writer.write(message[1], message[2]))
-                else:
-                    writer.release()
+                else:  # "idle": mark what the relay sent, then give the connection back
+                    try:
+                        if message[1]:
+                            writer.write([], message[1])
+                    finally:
+                        writer.release()
                     answer = ("ok", None)
             except Exception as exc:
                 answer = _failure(exc, writer)

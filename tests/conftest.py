@@ -36,6 +36,7 @@ from gateway.models import events, resources
 from gateway.queue import EventQueue, create_broker
 from gateway.rabbitmq import is_rabbitmq_url
 from gateway.schema import prepare_store, version_table
+from gateway.writer_process import WriterProcess
 from tests.support import rabbitmq
 from tests.support.fake_api import FakeApi
 from tests.support.servers import ROOT, ServerThread, TcpProxy, WorkerProcess, wait_for
@@ -174,12 +175,20 @@ class Hookgate:
         return self.broker_url
 
     def start_intake(
-        self, database_url: str | None = None, broker_url: str | None = None, *, admin_token: str | None = None
+        self,
+        database_url: str | None = None,
+        broker_url: str | None = None,
+        *,
+        admin_token: str | None = None,
+        writer_process: bool = False,
     ) -> Hookgate:
-        """The intake in a thread of this process; with ``admin_token``, the console too."""
-        engine = create_store_engine(database_url or self.database_url)
+        """The intake in a thread of this process; with ``admin_token``, the console too; with
+        ``writer_process``, its batches written by a child process, as ``hookgate serve`` does."""
+        url = database_url or self.database_url
+        engine = create_store_engine(url)
         broker = create_broker(broker_url or self.broker_url)
-        app = create_app(self.config, engine, EventQueue(broker), admin_token=admin_token)
+        writer = WriterProcess(url) if writer_process else None
+        app = create_app(self.config, engine, EventQueue(broker), admin_token=admin_token, writer=writer)
         self.server = ServerThread(app).start()
         return self
 

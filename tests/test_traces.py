@@ -100,7 +100,9 @@ def processed(spans: list[SpanRecord], event_id: str) -> list[SpanRecord]:
     return sorted(found, key=lambda span: span.attributes["hookgate.attempt"])
 
 
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "writer-process"])
 def test_one_trace_spans_the_post_the_commit_the_worker_the_reconciliation_and_each_handler(
+    writer_process: bool,
     hookgate: Hookgate,
     fake_api: FakeApi,
     receiver: OtlpReceiver,
@@ -116,7 +118,7 @@ def test_one_trace_spans_the_post_the_commit_the_worker_the_reconciliation_and_e
         },
     )
     fake_api.states[f"/v1/things/t-1?api_key={QUERY_KEY}"] = {"id": "t-1", "version": 1, "note": API_MARKER}
-    hookgate.start_intake()
+    hookgate.start_intake(writer_process=writer_process)
     sent: list[tuple[bytes, dict[str, str]]] = []
 
     def post(event_type: str, event_id: str, data: dict[str, Any], *, secret: str | None = None) -> int:

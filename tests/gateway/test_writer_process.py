@@ -5,12 +5,12 @@ it never outlives the intake."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,15 +20,17 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy.engine import make_url
 
+from gateway.child_commit import ChildIngestor
 from gateway.errors import StoreUnavailable
 from gateway.ingest import Ingestor
 from gateway.models import events
 from gateway.queue import EventQueue
-from gateway.writer_process import WriterProcess
+from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
 from tests.gateway.test_ingest import row, statuses, wait_for
 from tests.support.writers import WRITING_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
+ANNOUNCING = "tests.support.writers:announcing"
 
 
 def patient(url: str) -> str:
@@ -60,39 +62,58 @@ def writes_held(engine: Any) -> Iterator[None]:
             transaction.rollback()
 
 
-@contextmanager
-def ingestor_with(engine: Any, writer: WriterProcess, **options: Any) -> Iterator[Ingestor]:
-    ingestor = Ingestor(engine, EventQueue(StubBroker()), writer=writer, **options)
-    ingestor.start()
+@contextlib.asynccontextmanager
+async def child_ingestor(engine: Any, url: str, factory: str = DEFAULT_FACTORY, **options: Any) -> Any:
+    """A started ChildIngestor on the running loop, closed on the way out."""
+    ingestor = ChildIngestor(engine, EventQueue(StubBroker()), process=WriterProcess(url, factory), **options)
+    await ingestor.open()
     try:
         yield ingestor
     finally:
-        ingestor.stop()
+        await ingestor.close()
 
 
 def exits(ingestor: Ingestor) -> float:
     return ingestor.metrics.writer_exits._value.get()
 
 
-def submit(ingestor: Ingestor, event_id: str) -> str:
-    return asyncio.run(ingestor.submit(row(event_id)))
+async def poll(check: Any, what: str) -> None:
+    await asyncio.to_thread(wait_for, check, what)
 
 
 def test_batches_are_stored_once_and_marked_queued_by_the_child(engine: Any, database_url: str) -> None:
-    writer = WriterProcess(database_url)
-    with ingestor_with(engine, writer) as ingestor:
-        child = writer.process
-        assert child is not None
-        assert child.poll() is None
+    async def scenario() -> subprocess.Popen[bytes]:
+        async with child_ingestor(engine, database_url, idle_after=0.2) as ingestor:
+            child = ingestor.process.process
+            assert child is not None
+            assert child.poll() is None
 
-        async def burst(ids: list[str]) -> list[str]:
-            return await asyncio.gather(*(ingestor.submit(row(event_id)) for event_id in ids))
+            async def burst(ids: list[str]) -> list[str]:
+                return await asyncio.gather(*(ingestor.submit(row(event_id)) for event_id in ids))
 
-        assert asyncio.run(burst(["a", "b", "a"])).count("accepted") == 2
-        assert asyncio.run(burst(["b", "c"])) == ["duplicate", "accepted"]
-        wait_for(lambda: statuses(engine) == dict.fromkeys("abc", "queued"), "events marked queued")
-        assert writer.process is child  # one child all along
+            assert (await burst(["a", "b", "a"])).count("accepted") == 2
+            assert await burst(["b", "c"]) == ["duplicate", "accepted"]
+            # The relay's ids are marked by the next batch or, with none, by the idle pass, which
+            # also gives the connection back.
+            await poll(lambda: statuses(engine) == dict.fromkeys("abc", "queued"), "events marked queued")
+            await poll(lambda: not ingestor._holding, "the connection given back")
+            assert ingestor.process.process is child  # one child all along
+        return child
+
+    child = asyncio.run(scenario())
     assert child.returncode == 0  # stopped with the intake, not killed
+
+
+def test_closing_writes_every_delivery_still_waiting(engine: Any, database_url: str) -> None:
+    async def scenario() -> list[str]:
+        async with child_ingestor(engine, database_url) as ingestor:
+            answers = [asyncio.ensure_future(ingestor.submit(row(f"w{i}"))) for i in range(50)]
+            await asyncio.sleep(0)  # each task hands its row over; none is written yet
+            assert ingestor._pending
+        return [answer.result() for answer in answers]
+
+    assert asyncio.run(scenario()) == ["accepted"] * 50
+    assert len(statuses(engine)) == 50
 
 
 def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_next(
@@ -102,113 +123,118 @@ def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_nex
     the death is logged and counted, and the sender's retry is written by a new child."""
     mark = tmp_path / "writing"
     monkeypatch.setenv(WRITING_MARK, str(mark))
-    writer = WriterProcess(patient(database_url), "tests.support.writers:announcing")
-    with ingestor_with(engine, writer, commit_timeout=60) as ingestor:
-        first = writer.process
-        assert first is not None
-        with writes_held(engine):
 
-            async def killed_in_its_batch() -> None:
+    async def scenario() -> None:
+        async with child_ingestor(engine, patient(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
+            first = ingestor.process.process
+            assert first is not None
+            with writes_held(engine):
                 answer = asyncio.ensure_future(ingestor.submit(row("k1")))
-                await asyncio.to_thread(wait_for, mark.exists, "the child to begin the batch")
+                await poll(mark.exists, "the child to begin the batch")
                 os.kill(first.pid, signal.SIGKILL)
                 with pytest.raises(StoreUnavailable):
                     await answer
+            assert exits(ingestor) == 1
+            assert first.returncode == -signal.SIGKILL  # reaped
+            # SQLite undoes the dead child's transaction; PostgreSQL's server runs the statement
+            # it had received once the lock is free, and commits it: the retry is a duplicate.
+            retried = "duplicate" if engine.dialect.name == "postgresql" else "accepted"
+            assert await ingestor.submit(row("k1")) == retried
+            assert ingestor.process.pid != first.pid
+            assert await ingestor.submit(row("k1")) == "duplicate"
 
-            asyncio.run(killed_in_its_batch())
-        assert exits(ingestor) == 1
-        assert first.returncode == -signal.SIGKILL  # reaped
-        # SQLite undoes the dead child's transaction; PostgreSQL's server runs the statement it
-        # had received once the lock is free, and commits it: the retry is then a duplicate.
-        retried = "duplicate" if engine.dialect.name == "postgresql" else "accepted"
-        assert submit(ingestor, "k1") == retried
-        assert writer.process is not None
-        assert writer.process.pid != first.pid
-        assert submit(ingestor, "k1") == "duplicate"
+    asyncio.run(scenario())
     assert set(statuses(engine)) == {"k1"}
 
 
-def test_a_child_dead_between_batches_is_replaced_before_the_next(engine: Any, database_url: str) -> None:
-    """A death found before a batch is sent costs no request anything."""
-    writer = WriterProcess(database_url)
-    with ingestor_with(engine, writer) as ingestor:
-        first = writer.process
-        assert first is not None
-        assert submit(ingestor, "d1") == "accepted"
-        first.kill()
-        first.wait()
-        assert submit(ingestor, "d2") == "accepted"
-        assert exits(ingestor) == 1
-        assert writer.process is not None
-        assert writer.process.pid != first.pid
+def test_a_child_dead_between_batches_is_replaced_at_once(engine: Any, database_url: str) -> None:
+    """A death found between batches costs no request anything."""
+
+    async def scenario() -> None:
+        async with child_ingestor(engine, database_url) as ingestor:
+            first = ingestor.process.process
+            assert first is not None
+            assert await ingestor.submit(row("d1")) == "accepted"
+            first.kill()
+            await poll(lambda: exits(ingestor) == 1, "the exit noticed")
+            assert await ingestor.submit(row("d2")) == "accepted"
+            assert ingestor.process.pid != first.pid
+
+    asyncio.run(scenario())
 
 
 def test_a_refused_row_fails_alone_across_the_process_boundary(
     engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The child says whether the store refused what was written or was unavailable, so that a
-    batch holding a row the store will never take is retried row by row, as on the thread."""
+    batch holding a row the store will never take is retried key by key, as on the thread."""
     mark = tmp_path / "writing"
     monkeypatch.setenv(WRITING_MARK, str(mark))
-    writer = WriterProcess(patient(database_url), "tests.support.writers:announcing")
     poison = row("poison") | {"sequence": 2**70}  # past 64 bits: no store takes it
-    with ingestor_with(engine, writer, commit_timeout=60) as ingestor:
 
-        async def together() -> list[Any]:
+    async def scenario() -> list[Any]:
+        async with child_ingestor(engine, patient(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
             with writes_held(engine):
                 first = asyncio.ensure_future(ingestor.submit(row("first")))
-                await asyncio.to_thread(wait_for, mark.exists, "the first batch to begin")
+                await poll(mark.exists, "the first batch to begin")
                 # These two wait while the first batch does, and go in the next batch together.
                 both = asyncio.gather(ingestor.submit(row("good")), ingestor.submit(poison), return_exceptions=True)
-                await asyncio.to_thread(wait_for, lambda: ingestor.waiting_rows == 2, "both to wait")
-            return [await first, *(await both)]
+                await poll(lambda: ingestor.waiting_rows == 2, "both to wait")
+            answers = [await first, *(await both)]
+            assert exits(ingestor) == 0
+            return answers
 
-        first, good, refused = asyncio.run(together())
-        assert (first, good) == ("accepted", "accepted")
-        assert isinstance(refused, StoreUnavailable)
-        assert mark.read_text() == "poison"  # the last batch tried: the poisoned row alone
-        assert exits(ingestor) == 0
+    first, good, refused = asyncio.run(scenario())
+    assert (first, good) == ("accepted", "accepted")
+    assert isinstance(refused, StoreUnavailable)
+    assert mark.read_text() == "poison"  # the last batch tried: the poisoned row alone
     assert set(statuses(engine)) == {"first", "good"}
 
 
 def test_a_failed_sync_in_the_child_stops_the_intake_acknowledging(engine: Any, database_url: str) -> None:
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite's WAL file")
-    writer = WriterProcess(database_url, "tests.support.writers:failing_sync")
-    with ingestor_with(engine, writer) as ingestor:
-        with pytest.raises(StoreUnavailable):  # committed, and perhaps not on the disk
-            submit(ingestor, "f1")
-        assert "Input/output error" in (ingestor.sync_failed or "")
-        for event_id in ("f1", "f2"):
-            with pytest.raises(StoreUnavailable, match="Input/output error"):
-                submit(ingestor, event_id)
-        assert exits(ingestor) == 0
+
+    async def scenario() -> None:
+        async with child_ingestor(engine, database_url, "tests.support.writers:failing_sync") as ingestor:
+            with pytest.raises(StoreUnavailable):  # committed, and perhaps not on the disk
+                await ingestor.submit(row("f1"))
+            assert "Input/output error" in (ingestor.sync_failed or "")
+            for event_id in ("f1", "f2"):
+                with pytest.raises(StoreUnavailable, match="Input/output error"):
+                    await ingestor.submit(row(event_id))
+            assert exits(ingestor) == 0
+
+    asyncio.run(scenario())
     assert set(statuses(engine)) == {"f1"}  # nothing after the failure was even written
 
 
 def test_the_child_ignores_sigterm_and_sigint_until_the_intake_stops_it(engine: Any, database_url: str) -> None:
     """Ctrl-C and a service manager's SIGTERM reach the whole process group; the child must stay
     until the intake has written what waits, then exit when the intake stops it."""
-    writer = WriterProcess(database_url)
-    with ingestor_with(engine, writer) as ingestor:
-        child = writer.process
-        assert child is not None
-        assert submit(ingestor, "s1") == "accepted"
-        child.send_signal(signal.SIGTERM)
-        child.send_signal(signal.SIGINT)
-        assert submit(ingestor, "s2") == "accepted"
-        assert writer.process is child
-        assert child.poll() is None
-    assert child.returncode == 0
-    assert exits(ingestor) == 0
+
+    async def scenario() -> subprocess.Popen[bytes]:
+        async with child_ingestor(engine, database_url) as ingestor:
+            child = ingestor.process.process
+            assert child is not None
+            assert await ingestor.submit(row("s1")) == "accepted"
+            child.send_signal(signal.SIGTERM)
+            child.send_signal(signal.SIGINT)
+            assert await ingestor.submit(row("s2")) == "accepted"
+            assert ingestor.process.process is child
+            assert exits(ingestor) == 0
+        return child
+
+    assert asyncio.run(scenario()).returncode == 0
 
 
 HOST = """
 import sys, time
-from gateway.writer_process import WriterProcess
+from gateway.child_commit import ChildIngestor
+from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
 writer = WriterProcess(sys.argv[1])
-writer.start()
-print(writer.process.pid, flush=True)
+end = writer.spawn()
+print(writer.pid, flush=True)
 time.sleep(600)
 """
 
@@ -224,19 +250,14 @@ def gone(pid: int) -> bool:
 
 def test_the_child_never_outlives_the_intake(database_url: str) -> None:
     """An intake killed outright closes its end of the socket; the child exits on its own."""
-    host = subprocess.Popen(
-        [sys.executable, "-c", HOST, database_url], cwd=ROOT, stdout=subprocess.PIPE, start_new_session=False
-    )
+    host = subprocess.Popen([sys.executable, "-c", HOST, database_url], cwd=ROOT, stdout=subprocess.PIPE)
     try:
         assert host.stdout is not None
         child = int(host.stdout.readline())
         assert not gone(child)
         host.kill()
         host.wait()
-        deadline = time.monotonic() + 10
-        while not gone(child):
-            assert time.monotonic() < deadline, "the writer process outlived the intake"
-            time.sleep(0.02)
+        wait_for(lambda: gone(child), "the writer process to exit with the intake")
     finally:
         host.kill()
 

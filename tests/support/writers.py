@@ -4,6 +4,7 @@ Paths and behaviour come from the environment, which the child inherits."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,6 @@ class AnnouncingWriter(BatchWriter):
 
 def announcing(url: str) -> BatchWriter:
     """Writes as usual, and says when a batch begins (in ``$HOOKGATE_TEST_WRITING_MARK``)."""
-    import os
-
     return AnnouncingWriter(open_writer(url), Path(os.environ[WRITING_MARK]))
 
 
