@@ -51,6 +51,8 @@ class _Pending:
     future: asyncio.Future[str]
     loop: asyncio.AbstractEventLoop
     size: int
+    #: The loop's time when it was handed over (for a committer that expires waits itself).
+    since: float = 0.0
 
 
 @dataclass(slots=True)
@@ -90,6 +92,10 @@ class Ingestor:
             commit may still land), so while the store stalls the inbox would grow with every
             retry; past either bound a new row is refused at once instead.
     """
+
+    #: Whether the committer answers waits past ``commit_timeout`` itself (else each request
+    #: arms a timer of its own).
+    expires_waits = False
 
     def __init__(
         self,
@@ -187,7 +193,9 @@ class Ingestor:
             self.waiting_bytes += size
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
-        self._hand_over(_Pending(row, future, loop, size))
+        self._hand_over(_Pending(row, future, loop, size, loop.time()))
+        if self.expires_waits:
+            return await future
         # One timer on the loop rather than ``asyncio.wait_for``, whose own future and callbacks
         # per request were a measurable share of the intake's CPU (bench/README.md, Intake).
         timer = loop.call_later(self.commit_timeout, _expire, future)

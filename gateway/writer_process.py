@@ -144,7 +144,7 @@ class WriterConnection(asyncio.Protocol):
     def send(self, message: Any) -> None:
         assert self.transport is not None
         payload = marshal.dumps(message)
-        self.transport.write(_LENGTH.pack(len(payload)) + payload)
+        self.transport.writelines((_LENGTH.pack(len(payload)), payload))  # no copy of the rows
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

@@ -147,6 +147,25 @@ def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_nex
     assert set(statuses(engine)) == {"k1"}
 
 
+def test_a_commit_that_never_ends_is_answered_503_in_time(engine: Any, database_url: str) -> None:
+    """No timer per request: the idle pass answers every wait past ``commit_timeout``, the one in
+    the batch being written and those queued behind it."""
+
+    async def scenario() -> list[Any]:
+        async with child_ingestor(engine, patient(database_url), commit_timeout=1, idle_after=0.2) as ingestor:
+            with writes_held(engine):
+                first = asyncio.ensure_future(ingestor.submit(row("slow-1")))
+                await poll(lambda: ingestor._flight is not None and ingestor._flight.kind == "write", "a batch")
+                second = asyncio.ensure_future(ingestor.submit(row("slow-2")))
+                answers = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 5)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [type(answer) for answer in answers] == [StoreUnavailable, StoreUnavailable], answers
+    assert all("in time" in str(answer) for answer in answers)
+    assert set(statuses(engine)) == {"slow-1", "slow-2"}  # written once the store was back
+
+
 def test_a_child_dead_between_batches_is_replaced_at_once(engine: Any, database_url: str) -> None:
     """A death found between batches costs no request anything."""
 
