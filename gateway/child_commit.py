@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,12 +39,14 @@ from .errors import StoreUnavailable
 from .ingest import Ingestor, _expire, _Pending, _results
 from .queue import EventQueue
 from .store_writer import WriteFailed, log_failure
-from .writer_process import START_SECONDS, STOP_SECONDS, WriterConnection, WriterProcess
+from .writer_process import START_SECONDS, STOP_SECONDS, WriterConnection, WriterProcess, reap
 
 log = logging.getLogger("hookgate.intake")
 
 #: Seconds before a child that could not be started is tried again.
 RESTART_DELAY = 1.0
+#: How long a child whose socket closed may take to exit before it is killed.
+EXIT_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -85,8 +88,10 @@ class ChildIngestor(Ingestor):
         self._ready = False
         self._flight: _Flight | None = None
         self._pending: list[_Pending] = []
-        #: The keys of a batch refused for its content, each to be tried alone (before any other).
+        #: The keys of a batch refused for its content, each to be tried alone (before any other),
+        #: and those tried so far (their first deliveries and new ids, relayed after the last).
         self._alone: deque[list[_Pending]] = deque()
+        self._alone_done: tuple[dict[Key, _Pending], dict[Key, int]] = ({}, {})
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         #: Deliveries waiting when a linger began (None: not lingering).
         self._lingering: int | None = None
@@ -152,13 +157,16 @@ class ChildIngestor(Ingestor):
         """Start a child and send it its ``open``; its answer makes it ready. A failure to start
         is logged and tried again after :data:`RESTART_DELAY`."""
         assert self._loop is not None
+        sock = None
         try:
             sock = self.process.spawn()
             _, connection = await self._loop.create_unix_connection(
                 lambda: WriterConnection(self._answered, self._lost), sock=sock
             )
-        except OSError as exc:
+        except Exception as exc:
             log.error("the intake's store writer process did not start: %s", exc)
+            if sock is not None:
+                sock.close()
             self.process.reap()
             self._start_failed(f"the store writer did not start: {exc}")
             return
@@ -179,7 +187,9 @@ class ChildIngestor(Ingestor):
             self._loop.call_later(RESTART_DELAY, self._restart)
 
     def _restart(self) -> None:
-        if not self._closing and self._connection is None and (self._starting is None or self._starting.done()):
+        """Start a new child, unless one is there or starting, or ``close`` has nothing left for it."""
+        wanted = not self._closing or self._pending or self._alone
+        if wanted and self._connection is None and (self._starting is None or self._starting.done()):
             assert self._loop is not None
             self._starting = self._loop.create_task(self._start_child())
 
@@ -194,15 +204,16 @@ class ChildIngestor(Ingestor):
     def _hand_over(self, pending: _Pending) -> None:
         self._pending.append(pending)
         self._settled.clear()
-        if self._flush_handle is None and self._flight is None:
-            assert self._loop is not None
-            self._flush_handle = self._loop.call_soon(self._flush)
+        if self._flight is None:
+            self._schedule_flush()
 
     def _flush(self) -> None:
         """Send the next batch, unless one is in flight (its answer calls this again)."""
         self._flush_handle = None
         if self._flight is not None or not self._ready:
             return
+        if self._sync_failed is not None:
+            self._refuse_waiting()
         if self._alone:
             group = self._alone.popleft()
             self._send_batch(group, {_key(group[0]): group[0]}, alone=True)
@@ -225,17 +236,44 @@ class ChildIngestor(Ingestor):
         self._send_batch(batch, self._taken(batch))
 
     def _send_batch(self, batch: list[_Pending], first_of: dict[Key, _Pending], *, alone: bool = False) -> None:
-        assert self._connection is not None
         rows = [pending.row for pending in first_of.values()]
         trace = tracing.start_committing(rows, self.engine.dialect.name) if tracing.on else None
-        sent = self._take_sent()
-        self._flight = _Flight("write", batch, first_of, sent, alone, time.perf_counter(), trace)
-        self._connection.send(("write", rows, sent))
+        self._send(_Flight("write", batch, first_of, self._take_sent(), alone, time.perf_counter(), trace), rows)
 
     def _send_idle(self, sent: list[int]) -> None:
+        self._send(_Flight("idle", sent=sent, started=time.perf_counter()))
+
+    def _send(self, flight: _Flight, rows: list[dict[str, Any]] | None = None) -> None:
+        """Send ``flight``'s message. One that cannot even be sent (a value ``marshal`` refuses)
+        fails as a store that is unavailable would, and the next batch goes."""
         assert self._connection is not None
-        self._flight = _Flight("idle", sent=sent, started=time.perf_counter())
-        self._connection.send(("idle", sent))
+        self._flight = flight
+        try:
+            self._connection.send((flight.kind, rows, flight.sent) if rows is not None else (flight.kind, flight.sent))
+        except Exception as exc:
+            log.exception("the intake could not send a batch to its store writer")
+            self._flight = None
+            if flight.kind == "write":
+                self._written(flight, None, WriteFailed(f"not sent: {type(exc).__name__}", for_content=False))
+            else:
+                self._put_back(flight.sent)
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None:
+            assert self._loop is not None
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _refuse_waiting(self) -> None:
+        """After a failed sync nothing more is written, by this child or a new one: every
+        delivery still waiting is answered 503."""
+        error = StoreUnavailable(self._sync_failed or "")
+        waiting, self._pending = self._pending, []
+        self._taken(waiting)
+        for pending in [*waiting, *(p for group in self._alone for p in group)]:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._alone.clear()
 
     def _settle(self) -> None:
         if not self._pending and not self._alone and self._flight is None:
@@ -244,6 +282,13 @@ class ChildIngestor(Ingestor):
     # -- the child's answers ----------------------------------------------------------------
 
     def _answered(self, message: Any) -> None:
+        try:
+            self._take_answer(message)
+        except Exception:  # a bug: logged, and the committer goes on with the next batch
+            log.exception("unexpected error in the intake's committer")
+        self._flush()
+
+    def _take_answer(self, message: Any) -> None:
         flight, self._flight = self._flight, None
         assert flight is not None
         failure = None if message[0] == "ok" else self._failure(message)
@@ -257,7 +302,6 @@ class ChildIngestor(Ingestor):
         else:
             self._holding = failure is None
             self._written(flight, message[1] if failure is None else None, failure)
-        self._flush()
 
     def _opening_answered(self, failure: WriteFailed | None) -> None:
         if failure is None:
@@ -299,8 +343,17 @@ class ChildIngestor(Ingestor):
                     pending.future.set_exception(result)
                 else:
                     pending.future.set_result(result)
-        if inserted:
-            self._relay_new(flight.first_of, inserted)
+        if not flight.alone:
+            self._relay_new(flight.first_of, inserted or {})
+            return
+        # The keys of one batch share its broker tokens: their new events go to the relay
+        # together, once the last is written, as the thread did (one message for each token).
+        done_first, done_inserted = self._alone_done
+        done_first.update(flight.first_of)
+        done_inserted.update(inserted or {})
+        if not self._alone:
+            self._alone_done = ({}, {})
+            self._relay_new(done_first, done_inserted)
 
     @staticmethod
     def _end_trace(flight: _Flight, inserted: int, refused: int) -> None:
@@ -317,26 +370,26 @@ class ChildIngestor(Ingestor):
         with self._sent_lock:  # marked by a later batch
             self._sent[:0] = sent
 
-    def _lost(self) -> None:
-        """The child's end closed: asked to (``close``), or it died."""
-        flight, self._flight = self._flight, None
-        expected = self._connection is None  # close() or _end_child() let go of it first
-        self._connection, self._ready = None, False
-        if expected:
+    def _lost(self, connection: WriterConnection) -> None:
+        """A child's end closed: asked to (``close`` and ``_end_child`` let go of the connection
+        first), or it died."""
+        if connection is not self._connection:
             return
-        code = self.process.reap()
-        log.error(
-            "the intake's store writer process exited (exit code %s): %s; a new one is started",
-            code,
-            "the batch it was writing is answered 503" if flight and flight.kind == "write" else "it was not writing",
-        )
+        flight, self._flight = self._flight, None
+        self._connection, self._ready = None, False
+        writing = flight is not None and flight.kind == "write"
+        assert self._loop is not None
+        self._loop.run_in_executor(None, _report_exit, self.process.detach(), writing)
         self.metrics.writer_exits.inc()
         self._holding = False
-        if flight is not None and flight.kind == "write":
+        if writing:
             self._written(flight, None, WriteFailed("the store writer process exited", for_content=False))
         elif flight is not None:
             self._put_back(flight.sent)
-        self._start_failed("the store writer process exited as it started", at_once=True)
+        # A child that ran is replaced at once; one that died opening, after a pause.
+        self._start_failed(
+            "the store writer process exited as it started", at_once=flight is None or flight.kind != "open"
+        )
         self._settle()
 
     # -- between batches --------------------------------------------------------------------
@@ -366,6 +419,16 @@ class ChildIngestor(Ingestor):
             for pending in group:
                 if pending.since <= overdue:
                     _expire(pending.future)
+
+
+def _report_exit(process: subprocess.Popen[bytes] | None, writing: bool) -> None:
+    """Reap a child whose socket closed (off the loop: it may still be exiting) and say so."""
+    code = reap(process, EXIT_SECONDS)
+    log.error(
+        "the intake's store writer process exited (exit code %s): %s; a new one is started",
+        code,
+        "the batch it was writing is answered 503" if writing else "it was not writing",
+    )
 
 
 def _key(pending: _Pending) -> Key:

@@ -114,25 +114,34 @@ class WriterProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    def detach(self) -> subprocess.Popen[bytes] | None:
+        """The child, which this object no longer keeps track of (a new one may be spawned)."""
+        process, self.process = self.process, None
+        return process
+
     def reap(self, timeout: float = 0.0) -> int | None:
         """Wait up to ``timeout`` seconds for the child to exit, then kill it; its exit code."""
-        process, self.process = self.process, None
-        if process is None:
-            return None
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            if timeout:
-                log.warning("the store writer process %d did not stop; killing it", process.pid)
-            process.kill()
-            return process.wait()
+        return reap(self.detach(), timeout)
+
+
+def reap(process: subprocess.Popen[bytes] | None, timeout: float = 0.0) -> int | None:
+    """Wait up to ``timeout`` seconds for ``process`` to exit, then kill it; its exit code."""
+    if process is None:
+        return None
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        if timeout:
+            log.warning("the store writer process %d did not stop; killing it", process.pid)
+        process.kill()
+        return process.wait()
 
 
 class WriterConnection(asyncio.Protocol):
     """The intake's end of the socket, on its event loop: ``send`` a message, and each answer is
     handed to ``answered``; ``lost`` is called once the child's end is closed (its exit)."""
 
-    def __init__(self, answered: Callable[[Any], None], lost: Callable[[], None]) -> None:
+    def __init__(self, answered: Callable[[Any], None], lost: Callable[[WriterConnection], None]) -> None:
         self.answered, self.lost = answered, lost
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -149,24 +158,22 @@ class WriterConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
-        start = 0
-        while len(buffer) - start >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, start)
-            end = start + _LENGTH.size + length
+        while len(buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer)
+            end = _LENGTH.size + length
             if len(buffer) < end:
                 break
             # Only the intake and its own child hold the two ends of the socket pair.
-            message = marshal.loads(bytes(buffer[start + _LENGTH.size : end]))  # noqa: S302
-            start = end
+            message = marshal.loads(bytes(buffer[_LENGTH.size : end]))  # noqa: S302
+            del buffer[:end]  # before the answer is handled, whatever that does
             self.answered(message)
-        del buffer[:start]
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.lost()
+        self.lost(self)
 
     def close(self) -> None:
         if self.transport is not None:

@@ -16,15 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from gateway.child_commit import ChildIngestor
 from gateway.errors import StoreUnavailable
 from gateway.ingest import Ingestor
 from gateway.models import events
-from gateway.queue import EventQueue
+from gateway.queue import QUEUE_NAME, EventQueue
 from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
 from tests.gateway.test_ingest import row, statuses, wait_for
 from tests.support.writers import WRITING_MARK
@@ -135,7 +137,7 @@ def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_nex
                 with pytest.raises(StoreUnavailable):
                     await answer
             assert exits(ingestor) == 1
-            assert first.returncode == -signal.SIGKILL  # reaped
+            await poll(lambda: first.returncode == -signal.SIGKILL, "the child reaped")
             # SQLite undoes the dead child's transaction; PostgreSQL's server runs the statement
             # it had received once the lock is free, and commits it: the retry is a duplicate.
             retried = "duplicate" if engine.dialect.name == "postgresql" else "accepted"
@@ -186,28 +188,65 @@ def test_a_refused_row_fails_alone_across_the_process_boundary(
     engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The child says whether the store refused what was written or was unavailable, so that a
-    batch holding a row the store will never take is retried key by key, as on the thread."""
+    batch holding a row the store will never take is retried key by key, as on the thread; the
+    keys written go to the broker together, in the one message their shared token names (sent
+    once for each key, the later message replaced the earlier in Redis)."""
     mark = tmp_path / "writing"
     monkeypatch.setenv(WRITING_MARK, str(mark))
     poison = row("poison") | {"sequence": 2**70}  # past 64 bits: no store takes it
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> tuple[list[Any], list[list[int]]]:
         async with child_ingestor(engine, patient(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
             with writes_held(engine):
                 first = asyncio.ensure_future(ingestor.submit(row("first")))
                 await poll(mark.exists, "the first batch to begin")
-                # These two wait while the first batch does, and go in the next batch together.
-                both = asyncio.gather(ingestor.submit(row("good")), ingestor.submit(poison), return_exceptions=True)
-                await poll(lambda: ingestor.waiting_rows == 2, "both to wait")
-            answers = [await first, *(await both)]
+                # These wait while the first batch does, and go in the next batch together.
+                rest = [ingestor.submit(row("good-1")), ingestor.submit(poison), ingestor.submit(row("good-2"))]
+                together = asyncio.gather(*rest, return_exceptions=True)
+                await poll(lambda: ingestor.waiting_rows == 3, "the three to wait")
+            answers = [await first, *(await together)]
             assert exits(ingestor) == 0
-            return answers
+        return answers, broker_messages(ingestor)
 
-    first, good, refused = asyncio.run(scenario())
-    assert (first, good) == ("accepted", "accepted")
+    (first, good_1, refused, good_2), messages = asyncio.run(scenario())
+    assert (first, good_1, good_2) == ("accepted", "accepted", "accepted")
     assert isinstance(refused, StoreUnavailable)
-    assert mark.read_text() == "poison"  # the last batch tried: the poisoned row alone
-    assert set(statuses(engine)) == {"first", "good"}
+    assert mark.read_text() == "good-2"  # the last batch tried: one row alone
+    ids = ids_of(engine)
+    assert set(ids) == {"first", "good-1", "good-2"}
+    assert sorted(map(sorted, messages)) == sorted([[ids["first"]], sorted([ids["good-1"], ids["good-2"]])])
+
+
+def broker_messages(ingestor: Ingestor) -> list[list[int]]:
+    """The event ids of each message handed to the (stub) broker."""
+    broker = ingestor.event_queue.broker
+    assert isinstance(broker, StubBroker)
+    found = []
+    while broker.queues[QUEUE_NAME].qsize():
+        found.append(dramatiq.Message.decode(broker.queues[QUEUE_NAME].get_nowait()).args[0])
+    return found
+
+
+def ids_of(engine: Any) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(events.c.event_id, events.c.id)).all())  # type: ignore[arg-type]
+
+
+def test_a_batch_that_cannot_be_sent_fails_alone(engine: Any, database_url: str) -> None:
+    """A value ``marshal`` refuses (none of the intake's rows has one) fails its batch as an
+    unavailable store would, and the next batch goes as usual."""
+
+    class Text(str):
+        pass
+
+    async def scenario() -> tuple[BaseException | str, str]:
+        async with child_ingestor(engine, database_url) as ingestor:
+            odd = await asyncio.gather(ingestor.submit(row("odd") | {"headers": Text("{}")}), return_exceptions=True)
+            return odd[0], await ingestor.submit(row("next"))
+
+    odd, following = asyncio.run(scenario())
+    assert isinstance(odd, StoreUnavailable)
+    assert following == "accepted"
 
 
 def test_a_failed_sync_in_the_child_stops_the_intake_acknowledging(engine: Any, database_url: str) -> None:
