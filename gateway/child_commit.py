@@ -8,8 +8,9 @@ the loop keeps the waiting deliveries itself and sends each batch to a child pro
 comes back as one more readable socket, and the loop answers the batch's requests in the same
 pass. The loop does the bookkeeping the committer thread did (a batch's keys, its broker
 tokens, the answers), plus one ``marshal`` of the rows; the store's work is all in the child.
-At saturation (bench/intake.py, SQLite) ``serve`` handled about a third more requests a second
-than with the committer thread talking to the same child.
+At saturation (bench/intake.py, SQLite) ``serve`` handled about a sixth more requests a second
+than with the committer thread talking to the same child, and a third more than with the
+committer thread writing itself.
 
 Everything the thread guaranteed holds: one batch in flight at a time; a 2xx only after the
 child has committed (and on SQLite synced) the row; a batch refused for its content retried key
