@@ -383,7 +383,7 @@ class ChildIngestor(Ingestor):
         self._loop.run_in_executor(None, _report_exit, self.process.detach(), writing)
         self.metrics.writer_exits.inc()
         self._holding = False
-        if writing:
+        if writing and flight is not None:
             self._written(flight, None, WriteFailed("the store writer process exited", for_content=False))
         elif flight is not None:
             self._put_back(flight.sent)

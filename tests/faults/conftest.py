@@ -16,13 +16,12 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ import pytest
 import redis
 import yaml
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from gateway.models import events
@@ -42,6 +40,7 @@ from gateway.rabbitmq import is_rabbitmq_url
 from tests.conftest import Hookgate
 from tests.faults.handlers import LEDGER_PREFIXES, Effect
 from tests.support import rabbitmq
+from tests.support.holds import hold_writes, patient_url
 from tests.support.servers import ROOT, WorkerProcess, wait_for
 
 #: How long every scenario may take to bring all acknowledged events to ``processed``.
@@ -216,33 +215,12 @@ class Faults:
     # -- the store and the effects -----------------------------------------------------
 
     def patient_database_url(self, seconds: float = 30.0) -> str:
-        """The store's URL with a SQLite busy timeout of ``seconds``, for a process that must wait
-        out :meth:`hold_writes` or write under heavy contention (the tests' 0.5 s would turn the
-        wait into a failed write). PostgreSQL's is unchanged."""
-        url = make_url(self.hg.database_url)
-        if url.get_backend_name() != "sqlite":
-            return self.hg.database_url
-        return url.update_query_dict({"timeout": str(seconds)}).render_as_string(hide_password=False)
+        """The store's URL with a SQLite busy timeout of ``seconds`` (see tests.support.holds)."""
+        return patient_url(self.hg.database_url, seconds)
 
-    @contextmanager
-    def hold_writes(self) -> Iterator[None]:
-        """While open, every write to the events waits and reads go on: SQLite's write lock
-        (``BEGIN IMMEDIATE``), or PostgreSQL's ``EXCLUSIVE`` lock on the events table."""
-        if not self.postgres:
-            holder = sqlite3.connect(str(make_url(self.hg.database_url).database), isolation_level=None)
-            holder.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            finally:
-                holder.execute("ROLLBACK")
-                holder.close()
-            return
-        with self.hg.engine.connect() as conn, conn.begin() as transaction:
-            conn.exec_driver_sql(f"LOCK TABLE {events.name} IN EXCLUSIVE MODE")
-            try:
-                yield
-            finally:
-                transaction.rollback()
+    def hold_writes(self) -> AbstractContextManager[None]:
+        """While open, every write to the events waits and reads go on (see tests.support.holds)."""
+        return hold_writes(self.hg.engine)
 
     def rows(self, ids: Iterable[str]) -> dict[str, Any]:
         wanted = set(ids)

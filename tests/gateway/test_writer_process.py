@@ -8,11 +8,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,6 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from gateway.child_commit import ChildIngestor
 from gateway.errors import StoreUnavailable
@@ -29,39 +25,11 @@ from gateway.models import events
 from gateway.queue import QUEUE_NAME, EventQueue
 from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
 from tests.gateway.test_ingest import row, statuses, wait_for
+from tests.support.holds import hold_writes, patient_url
 from tests.support.writers import WRITING_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOUNCING = "tests.support.writers:announcing"
-
-
-def patient(url: str) -> str:
-    """SQLite: a busy timeout long enough to wait out :func:`writes_held` (the tests' 0.5 s
-    would turn the wait into a failed write)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return url
-    return parsed.update_query_dict({"timeout": "30"}).render_as_string(hide_password=False)
-
-
-@contextmanager
-def writes_held(engine: Any) -> Iterator[None]:
-    """Every write to the events waits while open: SQLite's write lock, PostgreSQL's table lock."""
-    if engine.dialect.name == "sqlite":
-        holder = sqlite3.connect(engine.url.database, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-        return
-    with engine.connect() as conn, conn.begin() as transaction:
-        conn.exec_driver_sql(f"LOCK TABLE {events.name} IN EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            transaction.rollback()
 
 
 @contextlib.asynccontextmanager
@@ -127,10 +95,10 @@ def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_nex
     monkeypatch.setenv(WRITING_MARK, str(mark))
 
     async def scenario() -> None:
-        async with child_ingestor(engine, patient(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
+        async with child_ingestor(engine, patient_url(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
             first = ingestor.process.process
             assert first is not None
-            with writes_held(engine):
+            with hold_writes(engine):
                 answer = asyncio.ensure_future(ingestor.submit(row("k1")))
                 await poll(mark.exists, "the child to begin the batch")
                 os.kill(first.pid, signal.SIGKILL)
@@ -154,8 +122,8 @@ def test_a_commit_that_never_ends_is_answered_503_in_time(engine: Any, database_
     the batch being written and those queued behind it."""
 
     async def scenario() -> list[Any]:
-        async with child_ingestor(engine, patient(database_url), commit_timeout=1, idle_after=0.2) as ingestor:
-            with writes_held(engine):
+        async with child_ingestor(engine, patient_url(database_url), commit_timeout=1, idle_after=0.2) as ingestor:
+            with hold_writes(engine):
                 first = asyncio.ensure_future(ingestor.submit(row("slow-1")))
                 await poll(lambda: ingestor._flight is not None and ingestor._flight.kind == "write", "a batch")
                 second = asyncio.ensure_future(ingestor.submit(row("slow-2")))
@@ -196,8 +164,8 @@ def test_a_refused_row_fails_alone_across_the_process_boundary(
     poison = row("poison") | {"sequence": 2**70}  # past 64 bits: no store takes it
 
     async def scenario() -> tuple[list[Any], list[list[int]]]:
-        async with child_ingestor(engine, patient(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
-            with writes_held(engine):
+        async with child_ingestor(engine, patient_url(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
+            with hold_writes(engine):
                 first = asyncio.ensure_future(ingestor.submit(row("first")))
                 await poll(mark.exists, "the first batch to begin")
                 # These wait while the first batch does, and go in the next batch together.
