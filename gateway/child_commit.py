@@ -239,18 +239,19 @@ class ChildIngestor(Ingestor):
     def _send_batch(self, batch: list[_Pending], first_of: dict[Key, _Pending], *, alone: bool = False) -> None:
         rows = [pending.row for pending in first_of.values()]
         trace = tracing.start_committing(rows, self.engine.dialect.name) if tracing.on else None
-        self._send(_Flight("write", batch, first_of, self._take_sent(), alone, time.perf_counter(), trace), rows)
+        flight = _Flight("write", batch, first_of, self._take_sent(), alone, time.perf_counter(), trace)
+        self._send(flight, ("write", rows, flight.sent))
 
     def _send_idle(self, sent: list[int]) -> None:
-        self._send(_Flight("idle", sent=sent, started=time.perf_counter()))
+        self._send(_Flight("idle", sent=sent), ("idle", sent))
 
-    def _send(self, flight: _Flight, rows: list[dict[str, Any]] | None = None) -> None:
+    def _send(self, flight: _Flight, message: tuple[Any, ...]) -> None:
         """Send ``flight``'s message. One that cannot even be sent (a value ``marshal`` refuses)
         fails as a store that is unavailable would, and the next batch goes."""
         assert self._connection is not None
         self._flight = flight
         try:
-            self._connection.send((flight.kind, rows, flight.sent) if rows is not None else (flight.kind, flight.sent))
+            self._connection.send(message)
         except Exception as exc:
             log.exception("the intake could not send a batch to its store writer")
             self._flight = None
@@ -270,7 +271,7 @@ class ChildIngestor(Ingestor):
         delivery still waiting is answered 503."""
         error = StoreUnavailable(self._sync_failed or "")
         waiting, self._pending = self._pending, []
-        self._taken(waiting)
+        self._left_inbox(waiting)
         for pending in [*waiting, *(p for group in self._alone for p in group)]:
             if not pending.future.done():
                 pending.future.set_exception(error)

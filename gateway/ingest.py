@@ -302,14 +302,18 @@ class Ingestor:
     def _taken(self, batch: list[_Pending]) -> dict[Key, _Pending]:
         """``batch`` leaves the inbox: the first delivery of each event in it, by key, whose rows
         are written (a broker token shared by many)."""
-        with self._waiting_lock:
-            self.waiting_rows -= len(batch)
-            self.waiting_bytes -= sum(pending.size for pending in batch)
+        self._left_inbox(batch)
         first_of: dict[Key, _Pending] = {}
         for pending in batch:
             first_of.setdefault((pending.row["provider"], pending.row["event_id"]), pending)
         share_tokens([pending.row for pending in first_of.values()])  # a broker message for many
         return first_of
+
+    def _left_inbox(self, batch: list[_Pending]) -> None:
+        """``batch`` no longer counts against the inbox's bounds."""
+        with self._waiting_lock:
+            self.waiting_rows -= len(batch)
+            self.waiting_bytes -= sum(pending.size for pending in batch)
 
     def _relay_new(self, first_of: dict[Key, _Pending], inserted: dict[Key, int]) -> None:
         """Hand the new events that are due at once to the relay (held ones go later)."""

@@ -136,9 +136,6 @@ class BatchWriter:
             self._held = conn
         return self._held
 
-    def start(self) -> None:
-        """Nothing to start: the connection is checked out by the first batch."""
-
     @property
     def holds_connection(self) -> bool:
         return self._held is not None

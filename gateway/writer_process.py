@@ -46,6 +46,12 @@ STOP_SECONDS = 30.0
 _LENGTH = struct.Struct("!I")
 
 
+def frame(message: Any) -> tuple[bytes, bytes]:
+    """A message as sent: its length, then its ``marshal`` form."""
+    payload = marshal.dumps(message)
+    return _LENGTH.pack(len(payload)), payload
+
+
 class Channel:
     """Length-prefixed ``marshal`` messages over a stream socket; EOFError when it closes."""
 
@@ -53,8 +59,7 @@ class Channel:
         self.sock = sock
 
     def send(self, message: Any) -> None:
-        payload = marshal.dumps(message)
-        self.sock.sendall(_LENGTH.pack(len(payload)) + payload)
+        self.sock.sendall(b"".join(frame(message)))
 
     def receive(self) -> Any:
         (length,) = _LENGTH.unpack(self._exactly(_LENGTH.size))
@@ -152,8 +157,7 @@ class WriterConnection(asyncio.Protocol):
 
     def send(self, message: Any) -> None:
         assert self.transport is not None
-        payload = marshal.dumps(message)
-        self.transport.writelines((_LENGTH.pack(len(payload)), payload))  # no copy of the rows
+        self.transport.writelines(frame(message))  # two buffers: no copy of the rows
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

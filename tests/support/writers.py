@@ -10,6 +10,7 @@ from typing import Any
 
 import gateway.store_writer
 from gateway.batch_insert import Key
+from gateway.database import create_store_engine
 from gateway.store_writer import BatchWriter
 from gateway.writer_process import open_writer
 
@@ -18,9 +19,9 @@ WRITING_MARK = "HOOKGATE_TEST_WRITING_MARK"
 
 
 class AnnouncingWriter(BatchWriter):
-    def __init__(self, writer: BatchWriter, mark: Path) -> None:
-        super().__init__(writer.engine)
-        self.mark = mark
+    """Writes as usual, and says in ``mark`` which rows a batch is about to write."""
+
+    mark = Path(os.environ.get(WRITING_MARK, os.devnull))
 
     def write(self, rows: list[dict[str, Any]], sent: list[int]) -> dict[Key, int]:
         if rows:
@@ -30,7 +31,7 @@ class AnnouncingWriter(BatchWriter):
 
 def announcing(url: str) -> BatchWriter:
     """Writes as usual, and says when a batch begins (in ``$HOOKGATE_TEST_WRITING_MARK``)."""
-    return AnnouncingWriter(open_writer(url), Path(os.environ[WRITING_MARK]))
+    return AnnouncingWriter(create_store_engine(url))
 
 
 def failing_sync(url: str) -> BatchWriter:
