@@ -106,10 +106,11 @@ def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_nex
                     await answer
             assert exits(ingestor) == 1
             await poll(lambda: first.returncode == -signal.SIGKILL, "the child reaped")
-            # SQLite undoes the dead child's transaction; PostgreSQL's server runs the statement
-            # it had received once the lock is free, and commits it: the retry is a duplicate.
-            retried = "duplicate" if engine.dialect.name == "postgresql" else "accepted"
-            assert await ingestor.submit(row("k1")) == retried
+            # SQLite undoes the dead child's transaction. PostgreSQL's server runs the statement
+            # once the lock is free and commits it, if it had received it before the kill (the
+            # mark is written just before it is sent): the retry is then a duplicate.
+            retried = {"accepted", "duplicate"} if engine.dialect.name == "postgresql" else {"accepted"}
+            assert await ingestor.submit(row("k1")) in retried
             assert ingestor.process.pid != first.pid
             assert await ingestor.submit(row("k1")) == "duplicate"
 
