@@ -18,7 +18,8 @@ by key, so that one row the store will never take fails alone; a small batch lin
 company at a steady rate (:mod:`gateway.linger`); what the relay sent is marked ``queued`` with
 the next batch, or after ``idle_after`` seconds without one, when the child also gives its
 connection back; a failed sync stops acknowledging for good. A child that exits costs the batch
-it was writing (503), is logged and counted, and a new one is started at once.
+it was writing (503), is logged and counted, and a new one is started at once; one that holds a
+message past its deadline is killed, and goes the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import subprocess
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,9 @@ log = logging.getLogger("hookgate.intake")
 RESTART_DELAY = 1.0
 #: How long a child whose socket closed may take to exit before it is killed.
 EXIT_SECONDS = 5.0
+#: The least time a child may take to answer a batch or an idle pass before it is killed (see
+#: :meth:`ChildIngestor._end_overdue_flight`); four times ``commit_timeout`` when that is longer.
+FLIGHT_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -61,9 +66,12 @@ class _Flight:
     sent: list[int] = field(default_factory=list)
     #: A retry of one key of a batch the store refused for its content.
     alone: bool = False
+    #: When it was sent (``time.perf_counter()``).
     started: float = 0.0
     #: Ends the batch's span (gateway.tracing.start_committing), when tracing.
     trace: tracing.Note | None = None
+    #: Its child was killed for answering too late.
+    overdue: bool = False
 
 
 class ChildIngestor(Ingestor):
@@ -82,6 +90,10 @@ class ChildIngestor(Ingestor):
     def __init__(self, engine: Engine, event_queue: EventQueue, *, process: WriterProcess, **options: Any) -> None:
         super().__init__(engine, event_queue, **options)
         self.process = process
+        #: Seconds a child may take to answer a batch or an idle pass, and to say it is ready,
+        #: before it is killed and another started (:meth:`_end_overdue_flight`).
+        self.flight_timeout = max(FLIGHT_SECONDS, 4 * self.commit_timeout)
+        self.start_timeout = START_SECONDS
         self._sync_failed: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: WriterConnection | None = None
@@ -101,6 +113,8 @@ class ChildIngestor(Ingestor):
         self._holding = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closing = False
+        #: ``close`` has returned: no child is started any more.
+        self._closed = False
         #: Set whenever nothing waits and nothing is in flight (what :meth:`close` waits for).
         self._settled = asyncio.Event()
         self._opened: asyncio.Future[None] | None = None
@@ -143,6 +157,13 @@ class ChildIngestor(Ingestor):
             self._send_idle(self._take_sent())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_settled(), STOP_SECONDS)
+        self._closed = True
+        if self._starting is not None:  # a child being started: let it start, then stop it
+            await self._starting
+        flight, self._flight = self._flight, None
+        self._refuse_waiting(
+            "the intake stopped before these rows were written", [flight.batch] if flight is not None else []
+        )
         connection, self._connection, self._ready = self._connection, None, False
         if connection is not None:
             connection.close()
@@ -189,7 +210,7 @@ class ChildIngestor(Ingestor):
 
     def _restart(self) -> None:
         """Start a new child, unless one is there or starting, or ``close`` has nothing left for it."""
-        wanted = not self._closing or self._pending or self._alone
+        wanted = not self._closed and (not self._closing or self._pending or self._alone)
         if wanted and self._connection is None and (self._starting is None or self._starting.done()):
             assert self._loop is not None
             self._starting = self._loop.create_task(self._start_child())
@@ -212,9 +233,10 @@ class ChildIngestor(Ingestor):
         """Send the next batch, unless one is in flight (its answer calls this again)."""
         self._flush_handle = None
         if self._flight is not None or not self._ready:
+            self._settle()  # with nothing waiting, close() need not wait for a child to come
             return
         if self._sync_failed is not None:
-            self._refuse_waiting()
+            self._refuse_waiting(self._sync_failed)
         if self._alone:
             group = self._alone.popleft()
             self._send_batch(group, {_key(group[0]): group[0]}, alone=True)
@@ -243,7 +265,7 @@ class ChildIngestor(Ingestor):
         self._send(flight, ("write", rows, flight.sent))
 
     def _send_idle(self, sent: list[int]) -> None:
-        self._send(_Flight("idle", sent=sent), ("idle", sent))
+        self._send(_Flight("idle", sent=sent, started=time.perf_counter()), ("idle", sent))
 
     def _send(self, flight: _Flight, message: tuple[Any, ...]) -> None:
         """Send ``flight``'s message. One that cannot even be sent (a value ``marshal`` refuses)
@@ -266,15 +288,16 @@ class ChildIngestor(Ingestor):
             assert self._loop is not None
             self._flush_handle = self._loop.call_soon(self._flush)
 
-    def _refuse_waiting(self) -> None:
-        """After a failed sync nothing more is written, by this child or a new one: every
-        delivery still waiting is answered 503."""
-        error = StoreUnavailable(self._sync_failed or "")
+    def _refuse_waiting(self, reason: str, more: Sequence[list[_Pending]] = ()) -> None:
+        """Answer 503 to every delivery still waiting, and to ``more``: after a failed sync
+        nothing more is written, by this child or a new one; after ``close`` nothing at all."""
+        error = StoreUnavailable(reason)
         waiting, self._pending = self._pending, []
         self._left_inbox(waiting)
-        for pending in [*waiting, *(p for group in self._alone for p in group)]:
-            if not pending.future.done():
-                pending.future.set_exception(error)
+        for group in [waiting, *self._alone, *more]:
+            for pending in group:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
         self._alone.clear()
 
     def _settle(self) -> None:
@@ -403,6 +426,7 @@ class ChildIngestor(Ingestor):
         assert self._loop is not None
         self._idle_timer = self._loop.call_later(self.idle_after, self._idle_pass)
         self._expire_overdue()
+        self._end_overdue_flight()
         quiet = time.monotonic() - self._handled_at >= self.idle_after
         if not quiet or self._flight is not None or self._pending or not self._ready:
             return
@@ -410,6 +434,28 @@ class ChildIngestor(Ingestor):
             waiting = bool(self._sent)
         if waiting or self._holding:
             self._send_idle(self._take_sent())
+
+    def _end_overdue_flight(self) -> None:
+        """Kill a child that has held its message past ``flight_timeout`` (``start_timeout`` for
+        its ``open``). Its requests have had their 503 since ``commit_timeout``, but every later
+        one would wait behind it: a PostgreSQL server gone mid-statement (a failover, a
+        connection dropped on the way) leaves the child reading a socket that the system may
+        take many minutes, or hours, to give up on; a child can hang on a dead disk. Its death is
+        then handled as any other: the batch is answered 503, and a new child is started. A
+        batch it had committed stays committed, and its senders' retries are duplicates."""
+        flight = self._flight
+        if flight is None or flight.overdue or self._connection is None:
+            return
+        limit = self.start_timeout if flight.kind == "open" else self.flight_timeout
+        if time.perf_counter() - flight.started < limit:
+            return
+        flight.overdue = True
+        log.error(
+            "the intake's store writer process %s has not answered in %.0f s; it is killed and another started",
+            self.process.pid,
+            limit,
+        )
+        self.process.kill()
 
     def _expire_overdue(self) -> None:
         """Answer 503 to every request that has waited ``commit_timeout`` seconds for its commit

@@ -20,6 +20,7 @@ value)`` or ``("failed", reason, for_content, details, sync_failed)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import marshal
@@ -123,6 +124,13 @@ class WriterProcess:
         """The child, which this object no longer keeps track of (a new one may be spawned)."""
         process, self.process = self.process, None
         return process
+
+    def kill(self) -> None:
+        """Kill the child (its socket then closes, and the intake learns of its death as of any
+        other)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
 
     def reap(self, timeout: float = 0.0) -> int | None:
         """Wait up to ``timeout`` seconds for the child to exit, then kill it; its exit code."""

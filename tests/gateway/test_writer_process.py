@@ -18,6 +18,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select
 
+from gateway import child_commit
 from gateway.child_commit import ChildIngestor
 from gateway.errors import StoreUnavailable
 from gateway.ingest import Ingestor
@@ -26,10 +27,11 @@ from gateway.queue import QUEUE_NAME, EventQueue
 from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
 from tests.gateway.test_ingest import row, statuses, wait_for
 from tests.support.holds import hold_writes, patient_url
-from tests.support.writers import WRITING_MARK
+from tests.support.writers import REFUSE_WHILE, STALL_WHILE, WRITING_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOUNCING = "tests.support.writers:announcing"
+STALLING = "tests.support.writers:stalling"
 
 
 @contextlib.asynccontextmanager
@@ -153,6 +155,97 @@ def test_a_child_dead_between_batches_is_replaced_at_once(engine: Any, database_
     asyncio.run(scenario())
 
 
+def test_a_child_that_stops_answering_is_killed_and_replaced(engine: Any, database_url: str) -> None:
+    """A child that holds a batch past ``flight_timeout`` (stopped here; in life a database gone
+    mid-statement, whose TCP connection can take many minutes to fail) is killed: its batch is
+    answered 503 as with any death, and a new child writes the next, instead of every request
+    waiting behind it until ``serve`` is restarted."""
+
+    async def scenario() -> None:
+        async with child_ingestor(engine, database_url, commit_timeout=60) as ingestor:
+            ingestor.flight_timeout = 1.0
+            first = ingestor.process.process
+            assert first is not None
+            os.kill(first.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailable):
+                    await asyncio.wait_for(ingestor.submit(row("s1")), 15)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(first.pid, signal.SIGCONT)
+            await poll(lambda: first.returncode == -signal.SIGKILL, "the stopped child killed and reaped")
+            assert exits(ingestor) == 1
+            assert await asyncio.wait_for(ingestor.submit(row("s1")), 15) == "accepted"
+            assert ingestor.process.pid != first.pid
+
+    asyncio.run(scenario())
+    assert set(statuses(engine)) == {"s1"}
+
+
+def test_a_new_child_that_hangs_opening_is_killed_and_replaced(
+    engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stall = tmp_path / "stall"
+    monkeypatch.setenv(STALL_WHILE, str(stall))
+
+    async def scenario() -> None:
+        async with child_ingestor(engine, database_url, STALLING) as ingestor:
+            ingestor.start_timeout = 1.0
+            first = ingestor.process.process
+            assert first is not None
+            stall.touch()
+            first.kill()
+            await poll(lambda: ingestor.process.process not in (None, first), "a new child")
+            hung = ingestor.process.process
+            assert hung is not None
+            await poll(lambda: hung.returncode == -signal.SIGKILL, "the hung child killed")
+            stall.unlink()
+            assert await asyncio.wait_for(ingestor.submit(row("h1")), 20) == "accepted"
+
+    asyncio.run(scenario())
+
+
+def test_closing_while_no_child_can_open(
+    engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close`` while the new child fails to open: with nothing waiting it returns at once,
+    not after ``STOP_SECONDS``; what is still waiting when it gives up is answered 503, not left
+    hanging; and no child is started after it returns."""
+    stall, refuse = tmp_path / "stall", tmp_path / "refuse"
+    monkeypatch.setenv(STALL_WHILE, str(stall))
+    monkeypatch.setenv(REFUSE_WHILE, str(refuse))
+    monkeypatch.setattr(child_commit, "STOP_SECONDS", 6.0)
+
+    async def close_after_a_failed_opening(waiting: bool) -> list[Any]:
+        refuse.unlink(missing_ok=True)
+        ingestor = ChildIngestor(engine, EventQueue(StubBroker()), process=WriterProcess(database_url, STALLING))
+        await ingestor.open()
+        first = ingestor.process.process
+        assert first is not None
+        stall.touch()
+        refuse.touch()
+        first.kill()
+        await poll(lambda: ingestor.process.process not in (None, first), "a new child")
+        answers = [asyncio.ensure_future(ingestor.submit(row("c1")))] if waiting else []
+        closing = asyncio.ensure_future(ingestor.close())
+        await asyncio.sleep(0)
+        stall.unlink()  # the child goes on, and fails to open
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(closing, 10)
+        took = asyncio.get_running_loop().time() - started
+        results = await asyncio.wait_for(asyncio.gather(*answers, return_exceptions=True), 5)
+        # A failed opening is tried again after RESTART_DELAY: none may come once closed.
+        await asyncio.sleep(child_commit.RESTART_DELAY + 0.5)
+        assert ingestor.process.process is None, "a child started after close()"
+        return [took, *results]
+
+    took, *_ = asyncio.run(close_after_a_failed_opening(waiting=False))
+    assert took < 3, f"close() waited {took:.1f} s with nothing to write"
+    took, answer = asyncio.run(close_after_a_failed_opening(waiting=True))
+    assert isinstance(answer, StoreUnavailable), answer
+    assert set(statuses(engine)) == set()
+
+
 def test_a_refused_row_fails_alone_across_the_process_boundary(
     engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -257,6 +350,7 @@ def test_the_child_ignores_sigterm_and_sigint_until_the_intake_stops_it(engine: 
 
 HOST = """
 import sys, time
+from gateway import child_commit
 from gateway.child_commit import ChildIngestor
 from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
 writer = WriterProcess(sys.argv[1])

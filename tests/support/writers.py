@@ -5,6 +5,7 @@ Paths and behaviour come from the environment, which the child inherits."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from gateway.writer_process import open_writer
 
 #: A file the announcing writer creates when a batch with rows begins.
 WRITING_MARK = "HOOKGATE_TEST_WRITING_MARK"
+#: While this file exists, a child of the stalling writer hangs as it opens the store, and after
+#: it a child fails to open while the file in ``REFUSE_WHILE`` exists.
+STALL_WHILE, REFUSE_WHILE = "HOOKGATE_TEST_STALL_WHILE", "HOOKGATE_TEST_REFUSE_WHILE"
 
 
 class AnnouncingWriter(BatchWriter):
@@ -41,4 +45,16 @@ def failing_sync(url: str) -> BatchWriter:
         raise OSError(5, "Input/output error")
 
     gateway.store_writer.sync_descriptor = fail
+    return open_writer(url)
+
+
+def stalling(url: str) -> BatchWriter:
+    """Opens as usual, but first hangs while the file ``$HOOKGATE_TEST_STALL_WHILE`` exists (as a
+    child stuck reading from a dead disk would), then fails while ``$HOOKGATE_TEST_REFUSE_WHILE``
+    does."""
+    stall, refuse = os.environ.get(STALL_WHILE), os.environ.get(REFUSE_WHILE)
+    while stall and Path(stall).exists():
+        time.sleep(0.05)
+    if refuse and Path(refuse).exists():
+        raise OSError(f"told to fail by {refuse}")
     return open_writer(url)
