@@ -18,11 +18,15 @@ from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Insert, bindparam
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import Executable
+
+#: The most rows one multi-row INSERT of :meth:`Prepared.run_many` writes (a plan is kept for
+#: each count up to it).
+ROWS_AT_ONCE = 64
 
 
 class Prepared:
@@ -37,6 +41,8 @@ class Prepared:
         self._row_types: dict[tuple[str, ...], Any] = {}
         #: By compiled statement and the lengths of the list parameters given.
         self._plans: dict[tuple[int, ...], _Plan] = {}
+        #: This ``insert`` for so many rows at once (:meth:`run_many` on PostgreSQL).
+        self._multi_row: dict[int, Prepared] = {}
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         """The rows the statement returns, each with its columns as attributes."""
@@ -61,13 +67,39 @@ class Prepared:
 
     def run_many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         """The statement once per parameter set, in one driver call (``executemany``); the
-        statement must have no expanding parameter."""
+        statement must have no expanding parameter.
+
+        On PostgreSQL an ``insert`` given ``column_keys`` writes its rows in one multi-row
+        statement per :data:`ROWS_AT_ONCE` instead: psycopg runs ``executemany`` in pipeline mode,
+        which cost 200 to 500 µs more CPU a call than one statement for the few rows a worker's
+        round records (handler runs, attempts), about a tenth of a worker's time in a burst
+        (bench/README.md, step 20)."""
         if not rows:
+            return
+        if self.column_keys is not None and conn.dialect.name == "postgresql":
+            for start in range(0, len(rows), ROWS_AT_ONCE):
+                chunk = rows[start : start + ROWS_AT_ONCE]
+                params = {f"{key}__{index}": row[key] for index, row in enumerate(chunk) for key in self.column_keys}
+                self._at_once(len(chunk)).rowcount(conn, params)
             return
         compiled = self._for(conn.dialect)
         args = [self._args(compiled, row)[1] for row in rows]
         sql = compiled.string
         _call(conn, sql, args, lambda cursor: cursor.executemany(sql, args)).close()
+
+    def _at_once(self, count: int) -> Prepared:
+        """This ``insert`` of ``count`` rows in one statement, its parameters ``<column>__<row>``."""
+        prepared = self._multi_row.get(count)
+        if prepared is None:
+            assert isinstance(self.statement, Insert)
+            assert self.column_keys is not None
+            table = self.statement.table
+            rows = [
+                {key: bindparam(f"{key}__{index}", type_=table.c[key].type) for key in self.column_keys}
+                for index in range(count)
+            ]
+            prepared = self._multi_row[count] = Prepared(self.statement.values(rows))
+        return prepared
 
     def _run(self, conn: Connection, params: dict[str, Any]) -> Any:
         sql, args = self._args(self._for(conn.dialect), params)
