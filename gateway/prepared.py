@@ -24,9 +24,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import Executable
 
-#: The most rows one multi-row INSERT of :meth:`Prepared.run_many` writes (a plan is kept for
-#: each count up to it).
-ROWS_AT_ONCE = 64
+#: The most parameters a statement may have for psycopg to keep it parsed: a multi-row INSERT of
+#: :meth:`Prepared.run_many` takes at most as many rows as fit in it.
+PSYCOPG_CACHED_PARAMETERS = 50
 
 
 class Prepared:
@@ -69,16 +69,18 @@ class Prepared:
         """The statement once per parameter set, in one driver call (``executemany``); the
         statement must have no expanding parameter.
 
-        On PostgreSQL an ``insert`` given ``column_keys`` writes its rows in one multi-row
-        statement per :data:`ROWS_AT_ONCE` instead: psycopg runs ``executemany`` in pipeline mode,
-        which cost 200 to 500 µs more CPU a call than one statement for the few rows a worker's
-        round records (handler runs, attempts), about a tenth of a worker's time in a burst
-        (bench/README.md, step 20)."""
+        On PostgreSQL an ``insert`` given ``column_keys`` writes its rows in multi-row statements
+        instead, each of as many rows as psycopg keeps parsed (:data:`PSYCOPG_CACHED_PARAMETERS`
+        values; past that it parses the statement again every time). Client CPU a call, in one
+        transaction, for the rows of an attempt (11 columns): one row 83 µs against 103 through
+        ``executemany``, which psycopg runs in pipeline mode; three rows 77 against 120; eight
+        rows, in two statements, about as much as ``executemany`` (bench/README.md, step 20)."""
         if not rows:
             return
         if self.column_keys is not None and conn.dialect.name == "postgresql":
-            for start in range(0, len(rows), ROWS_AT_ONCE):
-                chunk = rows[start : start + ROWS_AT_ONCE]
+            at_once = max(1, PSYCOPG_CACHED_PARAMETERS // len(self.column_keys))
+            for start in range(0, len(rows), at_once):
+                chunk = rows[start : start + at_once]
                 params = {f"{key}__{index}": row[key] for index, row in enumerate(chunk) for key in self.column_keys}
                 self._at_once(len(chunk)).rowcount(conn, params)
             return

@@ -62,22 +62,32 @@ def test_they_run_in_the_callers_transaction(engine: Any) -> None:
 
 
 def test_many_rows_of_an_insert_are_written_in_order_and_all_or_none(engine: Any) -> None:
-    """``run_many`` of an ``insert`` given its columns (on PostgreSQL one multi-row statement per
-    64 rows, elsewhere ``executemany``): every row with its own values, and a row the database
-    refuses, in a later statement, takes the whole transaction's rows with it."""
+    """``run_many`` of an ``insert`` given its columns (on PostgreSQL multi-row statements,
+    elsewhere ``executemany``): every row with its own values, NULLs included, and a row the
+    database refuses, in a later statement, takes the whole transaction's rows with it."""
     add_rows = Prepared(insert(leases), column_keys=("name", "holder", "expires_at"))
-    rows = [{"name": f"m{index:03}", "holder": f"h{index % 7}", "expires_at": index / 4} for index in range(150)]
+    rows = [
+        {
+            "name": f"m{index:03}",
+            "holder": None if index % 5 == 0 else f"h{index % 7}",
+            "expires_at": None if index % 3 == 0 else index / 4,
+        }
+        for index in range(150)
+    ]
     with engine.begin() as conn:
         add_rows.run_many(conn, rows)
-        add_rows.run_many(conn, [{"name": "single", "holder": "s", "expires_at": 0.5}])
+        add_rows.run_many(conn, [{"name": "single", "holder": None, "expires_at": None}])  # columns of NULLs
     with engine.connect() as conn:
         stored = conn.execute(select(leases.c.name, leases.c.holder, leases.c.expires_at).order_by(leases.c.name)).all()
     assert [tuple(row) for row in stored] == sorted(
-        [*((row["name"], row["holder"], row["expires_at"]) for row in rows), ("single", "s", 0.5)]
+        [*((row["name"], row["holder"], row["expires_at"]) for row in rows), ("single", None, None)]
     )
     again = [{"name": f"new{index:03}", "holder": "x", "expires_at": 1.0} for index in range(100)]
     with pytest.raises(IntegrityError), engine.begin() as conn:
         add_rows.run_many(conn, [*again, rows[0]])  # the known name in the second statement
+    if engine.dialect.name == "postgresql":  # SQLite keeps any length
+        with pytest.raises(DBAPIError, match="too long"), engine.begin() as conn:
+            add_rows.run_many(conn, [*again, {"name": "long", "holder": "h" * 65, "expires_at": None}])
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(leases)).scalar_one() == 151
 
