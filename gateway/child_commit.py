@@ -70,8 +70,6 @@ class _Flight:
     started: float = 0.0
     #: Ends the batch's span (gateway.tracing.start_committing), when tracing.
     trace: tracing.Note | None = None
-    #: Its child was killed for answering too late.
-    overdue: bool = False
 
 
 class ChildIngestor(Ingestor):
@@ -224,6 +222,10 @@ class ChildIngestor(Ingestor):
     # -- requests ---------------------------------------------------------------------------
 
     def _hand_over(self, pending: _Pending) -> None:
+        if self._closed:  # no child will come to write it
+            self._left_inbox([pending])
+            pending.future.set_exception(StoreUnavailable("the intake is stopping"))
+            return
         self._pending.append(pending)
         self._settled.clear()
         if self._flight is None:
@@ -397,7 +399,8 @@ class ChildIngestor(Ingestor):
 
     def _lost(self, connection: WriterConnection) -> None:
         """A child's end closed: asked to (``close`` and ``_end_child`` let go of the connection
-        first), or it died."""
+        first), or it died; or it was killed for answering too late (:meth:`_end_overdue_flight`
+        calls this at once)."""
         if connection is not self._connection:
             return
         flight, self._flight = self._flight, None
@@ -441,21 +444,24 @@ class ChildIngestor(Ingestor):
         one would wait behind it: a PostgreSQL server gone mid-statement (a failover, a
         connection dropped on the way) leaves the child reading a socket that the system may
         take many minutes, or hours, to give up on; a child can hang on a dead disk. Its death is
-        then handled as any other: the batch is answered 503, and a new child is started. A
-        batch it had committed stays committed, and its senders' retries are duplicates."""
-        flight = self._flight
-        if flight is None or flight.overdue or self._connection is None:
+        then handled as any other, at once rather than when its socket closes (a process in a
+        system call that cannot be interrupted dies only when the call returns): the batch is
+        answered 503, and a new child is started. A batch it had committed stays committed, and
+        its senders' retries are duplicates."""
+        flight, connection = self._flight, self._connection
+        if flight is None or connection is None:
             return
         limit = self.start_timeout if flight.kind == "open" else self.flight_timeout
         if time.perf_counter() - flight.started < limit:
             return
-        flight.overdue = True
         log.error(
             "the intake's store writer process %s has not answered in %.0f s; it is killed and another started",
             self.process.pid,
             limit,
         )
         self.process.kill()
+        self._lost(connection)
+        connection.close()  # its end of the socket: nothing more is read from this child
 
     def _expire_overdue(self) -> None:
         """Answer 503 to every request that has waited ``commit_timeout`` seconds for its commit

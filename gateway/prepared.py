@@ -77,11 +77,12 @@ class Prepared:
         rows, in two statements, about as much as ``executemany`` (bench/README.md, step 20)."""
         if not rows:
             return
-        if self.column_keys is not None and conn.dialect.name == "postgresql":
-            at_once = max(1, PSYCOPG_CACHED_PARAMETERS // len(self.column_keys))
+        keys = self.column_keys
+        if keys and len(keys) <= PSYCOPG_CACHED_PARAMETERS and conn.dialect.name == "postgresql":
+            at_once = PSYCOPG_CACHED_PARAMETERS // len(keys)
             for start in range(0, len(rows), at_once):
                 chunk = rows[start : start + at_once]
-                params = {f"{key}__{index}": row[key] for index, row in enumerate(chunk) for key in self.column_keys}
+                params = {f"{key}__{index}": row[key] for index, row in enumerate(chunk) for key in keys}
                 self._at_once(len(chunk)).rowcount(conn, params)
             return
         compiled = self._for(conn.dialect)

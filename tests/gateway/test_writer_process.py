@@ -27,11 +27,12 @@ from gateway.queue import QUEUE_NAME, EventQueue
 from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
 from tests.gateway.test_ingest import row, statuses, wait_for
 from tests.support.holds import hold_writes, patient_url
-from tests.support.writers import REFUSE_WHILE, STALL_WHILE, WRITING_MARK
+from tests.support.writers import KEEPER_PID, REFUSE_WHILE, STALL_WHILE, WRITING_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOUNCING = "tests.support.writers:announcing"
 STALLING = "tests.support.writers:stalling"
+LINGERING = "tests.support.writers:lingering"
 
 
 @contextlib.asynccontextmanager
@@ -182,6 +183,34 @@ def test_a_child_that_stops_answering_is_killed_and_replaced(engine: Any, databa
     assert set(statuses(engine)) == {"s1"}
 
 
+def test_a_child_killed_for_lateness_is_given_up_even_while_its_socket_stays_open(
+    engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process in a system call that cannot be interrupted (a dead disk) dies only when the
+    call returns, so its socket does not close when it is killed: the intake gives it up at once
+    all the same, answers its batch 503, and a new child writes the next."""
+    keeper_pid = tmp_path / "keeper"
+    monkeypatch.setenv(KEEPER_PID, str(keeper_pid))
+
+    async def scenario() -> None:
+        async with child_ingestor(engine, database_url, LINGERING, commit_timeout=60) as ingestor:
+            ingestor.flight_timeout = 1.0
+            first = ingestor.process.pid
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(ingestor.submit(row("g1")), 15)
+            assert keeper_pid.exists()
+            assert await asyncio.wait_for(ingestor.submit(row("g1")), 15) == "accepted"
+            assert ingestor.process.pid != first
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if keeper_pid.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(keeper_pid.read_text()), signal.SIGKILL)
+    assert set(statuses(engine)) == {"g1"}
+
+
 def test_a_new_child_that_hangs_opening_is_killed_and_replaced(
     engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +273,21 @@ def test_closing_while_no_child_can_open(
     took, answer = asyncio.run(close_after_a_failed_opening(waiting=True))
     assert isinstance(answer, StoreUnavailable), answer
     assert set(statuses(engine)) == set()
+
+
+def test_a_delivery_handed_over_after_close_is_answered_503(engine: Any, database_url: str) -> None:
+    """Late requests (a connection still being served as the lifespan ends) get their 503 at once:
+    no child will come to write them, and no timer watches them."""
+
+    async def scenario() -> None:
+        ingestor = ChildIngestor(engine, EventQueue(StubBroker()), process=WriterProcess(database_url))
+        await ingestor.open()
+        await ingestor.close()
+        with pytest.raises(StoreUnavailable, match="stopping"):
+            await asyncio.wait_for(ingestor.submit(row("late")), 5)
+        assert ingestor.waiting_rows == 0
+
+    asyncio.run(scenario())
 
 
 def test_a_refused_row_fails_alone_across_the_process_boundary(
