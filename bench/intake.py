@@ -4,10 +4,14 @@ Both run under uvicorn with one worker process, take the same load from wrk (64 
 2 KB GitHub-style bodies, a fresh X-GitHub-Delivery per request), and are reported as
 requests/s, p50 and p99 latency, and Hookgate's throughput as a ratio of the bare endpoint's.
 Hookgate does everything it does in production: size limit, HMAC verification, JSON parse,
-dedupe, a durable commit (SQLite WAL synced before the answer, or $HOOKGATE_DATABASE_URL) and the
-enqueue to Redis (embedded, or $HOOKGATE_REDIS_URL). No workers run, so the queue only grows.
+dedupe and a durable commit (SQLite WAL synced before the answer, or $HOOKGATE_DATABASE_URL).
+Every event belongs to one resource (an issue), so with the default ordering window of 2 s the
+intake holds it and the workers' sweep sends it later (no workers run here, so nothing is sent):
+that is a default deployment. With ``--window-ms 0`` the intake's relay also enqueues each event
+to Redis (embedded, or $HOOKGATE_REDIS_URL) as it is committed, and the next batch marks it
+``queued``, as in bench/side_by_side.py.
 
-    python bench/intake.py [--seconds 15] [--connections 64] [--rounds 5]
+    python bench/intake.py [--seconds 15] [--connections 64] [--rounds 5] [--window-ms 0]
 
 Both servers stay up for the whole run and take turns under load, round after round (the order
 swapped each round), so that both see the same phases of a shared, noisy machine; the figure to
@@ -34,6 +38,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 HERE = Path(__file__).resolve().parent
 SECRET = b"bench-secret-0123456789"
@@ -155,6 +160,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1, help="alternating runs of each target")
     parser.add_argument(
+        "--window-ms",
+        type=int,
+        default=2000,
+        help="the provider's ordering window; 0: the intake enqueues every event as it is committed",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         help="another checkout (e.g. a git worktree of an older commit) served as a third target, "
@@ -167,7 +178,10 @@ def main() -> int:
     body = body_of_2kb()
     database = os.environ.get("HOOKGATE_DATABASE_URL")
     with tempfile.TemporaryDirectory(prefix="hgbench-") as tmp:
-        env = {**os.environ, "HOOKGATE_CONFIG": str(HERE / "providers.yaml")}
+        config = yaml.safe_load((HERE / "providers.yaml").read_text())
+        config["defaults"] = {"ordering": {"window_ms": args.window_ms}}
+        (Path(tmp) / "providers.yaml").write_text(yaml.safe_dump(config))
+        env = {**os.environ, "HOOKGATE_CONFIG": str(Path(tmp) / "providers.yaml")}
         serve = [sys.executable, "-m", "gateway.cli", "serve"]
         targets: dict[str, tuple[list[str], Path, dict[str, str]]] = {
             BARE: (
@@ -232,7 +246,7 @@ def main() -> int:
             )
     print(
         f"\nbodies {len(body)} B, {args.connections} connections, {args.seconds} s per run, {args.rounds} rounds, "
-        f"database {(database or 'sqlite').split(':')[0]}; bare p99 median "
+        f"database {(database or 'sqlite').split(':')[0]}, ordering window {args.window_ms} ms; bare p99 median "
         f"{statistics.median(r['p99'] for r in runs[BARE]):.2f} ms"
     )
     for name in list(runs)[1:]:
