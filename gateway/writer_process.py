@@ -126,8 +126,9 @@ class WriterProcess:
         return process
 
     def kill(self) -> None:
-        """Kill the child (its socket then closes, and the intake learns of its death as of any
-        other)."""
+        """Send the child SIGKILL. It may not die at once (a process in a system call that cannot
+        be interrupted dies when the call returns): the caller gives it up without waiting for
+        its socket to close."""
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
