@@ -35,11 +35,17 @@ STALLING = "tests.support.writers:stalling"
 LINGERING = "tests.support.writers:lingering"
 
 
+async def opened(engine: Any, url: str, factory: str = DEFAULT_FACTORY, **options: Any) -> ChildIngestor:
+    """A ChildIngestor started on the running loop (the caller closes it)."""
+    ingestor = ChildIngestor(engine, EventQueue(StubBroker()), process=WriterProcess(url, factory), **options)
+    await ingestor.open()
+    return ingestor
+
+
 @contextlib.asynccontextmanager
 async def child_ingestor(engine: Any, url: str, factory: str = DEFAULT_FACTORY, **options: Any) -> Any:
     """A started ChildIngestor on the running loop, closed on the way out."""
-    ingestor = ChildIngestor(engine, EventQueue(StubBroker()), process=WriterProcess(url, factory), **options)
-    await ingestor.open()
+    ingestor = await opened(engine, url, factory, **options)
     try:
         yield ingestor
     finally:
@@ -247,8 +253,7 @@ def test_closing_while_no_child_can_open(
 
     async def close_after_a_failed_opening(waiting: bool) -> list[Any]:
         refuse.unlink(missing_ok=True)
-        ingestor = ChildIngestor(engine, EventQueue(StubBroker()), process=WriterProcess(database_url, STALLING))
-        await ingestor.open()
+        ingestor = await opened(engine, database_url, STALLING)
         first = ingestor.process.process
         assert first is not None
         stall.touch()
@@ -280,8 +285,7 @@ def test_a_delivery_handed_over_after_close_is_answered_503(engine: Any, databas
     no child will come to write them, and no timer watches them."""
 
     async def scenario() -> None:
-        ingestor = ChildIngestor(engine, EventQueue(StubBroker()), process=WriterProcess(database_url))
-        await ingestor.open()
+        ingestor = await opened(engine, database_url)
         await ingestor.close()
         with pytest.raises(StoreUnavailable, match="stopping"):
             await asyncio.wait_for(ingestor.submit(row("late")), 5)
