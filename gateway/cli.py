@@ -94,7 +94,7 @@ def _serve(
         engine = create_store_engine(settings.database_url)
         token = settings.admin_token if admin else None
         queue = EventQueue(create_broker(broker_url))
-        writer = _intake_writer(settings)
+        writer = _intake_writer(settings, broker_url)
         app = create_app(config, engine, queue, limits=settings.limits, admin_token=token, writer=writer)
         for collector in collectors:
             app.intake.metric_registry.register(collector)
@@ -103,7 +103,7 @@ def _serve(
         tracing.shutdown()  # exports the spans still waiting
 
 
-def _intake_writer(settings: Settings) -> WriterProcess | None:
+def _intake_writer(settings: Settings, broker_url: str) -> WriterProcess | None:
     """The intake's writer process, unless ``HOOKGATE_INTAKE_WRITER=thread`` or the store is a
     SQLite database in memory (which no other process can open)."""
     from sqlalchemy.engine import make_url
@@ -114,7 +114,7 @@ def _intake_writer(settings: Settings) -> WriterProcess | None:
     in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
     if settings.intake_writer == "thread" or in_memory:
         return None
-    return WriterProcess(settings.database_url)
+    return WriterProcess(settings.database_url, broker_url)
 
 
 def _worker_command(processes: int, threads: int) -> list[str]:

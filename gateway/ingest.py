@@ -5,10 +5,11 @@ queue and await a future. The committer thread takes everything waiting, has it 
 transaction (``ON CONFLICT DO NOTHING`` on (provider, event id) is the dedupe) and resolves the
 futures. The writing itself is :mod:`gateway.store_writer`'s, on the committer thread or, under
 ``hookgate serve``, in a process of its own (:mod:`gateway.writer_process`). The relay thread
-then enqueues the new events, again everything waiting in one pipeline; requests never wait for
-it, so commits and enqueues overlap. A 2xx therefore always follows a commit; an event whose
-enqueue is lost (crash, broker down) stays ``received`` in the store and the workers' recovery
-sweep sends it again.
+(:mod:`gateway.relay`) then enqueues the new events, again everything waiting in one pipeline;
+requests never wait for it, so commits and enqueues overlap (under ``serve`` the writer child
+enqueues them itself: :mod:`gateway.child_commit`). A 2xx therefore always follows a commit; an
+event whose enqueue is lost (crash, broker down) stays ``received`` in the store and the
+workers' recovery sweep sends it again.
 
 When deliveries follow each other closely but not all at once (a steady few hundred a second),
 the committer waits a moment for more before it writes a small batch, so that a commit and a
@@ -38,6 +39,7 @@ from .errors import InboxFull, StoreUnavailable
 from .linger import Linger
 from .metrics import IntakeMetrics
 from .queue import EventQueue, share_tokens
+from .relay import Item, Relay, relayable
 from .store_writer import BatchWriter, log_failure, refused_for_content
 
 log = logging.getLogger("hookgate.intake")
@@ -122,13 +124,10 @@ class Ingestor:
         self.max_batch = max_batch
         self.idle_after = idle_after
         self.linger = linger or Linger()
-        #: False after an enqueue failed, until the broker answers again; the intake then says 503.
-        self.broker_healthy = True
         self._inbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue[list[tuple[int, str]] | None] = queue.SimpleQueue()
-        #: Events the relay has enqueued; the committer marks them ``queued``.
-        self._sent: list[int] = []
-        self._sent_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[list[Item] | None] = queue.SimpleQueue()
+        #: Enqueues new events and keeps their ids, which the committer marks ``queued``.
+        self.relay = Relay(event_queue)
         self._committer: threading.Thread | None = None
         self._relay_thread: threading.Thread | None = None
         #: Writes each batch: on the committer thread, or in a process of its own (``writer``).
@@ -142,10 +141,16 @@ class Ingestor:
         acknowledges nothing (see :meth:`gateway.store_writer.BatchWriter._sync_wal`)."""
         return self.writer.sync_failed
 
+    @property
+    def broker_healthy(self) -> bool:
+        """False after an enqueue failed, until the broker answers again; the intake then says 503."""
+        return self.relay.healthy
+
     def start(self) -> None:
         self._committer = threading.Thread(target=self._run, name="hookgate-commit", daemon=True)
         self._committer.start()
         self._start_relay()
+        self._start_checkpointer()
 
     def stop(self) -> None:
         """Commit and enqueue what is waiting, then stop both threads."""
@@ -155,19 +160,24 @@ class Ingestor:
             self._committer = None
             self.writer.stop()
         self._stop_relay()
+        self._stop_checkpointer()
 
     def _start_relay(self) -> None:
         self._relay_thread = threading.Thread(target=self._relay, name="hookgate-relay", daemon=True)
         self._relay_thread.start()
-        if self.checkpointer is not None:
-            self.checkpointer.start()
 
     def _stop_relay(self) -> None:
-        """Enqueue what the committer left, then stop the relay (and the checkpointer)."""
+        """Enqueue what the committer left, then stop the relay."""
         if self._relay_thread is not None:
             self._outbox.put(None)
             self._relay_thread.join(timeout=30)
             self._relay_thread = None
+
+    def _start_checkpointer(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.start()
+
+    def _stop_checkpointer(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.stop()
 
@@ -279,11 +289,6 @@ class Ingestor:
         except Exception:
             log.warning("the store writer could not give its connection back", exc_info=True)
 
-    def _take_sent(self) -> list[int]:
-        with self._sent_lock:
-            sent, self._sent = self._sent, []
-        return sent
-
     def _write(self, batch: list[_Pending]) -> None:
         first_of = self._taken(batch)
         started = time.perf_counter()
@@ -317,8 +322,7 @@ class Ingestor:
 
     def _relay_new(self, first_of: dict[Key, _Pending], inserted: dict[Key, int]) -> None:
         """Hand the new events that are due at once to the relay (held ones go later)."""
-        ready = [(pk, first_of[key].row["message_id"]) for key, pk in inserted.items()]
-        ready = [(pk, token) for pk, token in ready if token is not None]
+        ready = relayable((pending.row for pending in first_of.values()), inserted)
         if ready:
             self._outbox.put(ready)
 
@@ -351,14 +355,13 @@ class Ingestor:
         return inserted, refused
 
     def _commit(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
-        sent = self._take_sent()
+        sent = self.relay.take_sent()
         if not rows and not sent:
             return {}
         try:
             return self._insert_rows(rows, sent)
         except Exception:
-            with self._sent_lock:  # mark them on a later commit
-                self._sent[:0] = sent
+            self.relay.put_back(sent)  # marked by a later commit
             raise
 
     def _insert_rows(self, rows: list[dict[str, Any]], sent: list[int]) -> dict[tuple[str, str], int]:
@@ -368,28 +371,8 @@ class Ingestor:
     # -- relay thread ---------------------------------------------------------------------
 
     def _relay(self) -> None:
-        self._consume(self._outbox, lambda batches: self._enqueue([i for b in batches for i in b]), self._probe_broker)
-
-    def _enqueue(self, items: list[tuple[int, str]]) -> None:
-        try:
-            self.event_queue.send(items)
-        except Exception as exc:
-            log.warning("broker unavailable, %d events left for the recovery sweep: %s", len(items), type(exc).__name__)
-            self.broker_healthy = False
-        else:
-            with self._sent_lock:
-                self._sent.extend(pk for pk, _ in items)
-
-    def _probe_broker(self) -> None:
-        """While the broker is marked down, see whether it answers again."""
-        if self.broker_healthy:
-            return
-        try:
-            self.event_queue.ping()
-        except Exception:
-            return
-        log.info("broker answers again")
-        self.broker_healthy = True
+        relay = self.relay
+        self._consume(self._outbox, lambda batches: relay.send([i for b in batches for i in b]), relay.probe)
 
 
 def _results(

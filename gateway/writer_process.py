@@ -11,10 +11,16 @@ batch with the new rows' ids; :mod:`gateway.child_commit` drives it from the eve
 The child ignores SIGINT and SIGTERM (the intake writes what waits, then closes the child's
 socket) and exits when its socket closes, so it never outlives the intake, however that ends.
 
+The child also relays (:mod:`gateway.relay`): once it has answered a batch, it enqueues the
+batch's new events that are due at once, and marks them ``queued`` with its next message.
+
 Messages are ``marshal``-ed tuples behind a 4-byte length, one answer for each message:
-``("open", url, factory)`` first, then ``("write", rows, sent)`` (insert ``rows``, mark ``sent``
-queued) and ``("idle", sent)`` (mark, then give the connection back). An answer is ``("ok",
-value)`` or ``("failed", reason, for_content, details, sync_failed)``.
+``("open", url, factory, broker_url)`` first, then ``("write", rows, hold)`` (mark what the child
+enqueued, insert ``rows``, answer, then enqueue their new events; with ``hold``, keep those for
+the next ``write`` without it) and ``("idle",)`` (enqueue what is held, probe a broker found
+down, mark, then give the connection back). An answer is ``("ok", value)`` or ``("failed",
+reason, for_content, details, sync_failed)``. Between answers the child may say ``("broker",
+healthy)`` when its enqueues start failing, or the broker answers again.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .relay import Item, Relay, relayable
 from .store_writer import BatchWriter, failure_reason, is_unexpected, refused_for_content
 
 log = logging.getLogger("hookgate.intake")
@@ -87,11 +94,12 @@ class WriterProcess:
     Args:
         url: the store's URL, as ``HOOKGATE_DATABASE_URL`` gives it (sent over the socket, never
             on the child's command line, where any user could read a password).
+        broker_url: the broker's, to which the child hands the events it commits (as sent).
         factory: ``module:callable`` building the child's writer from ``url``.
     """
 
-    def __init__(self, url: str, factory: str = DEFAULT_FACTORY) -> None:
-        self.url, self.factory = url, factory
+    def __init__(self, url: str, broker_url: str, factory: str = DEFAULT_FACTORY) -> None:
+        self.url, self.broker_url, self.factory = url, broker_url, factory
         self.process: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> socket.socket:
@@ -112,9 +120,9 @@ class WriterProcess:
             theirs.close()
         return ours
 
-    def opening(self) -> tuple[str, str, str]:
+    def opening(self) -> tuple[str, str, str, str]:
         """The first message to a new child: what to open."""
-        return ("open", self.url, self.factory)
+        return ("open", self.url, self.factory, self.broker_url)
 
     @property
     def pid(self) -> int | None:
@@ -212,35 +220,87 @@ def _failure(exc: BaseException, writer: BatchWriter | None) -> tuple[Any, ...]:
     return ("failed", failure_reason(exc), refused_for_content(exc), details, sync_failed)
 
 
+def open_relay(broker_url: str) -> Relay:
+    """The child's relay: a broker client of its own."""
+    from .queue import EventQueue, create_broker
+
+    return Relay(EventQueue(create_broker(broker_url)))
+
+
+class ChildSide:
+    """What the child does with each message (see the module's text)."""
+
+    def __init__(self, channel: Channel, writer: BatchWriter, relay: Relay) -> None:
+        self.channel, self.writer, self.relay = channel, writer, relay
+        #: New events of writes sent with ``hold``, enqueued with the next write without it.
+        self.held: list[Item] = []
+        self._said_healthy = True
+
+    def write(self, rows: list[dict[str, Any]], hold: bool) -> None:
+        inserted = self._marking(lambda sent: self.writer.write(rows, sent))
+        if inserted is None:
+            return
+        self.held += relayable(rows, inserted)
+        if not hold:
+            self._relay()
+
+    def idle(self) -> None:
+        self.relay.probe()
+        self._relay()
+        try:
+            self._marking(lambda sent: self.writer.write([], sent) if sent else {})
+        finally:
+            self.writer.release()
+
+    def _marking(self, write: Callable[[list[int]], dict[Any, int]]) -> dict[Any, int] | None:
+        """Run ``write`` with the ids enqueued so far (marked ``queued`` by it) and answer; the
+        new rows' ids, or None when it failed (the ids then wait for the next write)."""
+        sent = self.relay.take_sent()
+        try:
+            inserted = write(sent)
+        except Exception as exc:
+            self.relay.put_back(sent)
+            self.channel.send(_failure(exc, self.writer))
+            return None
+        self.channel.send(("ok", inserted))
+        return inserted
+
+    def _relay(self) -> None:
+        """Enqueue what is held (after the answer: no request waits for the broker). While the
+        broker is down, the events stay ``received`` for the workers' recovery sweep."""
+        held, self.held = self.held, []
+        if held and self.relay.healthy:
+            self.relay.send(held)
+        elif held:
+            log.warning("broker unavailable, %d events left for the recovery sweep", len(held))
+        if self.relay.healthy != self._said_healthy:
+            self._said_healthy = self.relay.healthy
+            self.channel.send(("broker", self.relay.healthy))
+
+
 def serve_channel(channel: Channel) -> None:
-    """The child's loop: open the writer, then answer each message, until the socket closes."""
+    """The child's loop: open the writer and the relay, then answer each message, until the
+    socket closes."""
     writer: BatchWriter | None = None
     try:
-        _, url, factory = channel.receive()
+        _, url, factory, broker_url = channel.receive()
         try:
             writer = _load(factory)(url)
+            relay = open_relay(broker_url)
         except Exception as exc:
-            channel.send(_failure(exc, None))
+            channel.send(_failure(exc, writer))
             return
         channel.send(("ok", None))
+        side = ChildSide(channel, writer, relay)
         while True:
             try:
                 message = channel.receive()
             except EOFError:
                 return
-            try:
-                if message[0] == "write":
-                    answer: tuple[Any, ...] = ("ok", writer.write(message[1], message[2]))
-                else:  # "idle": mark what the relay sent, then give the connection back
-                    try:
-                        if message[1]:
-                            writer.write([], message[1])
-                    finally:
-                        writer.release()
-                    answer = ("ok", None)
-            except Exception as exc:
-                answer = _failure(exc, writer)
-            channel.send(answer)
+            if message[0] == "write":
+                side.write(message[1], message[2])
+            else:
+                side.idle()
     finally:
         if writer is not None:
             writer.stop()

@@ -187,7 +187,7 @@ class Hookgate:
         url = database_url or self.database_url
         engine = create_store_engine(url)
         broker = create_broker(broker_url or self.broker_url)
-        writer = WriterProcess(url) if writer_process else None
+        writer = WriterProcess(url, broker_url or self.broker_url) if writer_process else None
         app = create_app(self.config, engine, EventQueue(broker), admin_token=admin_token, writer=writer)
         self.server = ServerThread(app).start()
         return self

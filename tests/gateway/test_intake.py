@@ -212,9 +212,12 @@ def test_store_outage_is_503_then_the_same_event_is_accepted(hookgate: Hookgate,
     assert hookgate.count() == 1
 
 
-def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate) -> None:
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "writer-process"])
+def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate, writer_process: bool) -> None:
+    """Whoever enqueues, the relay thread or the writer child, a failed enqueue marks the broker
+    down and a probe finds it again."""
     broker = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="hgb-")))
-    hookgate.start_intake(broker_url=broker.start())
+    hookgate.start_intake(broker_url=broker.start(), writer_process=writer_process)
     try:
         broker.stop()
         assert httpx.get(f"{hookgate.url}/readyz").status_code == 503

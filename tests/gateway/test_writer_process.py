@@ -10,12 +10,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import dramatiq
 import pytest
-from dramatiq.brokers.stub import StubBroker
+import redis
 from sqlalchemy import select
 
 from gateway import child_commit
@@ -23,7 +24,7 @@ from gateway.child_commit import ChildIngestor
 from gateway.errors import StoreUnavailable
 from gateway.ingest import Ingestor
 from gateway.models import events
-from gateway.queue import QUEUE_NAME, EventQueue
+from gateway.queue import NAMESPACE, QUEUE_NAME, EventQueue, create_broker
 from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
 from tests.gateway.test_ingest import row, statuses, wait_for
 from tests.support.holds import hold_writes, patient_url
@@ -35,17 +36,20 @@ STALLING = "tests.support.writers:stalling"
 LINGERING = "tests.support.writers:lingering"
 
 
-async def opened(engine: Any, url: str, factory: str = DEFAULT_FACTORY, **options: Any) -> ChildIngestor:
+async def opened(
+    engine: Any, url: str, broker_url: str, factory: str = DEFAULT_FACTORY, **options: Any
+) -> ChildIngestor:
     """A ChildIngestor started on the running loop (the caller closes it)."""
-    ingestor = ChildIngestor(engine, EventQueue(StubBroker()), process=WriterProcess(url, factory), **options)
+    process = WriterProcess(url, broker_url, factory)
+    ingestor = ChildIngestor(engine, EventQueue(create_broker(broker_url)), process=process, **options)
     await ingestor.open()
     return ingestor
 
 
 @contextlib.asynccontextmanager
-async def child_ingestor(engine: Any, url: str, factory: str = DEFAULT_FACTORY, **options: Any) -> Any:
+async def child_ingestor(engine: Any, url: str, broker_url: str, factory: str = DEFAULT_FACTORY, **options: Any) -> Any:
     """A started ChildIngestor on the running loop, closed on the way out."""
-    ingestor = await opened(engine, url, factory, **options)
+    ingestor = await opened(engine, url, broker_url, factory, **options)
     try:
         yield ingestor
     finally:
@@ -60,9 +64,12 @@ async def poll(check: Any, what: str) -> None:
     await asyncio.to_thread(wait_for, check, what)
 
 
-def test_batches_are_stored_once_and_marked_queued_by_the_child(engine: Any, database_url: str) -> None:
+def test_batches_are_stored_once_and_enqueued_and_marked_queued_by_the_child(
+    engine: Any, database_url: str, redis_url: str
+) -> None:
     async def scenario() -> subprocess.Popen[bytes]:
-        async with child_ingestor(engine, database_url, idle_after=0.2) as ingestor:
+        async with child_ingestor(engine, database_url, redis_url, idle_after=0.2) as ingestor:
+            assert "hookgate-relay" not in {thread.name for thread in threading.enumerate()}
             child = ingestor.process.process
             assert child is not None
             assert child.poll() is None
@@ -81,11 +88,12 @@ def test_batches_are_stored_once_and_marked_queued_by_the_child(engine: Any, dat
 
     child = asyncio.run(scenario())
     assert child.returncode == 0  # stopped with the intake, not killed
+    assert sorted(pk for message in broker_messages(redis_url) for pk in message) == sorted(ids_of(engine).values())
 
 
-def test_closing_writes_every_delivery_still_waiting(engine: Any, database_url: str) -> None:
+def test_closing_writes_every_delivery_still_waiting(engine: Any, database_url: str, broker_url: str) -> None:
     async def scenario() -> list[str]:
-        async with child_ingestor(engine, database_url) as ingestor:
+        async with child_ingestor(engine, database_url, broker_url) as ingestor:
             answers = [asyncio.ensure_future(ingestor.submit(row(f"w{i}"))) for i in range(50)]
             await asyncio.sleep(0)  # each task hands its row over; none is written yet
             assert ingestor._pending
@@ -96,7 +104,7 @@ def test_closing_writes_every_delivery_still_waiting(engine: Any, database_url: 
 
 
 def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_next(
-    engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Any, database_url: str, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch the child was writing is answered 503, whether or not it is stored in the end;
     the death is logged and counted, and the sender's retry is written by a new child."""
@@ -104,7 +112,9 @@ def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_nex
     monkeypatch.setenv(WRITING_MARK, str(mark))
 
     async def scenario() -> None:
-        async with child_ingestor(engine, patient_url(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
+        async with child_ingestor(
+            engine, patient_url(database_url), broker_url, ANNOUNCING, commit_timeout=60
+        ) as ingestor:
             first = ingestor.process.process
             assert first is not None
             with hold_writes(engine):
@@ -127,12 +137,14 @@ def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_nex
     assert set(statuses(engine)) == {"k1"}
 
 
-def test_a_commit_that_never_ends_is_answered_503_in_time(engine: Any, database_url: str) -> None:
+def test_a_commit_that_never_ends_is_answered_503_in_time(engine: Any, database_url: str, broker_url: str) -> None:
     """No timer per request: the idle pass answers every wait past ``commit_timeout``, the one in
     the batch being written and those queued behind it."""
 
     async def scenario() -> list[Any]:
-        async with child_ingestor(engine, patient_url(database_url), commit_timeout=1, idle_after=0.2) as ingestor:
+        async with child_ingestor(
+            engine, patient_url(database_url), broker_url, commit_timeout=1, idle_after=0.2
+        ) as ingestor:
             with hold_writes(engine):
                 first = asyncio.ensure_future(ingestor.submit(row("slow-1")))
                 await poll(lambda: ingestor._flight is not None and ingestor._flight.kind == "write", "a batch")
@@ -146,11 +158,11 @@ def test_a_commit_that_never_ends_is_answered_503_in_time(engine: Any, database_
     assert set(statuses(engine)) == {"slow-1", "slow-2"}  # written once the store was back
 
 
-def test_a_child_dead_between_batches_is_replaced_at_once(engine: Any, database_url: str) -> None:
+def test_a_child_dead_between_batches_is_replaced_at_once(engine: Any, database_url: str, broker_url: str) -> None:
     """A death found between batches costs no request anything."""
 
     async def scenario() -> None:
-        async with child_ingestor(engine, database_url) as ingestor:
+        async with child_ingestor(engine, database_url, broker_url) as ingestor:
             first = ingestor.process.process
             assert first is not None
             assert await ingestor.submit(row("d1")) == "accepted"
@@ -162,14 +174,14 @@ def test_a_child_dead_between_batches_is_replaced_at_once(engine: Any, database_
     asyncio.run(scenario())
 
 
-def test_a_child_that_stops_answering_is_killed_and_replaced(engine: Any, database_url: str) -> None:
+def test_a_child_that_stops_answering_is_killed_and_replaced(engine: Any, database_url: str, broker_url: str) -> None:
     """A child that holds a batch past ``flight_timeout`` (stopped here; in life a database gone
     mid-statement, whose TCP connection can take many minutes to fail) is killed: its batch is
     answered 503 as with any death, and a new child writes the next, instead of every request
     waiting behind it until ``serve`` is restarted."""
 
     async def scenario() -> None:
-        async with child_ingestor(engine, database_url, commit_timeout=60) as ingestor:
+        async with child_ingestor(engine, database_url, broker_url, commit_timeout=60) as ingestor:
             ingestor.flight_timeout = 1.0
             first = ingestor.process.process
             assert first is not None
@@ -190,7 +202,7 @@ def test_a_child_that_stops_answering_is_killed_and_replaced(engine: Any, databa
 
 
 def test_a_child_killed_for_lateness_is_given_up_even_while_its_socket_stays_open(
-    engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Any, database_url: str, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A process in a system call that cannot be interrupted (a dead disk) dies only when the
     call returns, so its socket does not close when it is killed: the intake gives it up at once
@@ -199,7 +211,7 @@ def test_a_child_killed_for_lateness_is_given_up_even_while_its_socket_stays_ope
     monkeypatch.setenv(KEEPER_PID, str(keeper_pid))
 
     async def scenario() -> None:
-        async with child_ingestor(engine, database_url, LINGERING, commit_timeout=60) as ingestor:
+        async with child_ingestor(engine, database_url, broker_url, LINGERING, commit_timeout=60) as ingestor:
             ingestor.flight_timeout = 1.0
             first = ingestor.process.pid
             with pytest.raises(StoreUnavailable):
@@ -218,13 +230,13 @@ def test_a_child_killed_for_lateness_is_given_up_even_while_its_socket_stays_ope
 
 
 def test_a_new_child_that_hangs_opening_is_killed_and_replaced(
-    engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Any, database_url: str, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stall = tmp_path / "stall"
     monkeypatch.setenv(STALL_WHILE, str(stall))
 
     async def scenario() -> None:
-        async with child_ingestor(engine, database_url, STALLING) as ingestor:
+        async with child_ingestor(engine, database_url, broker_url, STALLING) as ingestor:
             ingestor.start_timeout = 1.0
             first = ingestor.process.process
             assert first is not None
@@ -241,7 +253,7 @@ def test_a_new_child_that_hangs_opening_is_killed_and_replaced(
 
 
 def test_closing_while_no_child_can_open(
-    engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Any, database_url: str, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``close`` while the new child fails to open: with nothing waiting it returns at once,
     not after ``STOP_SECONDS``; what is still waiting when it gives up is answered 503, not left
@@ -253,7 +265,7 @@ def test_closing_while_no_child_can_open(
 
     async def close_after_a_failed_opening(waiting: bool) -> list[Any]:
         refuse.unlink(missing_ok=True)
-        ingestor = await opened(engine, database_url, STALLING)
+        ingestor = await opened(engine, database_url, broker_url, STALLING)
         first = ingestor.process.process
         assert first is not None
         stall.touch()
@@ -280,12 +292,12 @@ def test_closing_while_no_child_can_open(
     assert set(statuses(engine)) == set()
 
 
-def test_a_delivery_handed_over_after_close_is_answered_503(engine: Any, database_url: str) -> None:
+def test_a_delivery_handed_over_after_close_is_answered_503(engine: Any, database_url: str, broker_url: str) -> None:
     """Late requests (a connection still being served as the lifespan ends) get their 503 at once:
     no child will come to write them, and no timer watches them."""
 
     async def scenario() -> None:
-        ingestor = await opened(engine, database_url)
+        ingestor = await opened(engine, database_url, broker_url)
         await ingestor.close()
         with pytest.raises(StoreUnavailable, match="stopping"):
             await asyncio.wait_for(ingestor.submit(row("late")), 5)
@@ -295,7 +307,7 @@ def test_a_delivery_handed_over_after_close_is_answered_503(engine: Any, databas
 
 
 def test_a_refused_row_fails_alone_across_the_process_boundary(
-    engine: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Any, database_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The child says whether the store refused what was written or was unavailable, so that a
     batch holding a row the store will never take is retried key by key, as on the thread; the
@@ -306,7 +318,9 @@ def test_a_refused_row_fails_alone_across_the_process_boundary(
     poison = row("poison") | {"sequence": 2**70}  # past 64 bits: no store takes it
 
     async def scenario() -> tuple[list[Any], list[list[int]]]:
-        async with child_ingestor(engine, patient_url(database_url), ANNOUNCING, commit_timeout=60) as ingestor:
+        async with child_ingestor(
+            engine, patient_url(database_url), redis_url, ANNOUNCING, commit_timeout=60
+        ) as ingestor:
             with hold_writes(engine):
                 first = asyncio.ensure_future(ingestor.submit(row("first")))
                 await poll(mark.exists, "the first batch to begin")
@@ -316,7 +330,7 @@ def test_a_refused_row_fails_alone_across_the_process_boundary(
                 await poll(lambda: ingestor.waiting_rows == 3, "the three to wait")
             answers = [await first, *(await together)]
             assert exits(ingestor) == 0
-        return answers, broker_messages(ingestor)
+        return answers, broker_messages(redis_url)
 
     (first, good_1, refused, good_2), messages = asyncio.run(scenario())
     assert (first, good_1, good_2) == ("accepted", "accepted", "accepted")
@@ -327,14 +341,15 @@ def test_a_refused_row_fails_alone_across_the_process_boundary(
     assert sorted(map(sorted, messages)) == sorted([[ids["first"]], sorted([ids["good-1"], ids["good-2"]])])
 
 
-def broker_messages(ingestor: Ingestor) -> list[list[int]]:
-    """The event ids of each message handed to the (stub) broker."""
-    broker = ingestor.event_queue.broker
-    assert isinstance(broker, StubBroker)
-    found = []
-    while broker.queues[QUEUE_NAME].qsize():
-        found.append(dramatiq.Message.decode(broker.queues[QUEUE_NAME].get_nowait()).args[0])
-    return found
+def broker_messages(redis_url: str) -> list[list[int]]:
+    """The event ids of each message waiting in Redis, in the queue's order."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        tokens = client.lrange(f"{NAMESPACE}:{QUEUE_NAME}", 0, -1)
+        bodies = client.hmget(f"{NAMESPACE}:{QUEUE_NAME}.msgs", tokens) if tokens else []
+    finally:
+        client.close()
+    return [dramatiq.Message.decode(body).args[0] for body in bodies]
 
 
 def ids_of(engine: Any) -> dict[str, int]:
@@ -342,7 +357,7 @@ def ids_of(engine: Any) -> dict[str, int]:
         return dict(conn.execute(select(events.c.event_id, events.c.id)).all())  # type: ignore[arg-type]
 
 
-def test_a_batch_that_cannot_be_sent_fails_alone(engine: Any, database_url: str) -> None:
+def test_a_batch_that_cannot_be_sent_fails_alone(engine: Any, database_url: str, broker_url: str) -> None:
     """A value ``marshal`` refuses (none of the intake's rows has one) fails its batch as an
     unavailable store would, and the next batch goes as usual."""
 
@@ -350,7 +365,7 @@ def test_a_batch_that_cannot_be_sent_fails_alone(engine: Any, database_url: str)
         pass
 
     async def scenario() -> tuple[BaseException | str, str]:
-        async with child_ingestor(engine, database_url) as ingestor:
+        async with child_ingestor(engine, database_url, broker_url) as ingestor:
             odd = await asyncio.gather(ingestor.submit(row("odd") | {"headers": Text("{}")}), return_exceptions=True)
             return odd[0], await ingestor.submit(row("next"))
 
@@ -359,12 +374,14 @@ def test_a_batch_that_cannot_be_sent_fails_alone(engine: Any, database_url: str)
     assert following == "accepted"
 
 
-def test_a_failed_sync_in_the_child_stops_the_intake_acknowledging(engine: Any, database_url: str) -> None:
+def test_a_failed_sync_in_the_child_stops_the_intake_acknowledging(
+    engine: Any, database_url: str, broker_url: str
+) -> None:
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite's WAL file")
 
     async def scenario() -> None:
-        async with child_ingestor(engine, database_url, "tests.support.writers:failing_sync") as ingestor:
+        async with child_ingestor(engine, database_url, broker_url, "tests.support.writers:failing_sync") as ingestor:
             with pytest.raises(StoreUnavailable):  # committed, and perhaps not on the disk
                 await ingestor.submit(row("f1"))
             assert "Input/output error" in (ingestor.sync_failed or "")
@@ -377,12 +394,14 @@ def test_a_failed_sync_in_the_child_stops_the_intake_acknowledging(engine: Any, 
     assert set(statuses(engine)) == {"f1"}  # nothing after the failure was even written
 
 
-def test_the_child_ignores_sigterm_and_sigint_until_the_intake_stops_it(engine: Any, database_url: str) -> None:
+def test_the_child_ignores_sigterm_and_sigint_until_the_intake_stops_it(
+    engine: Any, database_url: str, broker_url: str
+) -> None:
     """Ctrl-C and a service manager's SIGTERM reach the whole process group; the child must stay
     until the intake has written what waits, then exit when the intake stops it."""
 
     async def scenario() -> subprocess.Popen[bytes]:
-        async with child_ingestor(engine, database_url) as ingestor:
+        async with child_ingestor(engine, database_url, broker_url) as ingestor:
             child = ingestor.process.process
             assert child is not None
             assert await ingestor.submit(row("s1")) == "accepted"
@@ -401,7 +420,7 @@ import sys, time
 from gateway import child_commit
 from gateway.child_commit import ChildIngestor
 from gateway.writer_process import DEFAULT_FACTORY, WriterProcess
-writer = WriterProcess(sys.argv[1])
+writer = WriterProcess(sys.argv[1], sys.argv[2])
 end = writer.spawn()
 print(writer.pid, flush=True)
 time.sleep(600)
@@ -419,7 +438,9 @@ def gone(pid: int) -> bool:
 
 def test_the_child_never_outlives_the_intake(database_url: str) -> None:
     """An intake killed outright closes its end of the socket; the child exits on its own."""
-    host = subprocess.Popen([sys.executable, "-c", HOST, database_url], cwd=ROOT, stdout=subprocess.PIPE)
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST, database_url, "redis://127.0.0.1:1"], cwd=ROOT, stdout=subprocess.PIPE
+    )
     try:
         assert host.stdout is not None
         child = int(host.stdout.readline())
@@ -445,5 +466,5 @@ def test_serve_writes_in_a_process_unless_told_or_unable(url: str, chosen: str, 
     from gateway.cli import _intake_writer
     from gateway.settings import Settings
 
-    writer = _intake_writer(Settings(database_url=url, intake_writer=chosen))
+    writer = _intake_writer(Settings(database_url=url, intake_writer=chosen), "redis://127.0.0.1:1")
     assert isinstance(writer, WriterProcess) is expected
