@@ -6,8 +6,9 @@ transaction (``ON CONFLICT DO NOTHING`` on (provider, event id) is the dedupe) a
 futures. The writing itself is :mod:`gateway.store_writer`'s, on the committer thread or, under
 ``hookgate serve``, in a process of its own (:mod:`gateway.writer_process`). The relay thread
 (:mod:`gateway.relay`) then enqueues the new events, again everything waiting in one pipeline;
-requests never wait for it, so commits and enqueues overlap (under ``serve`` the writer child
-enqueues them itself: :mod:`gateway.child_commit`). A 2xx therefore always follows a commit; an
+requests never wait for it, so commits and enqueues overlap. (Under ``serve`` the writer child
+enqueues them itself once it has answered a batch, and the next batch waits for that:
+:mod:`gateway.child_commit`.) A 2xx therefore always follows a commit; an
 event whose enqueue is lost (crash, broker down) stays ``received`` in the store and the
 workers' recovery sweep sends it again.
 

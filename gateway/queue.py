@@ -33,6 +33,8 @@ import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .rabbitmq import ConfirmedPublisher, create_rabbitmq_broker, is_rabbitmq_url
 
@@ -71,12 +73,19 @@ def share_tokens(rows: list[dict[str, Any]]) -> None:
             row["message_id"] = token
 
 
-def create_broker(url: str, *, middleware: list[dramatiq.Middleware] | None = None) -> dramatiq.Broker:
+def create_broker(
+    url: str, *, middleware: list[dramatiq.Middleware] | None = None, timeout: float | None = None
+) -> dramatiq.Broker:
     """Dramatiq's RabbitMQ broker for an ``amqp://`` URL, else its Redis broker with bounded socket
-    timeouts."""
+    timeouts. With ``timeout``, no command or connection attempt takes longer, and Redis commands
+    are not retried (redis-py retries a timed-out command three times, with pauses, by default):
+    for a caller that must not wait long on a broker that hangs."""
     if is_rabbitmq_url(url):
-        return create_rabbitmq_broker(url, middleware=middleware or [])
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+        return create_rabbitmq_broker(url, middleware=middleware or [], timeout=timeout)
+    options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
+    if timeout is not None:
+        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+    client = redis.Redis.from_url(url, health_check_interval=30, **options)
     return RedisBroker(client=client, namespace=NAMESPACE, middleware=middleware or [])
 
 
@@ -91,12 +100,12 @@ def messages(items: Iterable[tuple[int, str]]) -> dict[str, list[int]]:
 class EventQueue:
     """Sends ``(pk, token)`` work items to the workers and answers what the broker still holds."""
 
-    def __init__(self, broker: dramatiq.Broker) -> None:
+    def __init__(self, broker: dramatiq.Broker, *, confirm_timeout: float = 10.0) -> None:
         self.broker = broker
         broker.declare_queue(QUEUE_NAME)
         self.publisher: ConfirmedPublisher | None = None
         if isinstance(broker, RabbitmqBroker):
-            self.publisher = ConfirmedPublisher(broker.parameters, QUEUE_NAME)
+            self.publisher = ConfirmedPublisher(broker.parameters, QUEUE_NAME, confirm_timeout=confirm_timeout)
 
     @property
     def tracks_messages(self) -> bool:

@@ -46,16 +46,26 @@ def is_rabbitmq_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
 
 
-def create_rabbitmq_broker(url: str, *, middleware: list[dramatiq.Middleware]) -> RabbitmqBroker:
+def create_rabbitmq_broker(
+    url: str, *, middleware: list[dramatiq.Middleware], timeout: float | None = None
+) -> RabbitmqBroker:
     """Dramatiq's RabbitMQ broker on ``url``; what Dramatiq itself publishes is confirmed too.
 
     pika logs every failed connection attempt as several ERROR lines with a traceback; while
     RabbitMQ is down that floods the log. Hookgate says it once, in its own words (the intake's
     "broker unavailable", the sweep's failed pass, Dramatiq's consumer restarts), so pika only
     speaks when it is critical.
+
+    With ``timeout``, a connection's socket operations and its whole opening take at most that
+    many seconds each (pika's defaults: 10 and 15).
     """
     logging.getLogger("pika").setLevel(logging.CRITICAL)
-    return RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+    broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+    if timeout is not None:
+        parameters = broker.parameters if isinstance(broker.parameters, list) else [broker.parameters]
+        for each in parameters:
+            each.socket_timeout = each.stack_timeout = timeout
+    return broker
 
 
 def queue_arguments(queue_name: str) -> dict[str, Any]:

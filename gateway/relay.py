@@ -84,8 +84,3 @@ class Relay:
         if sent:
             with self._lock:
                 self._sent[:0] = sent
-
-    @property
-    def waiting(self) -> bool:
-        """Whether sent ids wait to be marked."""
-        return bool(self._sent)

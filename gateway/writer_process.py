@@ -14,11 +14,16 @@ socket) and exits when its socket closes, so it never outlives the intake, howev
 The child also relays (:mod:`gateway.relay`): once it has answered a batch, it enqueues the
 batch's new events that are due at once, and marks them ``queued`` with its next message.
 
+The broker client is the child's own, with short timeouts and no retries
+(:data:`RELAY_TIMEOUT`): the next batch waits for the enqueue, so a broker that hangs delays it
+by at most that much, once, and the intake then answers 503 until a probe finds it again.
+
 Messages are ``marshal``-ed tuples behind a 4-byte length, one answer for each message:
-``("open", url, factory, broker_url)`` first, then ``("write", rows, hold)`` (mark what the child
-enqueued, insert ``rows``, answer, then enqueue their new events; with ``hold``, keep those for
-the next ``write`` without it) and ``("idle",)`` (enqueue what is held, probe a broker found
-down, mark, then give the connection back). An answer is ``("ok", value)`` or ``("failed",
+``("open", url, factory, broker_url, broker_healthy)`` first (a new child starts from what the
+intake last heard of the broker), then ``("write", rows, hold)`` (mark what the child enqueued,
+insert ``rows``, answer, then enqueue their new events; with ``hold``, keep those for the next
+``write`` without it) and ``("idle",)`` (probe a broker found down, enqueue what is held, mark,
+then give the connection back). An answer is ``("ok", value)`` or ``("failed",
 reason, for_content, details, sync_failed)``. Between answers the child may say ``("broker",
 healthy)`` when its enqueues start failing, or the broker answers again.
 """
@@ -50,6 +55,8 @@ DEFAULT_FACTORY = "gateway.writer_process:open_writer"
 START_SECONDS = 60.0
 #: How long a stopping child may take to finish its batch and give its connection back.
 STOP_SECONDS = 30.0
+#: The most seconds the child's relay waits on the broker for one command or connection.
+RELAY_TIMEOUT = 2.0
 
 _LENGTH = struct.Struct("!I")
 
@@ -120,9 +127,10 @@ class WriterProcess:
             theirs.close()
         return ours
 
-    def opening(self) -> tuple[str, str, str, str]:
-        """The first message to a new child: what to open."""
-        return ("open", self.url, self.factory, self.broker_url)
+    def opening(self, broker_healthy: bool = True) -> tuple[str, str, str, str, bool]:
+        """The first message to a new child: what to open, and whether the broker was last heard
+        to answer (a child that replaces one which found it down goes on probing it)."""
+        return ("open", self.url, self.factory, self.broker_url, broker_healthy)
 
     @property
     def pid(self) -> int | None:
@@ -221,20 +229,20 @@ def _failure(exc: BaseException, writer: BatchWriter | None) -> tuple[Any, ...]:
 
 
 def open_relay(broker_url: str) -> Relay:
-    """The child's relay: a broker client of its own."""
+    """The child's relay: a broker client of its own, which gives up after :data:`RELAY_TIMEOUT`."""
     from .queue import EventQueue, create_broker
 
-    return Relay(EventQueue(create_broker(broker_url)))
+    return Relay(EventQueue(create_broker(broker_url, timeout=RELAY_TIMEOUT), confirm_timeout=RELAY_TIMEOUT))
 
 
 class ChildSide:
     """What the child does with each message (see the module's text)."""
 
-    def __init__(self, channel: Channel, writer: BatchWriter, relay: Relay) -> None:
+    def __init__(self, channel: Channel, writer: BatchWriter, relay: Relay, broker_healthy: bool) -> None:
         self.channel, self.writer, self.relay = channel, writer, relay
         #: New events of writes sent with ``hold``, enqueued with the next write without it.
         self.held: list[Item] = []
-        self._said_healthy = True
+        relay.healthy = self._said_healthy = broker_healthy
 
     def write(self, rows: list[dict[str, Any]], hold: bool) -> None:
         inserted = self._marking(lambda sent: self.writer.write(rows, sent))
@@ -247,8 +255,11 @@ class ChildSide:
     def idle(self) -> None:
         self.relay.probe()
         self._relay()
+        self._marking(self._mark_and_release)
+
+    def _mark_and_release(self, sent: list[int]) -> dict[Any, int]:
         try:
-            self._marking(lambda sent: self.writer.write([], sent) if sent else {})
+            return self.writer.write([], sent) if sent else {}
         finally:
             self.writer.release()
 
@@ -283,7 +294,7 @@ def serve_channel(channel: Channel) -> None:
     socket closes."""
     writer: BatchWriter | None = None
     try:
-        _, url, factory, broker_url = channel.receive()
+        _, url, factory, broker_url, broker_healthy = channel.receive()
         try:
             writer = _load(factory)(url)
             relay = open_relay(broker_url)
@@ -291,7 +302,7 @@ def serve_channel(channel: Channel) -> None:
             channel.send(_failure(exc, writer))
             return
         channel.send(("ok", None))
-        side = ChildSide(channel, writer, relay)
+        side = ChildSide(channel, writer, relay, broker_healthy)
         while True:
             try:
                 message = channel.receive()

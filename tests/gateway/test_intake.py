@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import socket
 import tempfile
 import time
@@ -17,6 +19,7 @@ import stripe
 
 import gateway.store_writer
 from gateway.embedded_redis import EmbeddedRedis
+from gateway.writer_process import RELAY_TIMEOUT
 from tests.conftest import STRIPE_SECRET, Hookgate
 from tests.support.servers import wait_for
 
@@ -241,6 +244,58 @@ def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate, writer_proc
         hookgate.wait_status("stripe", "evt_b", "processed")
     finally:
         broker.stop()
+
+
+def test_a_writer_child_started_while_the_broker_is_down_goes_on_probing_it(hookgate: Hookgate) -> None:
+    """The child that found the broker down dies (killed here; the deadline kills a hung one):
+    its successor is told, and probes, so the intake takes events again once the broker is back."""
+    broker = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="hgb-")))
+    hookgate.start_intake(broker_url=broker.start(), writer_process=True)
+    ingestor = hookgate.server.app.intake.ingestor  # type: ignore[union-attr]
+    try:
+        broker.stop()
+        assert hookgate.post("stripe", *stripe_event("evt_a")).status_code == 200
+        wait_for(
+            lambda: hookgate.post("stripe", *stripe_event("evt_b")).status_code == 503,
+            10,
+            interval=0.1,
+            what="the intake to find the broker down",
+        )
+        first = ingestor.process.pid
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: ingestor.process.pid not in (None, first) and ingestor._ready, 10, what="a new child")
+        broker.start()
+        wait_for(
+            lambda: hookgate.post("stripe", *stripe_event("evt_b")).status_code == 200,
+            10,
+            interval=0.2,
+            what="the intake to accept again",
+        )
+    finally:
+        broker.stop()
+
+
+def test_a_broker_that_hangs_costs_the_writer_child_a_moment_not_a_store_503(hookgate: Hookgate) -> None:
+    """A broker that takes connections and never answers: the child's enqueue gives up after
+    RELAY_TIMEOUT, without retrying, so the batch after it is written in time, the intake answers
+    ``broker unavailable`` rather than ``store unavailable``, and no child is killed for lateness."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:  # the kernel accepts; no one reads
+        hookgate.start_intake(broker_url=f"redis://127.0.0.1:{silent.getsockname()[1]}", writer_process=True)
+        ingestor = hookgate.server.app.intake.ingestor  # type: ignore[union-attr]
+        # Twice RELAY_TIMEOUT, and less than the client's default socket timeout (5 s), which
+        # the child's enqueue waited out before.
+        ingestor.commit_timeout = 2 * RELAY_TIMEOUT
+        answers = [hookgate.post("stripe", *stripe_event("evt_h0"))]
+        assert answers[0].status_code == 200
+        for index in range(1, 40):
+            answers.append(hookgate.post("stripe", *stripe_event(f"evt_h{index}")))
+            if answers[-1].status_code == 503:
+                break
+        assert [answer.json() for answer in answers[1:] if answer.status_code != 200] == [
+            {"error": "broker unavailable"}
+        ]
+        assert hookgate.event("stripe", "evt_h0").status == "received"  # for the recovery sweep
+        assert ingestor.metrics.writer_exits._value.get() == 0
 
 
 def test_a_failed_wal_sync_is_503_from_then_on_and_health_says_so(

@@ -100,7 +100,9 @@ def test_closing_writes_every_delivery_still_waiting(engine: Any, database_url: 
         return [answer.result() for answer in answers]
 
     assert asyncio.run(scenario()) == ["accepted"] * 50
-    assert len(statuses(engine)) == 50
+    # The last batch's events were enqueued once it was answered, and the idle pass that closing
+    # sends marked them.
+    assert statuses(engine) == {f"w{i}": "queued" for i in range(50)}
 
 
 def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_next(
