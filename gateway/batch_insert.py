@@ -57,6 +57,15 @@ MARK_QUEUED = Prepared(
 )
 
 
+#: Events written ``queued`` whose enqueue failed, back to ``received`` (gateway.relay); a rare
+#: path, run through ``Connection.execute``.
+SET_BACK_UNSENT = (
+    update(events)
+    .where(events.c.id == bindparam("pk"), events.c.message_id == bindparam("token"), events.c.status == QUEUED)
+    .values(status=RECEIVED)
+)
+
+
 def values_insert(count: int, marker: str) -> str:
     """One multi-row INSERT of ``count`` rows that skips known (provider, event id) pairs and
     returns the new rows' ``id, provider, event_id``."""

@@ -312,7 +312,9 @@ class Ingestor:
         first_of: dict[Key, _Pending] = {}
         for pending in batch:
             first_of.setdefault((pending.row["provider"], pending.row["event_id"]), pending)
-        share_tokens([pending.row for pending in first_of.values()])  # a broker message for many
+        rows = [pending.row for pending in first_of.values()]
+        share_tokens(rows)  # a broker message for many
+        self.relay.written_queued(rows)
         return first_of
 
     def _left_inbox(self, batch: list[_Pending]) -> None:
@@ -356,6 +358,7 @@ class Ingestor:
         return inserted, refused
 
     def _commit(self, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+        self.relay.set_back_unsent(self.writer)
         sent = self.relay.take_sent()
         if not rows and not sent:
             return {}

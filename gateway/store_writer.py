@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from .batch_insert import Key, insert_postgres, insert_sqlite
+from .batch_insert import SET_BACK_UNSENT, Key, insert_postgres, insert_sqlite
 from .errors import StoreUnavailable
 
 log = logging.getLogger("hookgate.intake")
@@ -81,6 +81,18 @@ class BatchWriter:
         if rows and self._wal:  # a duplicate too: its row may be another process's, not yet synced
             self._sync_wal()
         return inserted
+
+    def set_back(self, items: list[tuple[int, str]]) -> None:
+        """Set events written ``queued`` whose enqueue failed back to ``received`` (see
+        :mod:`gateway.relay`), unless the recovery sweep has sent them again meanwhile (a new
+        token). Not synced: the status is a label the sweep does not rely on with Redis."""
+        try:
+            conn = self._connection()
+            with conn.begin() if self._sqlite else contextlib.nullcontext():
+                conn.execute(SET_BACK_UNSENT, [{"pk": pk, "token": token} for pk, token in items])
+        except BaseException:
+            self.release()
+            raise
 
     def _sync_wal(self) -> None:
         """Make the WAL durable, or stop writing for good.

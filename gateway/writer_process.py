@@ -266,6 +266,7 @@ class ChildSide:
     def _marking(self, write: Callable[[list[int]], dict[Any, int]]) -> dict[Any, int] | None:
         """Run ``write`` with the ids enqueued so far (marked ``queued`` by it) and answer; the
         new rows' ids, or None when it failed (the ids then wait for the next write)."""
+        self.relay.set_back_unsent(self.writer)
         sent = self.relay.take_sent()
         try:
             inserted = write(sent)

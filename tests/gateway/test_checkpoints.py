@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine, text
 
 from gateway.checkpoints import Checkpointer
 from gateway.database import create_store_engine
 from gateway.ingest import Ingestor
+from gateway.queue import EventQueue
 from tests.support.servers import wait_for
 
 
@@ -42,7 +44,7 @@ def test_the_intakes_commits_leave_the_wal_and_its_checkpointer_copies_it(tmp_pa
 
 def test_an_intake_on_sqlite_runs_a_checkpointer_and_stops_it(tmp_path: Path) -> None:
     engine = create_store_engine(f"sqlite:///{tmp_path}/store.db")
-    ingestor = Ingestor(engine, event_queue=None)  # type: ignore[arg-type]  # nothing is sent here
+    ingestor = Ingestor(engine, EventQueue(StubBroker()))  # nothing is sent here
     assert ingestor.checkpointer is not None
     ingestor.checkpointer.interval = 0.05
     ingestor.start()

@@ -246,6 +246,16 @@ def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate, writer_proc
         broker.stop()
 
 
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "writer-process"])
+def test_with_redis_an_event_sent_at_once_is_stored_queued(hookgate: Hookgate, writer_process: bool) -> None:
+    """Redis is asked about ``received`` and ``queued`` events alike, so the intake writes an event
+    it sends at once ``queued`` in its INSERT, rather than marking it with a later UPDATE (the
+    next batch, or the idle pass half a second on)."""
+    hookgate.start_intake(broker_url=hookgate.redis_url, writer_process=writer_process)
+    assert hookgate.post("stripe", *stripe_event("evt_q")).status_code == 200
+    assert hookgate.event("stripe", "evt_q").status == "queued"
+
+
 def test_a_writer_child_started_while_the_broker_is_down_goes_on_probing_it(hookgate: Hookgate) -> None:
     """The child that found the broker down dies (killed here; the deadline kills a hung one):
     its successor is told, and probes, so the intake takes events again once the broker is back."""
