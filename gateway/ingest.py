@@ -9,8 +9,10 @@ futures. The writing itself is :mod:`gateway.store_writer`'s, on the committer t
 requests never wait for it, so commits and enqueues overlap. (Under ``serve`` the writer child
 enqueues them itself once it has answered a batch, and the next batch waits for that:
 :mod:`gateway.child_commit`.) A 2xx therefore always follows a commit; an
-event whose enqueue is lost (crash, broker down) stays ``received`` in the store and the
-workers' recovery sweep sends it again.
+event whose enqueue is lost (crash, broker down) is sent again by the workers' recovery sweep
+(it stays ``received``, or, with Redis, where events sent at once are written ``queued``, it is
+set back to ``received`` when the enqueue fails, and stays ``queued`` after a crash: the sweep
+asks Redis about both).
 
 When deliveries follow each other closely but not all at once (a steady few hundred a second),
 the committer waits a moment for more before it writes a small batch, so that a commit and a

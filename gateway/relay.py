@@ -79,15 +79,22 @@ class Relay:
         try:
             self.event_queue.send(items)
         except Exception as exc:
-            log.warning("broker unavailable, %d events left for the recovery sweep: %s", len(items), type(exc).__name__)
             self.healthy = False
-            if self.writes_queued:
-                with self._lock:
-                    self._unsent.extend(items)
+            self.not_sent(items, type(exc).__name__)
         else:
             if not self.writes_queued:
                 with self._lock:
                     self._sent.extend(pk for pk, _ in items)
+
+    def not_sent(self, items: list[Item], why: str) -> None:
+        """``items`` were not enqueued: they are left to the recovery sweep, and those written
+        ``queued`` are set back to ``received`` by the writer's next batch. (An enqueue that timed
+        out may still have reached Redis: such an event is then ``received`` with its message
+        waiting, and runs all the same.)"""
+        log.warning("broker unavailable, %d events left for the recovery sweep: %s", len(items), why)
+        if self.writes_queued:
+            with self._lock:
+                self._unsent.extend(items)
 
     def set_back_unsent(self, writer: BatchWriter) -> None:
         """Have ``writer`` set the events written ``queued`` whose enqueue failed back to

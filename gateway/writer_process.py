@@ -279,12 +279,13 @@ class ChildSide:
 
     def _relay(self) -> None:
         """Enqueue what is held (after the answer: no request waits for the broker). While the
-        broker is down, the events stay ``received`` for the workers' recovery sweep."""
+        broker is down, the events are left to the workers' recovery sweep (see
+        :meth:`gateway.relay.Relay.not_sent`)."""
         held, self.held = self.held, []
         if held and self.relay.healthy:
             self.relay.send(held)
         elif held:
-            log.warning("broker unavailable, %d events left for the recovery sweep", len(held))
+            self.relay.not_sent(held, "it did not answer before")
         if self.relay.healthy != self._said_healthy:
             self._said_healthy = self.relay.healthy
             self.channel.send(("broker", self.relay.healthy))

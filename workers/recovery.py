@@ -29,7 +29,7 @@ the sweep wakes up for the earliest of them rather than at its next interval.
 
 Every re-send first swaps the event's token in one compare-and-set UPDATE (leaving it
 ``received``), so when several sweeps race only one sends, and the old message, if it ever runs,
-claims nothing; once the broker took the message, the event is ``queued``, as the intake marks it.
+claims nothing; once the broker took the message, the event is ``queued``.
 
 The log tells routine from recovery. Normal operation is DEBUG: held events coming due, and
 events whose message a worker used up while the event waited behind an earlier, unfinished event

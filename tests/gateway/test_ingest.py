@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy.exc
 import sqlalchemy.pool
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import gateway.store_writer
 from gateway.database import create_store_engine
@@ -25,7 +25,7 @@ from gateway.errors import StoreUnavailable
 from gateway.ingest import Ingestor, _expire
 from gateway.models import events
 from gateway.queue import QUEUE_NAME, EventQueue, new_token
-from gateway.store_writer import refused_for_content, sync_descriptor
+from gateway.store_writer import BatchWriter, refused_for_content, sync_descriptor
 
 
 def row(event_id: str) -> dict[str, Any]:
@@ -159,6 +159,24 @@ def test_a_batch_stores_new_rows_once_and_marks_what_the_relay_sent_queued(inges
     with ingestor.engine.connect() as conn:
         stored = conn.execute(select(events.c.event_id, events.c.body)).all()
     assert sorted(stored) == [("a", b"{}"), ("b", b"{}"), ("c", b"{}")]
+
+
+def test_an_event_whose_enqueue_failed_is_set_back_unless_the_sweep_sent_it_again(engine: Any) -> None:
+    """With Redis the intake writes events it sends at once ``queued`` (gateway.relay); one whose
+    enqueue failed goes back to ``received``, but not once the recovery sweep has sent it again
+    under a new token."""
+    writer = BatchWriter(engine)
+    try:
+        failed, resent = row("failed") | {"status": "queued"}, row("resent") | {"status": "queued"}
+        ids = writer.write([failed, resent], [])
+        with engine.begin() as conn:  # the sweep's new message for one of them, which Redis took
+            conn.execute(update(events).where(events.c.event_id == "resent").values(message_id=new_token()))
+        writer.set_back(
+            [(ids["acme", name], event["message_id"]) for name, event in (("failed", failed), ("resent", resent))]
+        )
+    finally:
+        writer.stop()
+    assert statuses(engine) == {"failed": "received", "resent": "queued"}
 
 
 def test_on_sqlite_a_batch_is_synced_after_the_write_lock_is_free_and_before_its_answer(
