@@ -215,6 +215,16 @@ def test_store_outage_is_503_then_the_same_event_is_accepted(hookgate: Hookgate,
     assert hookgate.count() == 1
 
 
+def wait_until_accepted(hookgate: Hookgate, event_id: str) -> None:
+    """Post ``event_id`` until the intake takes it (once a broker it found down answers again)."""
+    wait_for(
+        lambda: hookgate.post("stripe", *stripe_event(event_id)).status_code == 200,
+        10,
+        interval=0.2,
+        what="the intake to accept again",
+    )
+
+
 @pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "writer-process"])
 def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate, writer_process: bool) -> None:
     """Whoever enqueues, the relay thread or the writer child, a failed enqueue marks the broker
@@ -231,12 +241,7 @@ def test_broker_outage_is_503_and_readyz_says_so(hookgate: Hookgate, writer_proc
         assert (response.status_code, response.json()) == (503, {"error": "broker unavailable"})
         assert hookgate.event("stripe", "evt_b") is None
         broker.start()
-        wait_for(
-            lambda: hookgate.post("stripe", *stripe_event("evt_b")).status_code == 200,
-            10,
-            interval=0.2,
-            what="the intake to accept again",
-        )
+        wait_until_accepted(hookgate, "evt_b")
         assert hookgate.event("stripe", "evt_a").status == "received"
         # The acknowledged event that never reached Redis is found and sent by the recovery sweep.
         hookgate.start_worker(broker_url=broker.url)
@@ -275,12 +280,7 @@ def test_a_writer_child_started_while_the_broker_is_down_goes_on_probing_it(hook
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: ingestor.process.pid not in (None, first) and ingestor._ready, 10, what="a new child")
         broker.start()
-        wait_for(
-            lambda: hookgate.post("stripe", *stripe_event("evt_b")).status_code == 200,
-            10,
-            interval=0.2,
-            what="the intake to accept again",
-        )
+        wait_until_accepted(hookgate, "evt_b")
     finally:
         broker.stop()
 
