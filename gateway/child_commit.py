@@ -16,8 +16,9 @@ Everything the thread guaranteed holds: one batch in flight at a time; a 2xx onl
 child has committed (and on SQLite synced) the row; a batch refused for its content retried key
 by key, so that one row the store will never take fails alone; a small batch lingers for
 company at a steady rate (:mod:`gateway.linger`); a batch's new events are enqueued after its
-requests are answered, and marked ``queued`` with the next batch, or after ``idle_after``
-seconds without one, when the child also gives its connection back; a failed sync stops
+requests are answered, and what the child must record of that (RabbitMQ's confirms, Redis's
+failed enqueues) goes with the next batch, or after ``idle_after`` seconds without one, when the
+child also gives its connection back; a failed sync stops
 acknowledging for good. A child that exits costs the batch it was writing (503), is logged and
 counted, and a new one is started at once; one that holds a message past its deadline is
 killed, and goes the same way.
@@ -114,7 +115,7 @@ class ChildIngestor(Ingestor):
         self._handled_at, self._last_batch = -float("inf"), 0
         #: Whether the child holds a connection (an idle pass then gives it back).
         self._holding = False
-        #: Whether the child may hold ids it enqueued and has not marked (an idle pass marks them).
+        #: Whether the child may hold enqueues it has not recorded (an idle pass records them).
         self._marks_waiting = False
         #: What the child last said of the broker (see :meth:`_answered`).
         self._broker_healthy = True

@@ -12,7 +12,9 @@ The child ignores SIGINT and SIGTERM (the intake writes what waits, then closes 
 socket) and exits when its socket closes, so it never outlives the intake, however that ends.
 
 The child also relays (:mod:`gateway.relay`): once it has answered a batch, it enqueues the
-batch's new events that are due at once, and marks them ``queued`` with its next message.
+batch's new events that are due at once. With Redis they were written ``queued``, and those whose
+enqueue failed are set back to ``received`` with its next message; with RabbitMQ the next message
+marks the confirmed ones ``queued``.
 
 The broker client is the child's own, with short timeouts and no retries
 (:data:`RELAY_TIMEOUT`): the next batch waits for the enqueue, so a broker that hangs delays it
@@ -20,8 +22,8 @@ by at most that much, once, and the intake then answers 503 until a probe finds 
 
 Messages are ``marshal``-ed tuples behind a 4-byte length, one answer for each message:
 ``("open", url, factory, broker_url, broker_healthy)`` first (a new child starts from what the
-intake last heard of the broker), then ``("write", rows, hold)`` (mark what the child enqueued,
-insert ``rows``, answer, then enqueue their new events; with ``hold``, keep those for the next
+intake last heard of the broker), then ``("write", rows, hold)`` (set back or mark what the
+child enqueued, insert ``rows``, answer, then enqueue their new events; with ``hold``, keep those for the next
 ``write`` without it) and ``("idle",)`` (probe a broker found down, enqueue what is held, mark,
 then give the connection back). An answer is ``("ok", value)`` or ``("failed",
 reason, for_content, details, sync_failed)``. Between answers the child may say ``("broker",
@@ -264,8 +266,9 @@ class ChildSide:
             self.writer.release()
 
     def _marking(self, write: Callable[[list[int]], dict[Any, int]]) -> dict[Any, int] | None:
-        """Run ``write`` with the ids enqueued so far (marked ``queued`` by it) and answer; the
-        new rows' ids, or None when it failed (the ids then wait for the next write)."""
+        """Set back what failed to enqueue, run ``write`` with the ids enqueued so far (marked
+        ``queued`` by it) and answer; the new rows' ids, or None when it failed (the ids then
+        wait for the next write)."""
         self.relay.set_back_unsent(self.writer)
         sent = self.relay.take_sent()
         try:
