@@ -78,8 +78,8 @@ def create_broker(
 ) -> dramatiq.Broker:
     """Dramatiq's RabbitMQ broker for an ``amqp://`` URL, else its Redis broker with bounded socket
     timeouts. With ``timeout``, no command or connection attempt takes longer, and Redis commands
-    are not retried (redis-py retries a timed-out command three times, with pauses, by default):
-    for a caller that must not wait long on a broker that hangs."""
+    are not retried (redis-py's default retries a failed command, with pauses between tries): for
+    a caller that must not wait long on a broker that hangs."""
     if is_rabbitmq_url(url):
         return create_rabbitmq_broker(url, middleware=middleware or [], timeout=timeout)
     options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
