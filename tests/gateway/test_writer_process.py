@@ -91,18 +91,21 @@ def test_batches_are_stored_once_and_enqueued_and_marked_queued_by_the_child(
     assert sorted(pk for message in broker_messages(redis_url) for pk in message) == sorted(ids_of(engine).values())
 
 
-def test_closing_writes_every_delivery_still_waiting(engine: Any, database_url: str, broker_url: str) -> None:
+def test_closing_writes_and_enqueues_every_delivery_still_waiting(
+    engine: Any, database_url: str, redis_url: str
+) -> None:
     async def scenario() -> list[str]:
-        async with child_ingestor(engine, database_url, broker_url) as ingestor:
+        async with child_ingestor(engine, database_url, redis_url) as ingestor:
             answers = [asyncio.ensure_future(ingestor.submit(row(f"w{i}"))) for i in range(50)]
             await asyncio.sleep(0)  # each task hands its row over; none is written yet
             assert ingestor._pending
         return [answer.result() for answer in answers]
 
     assert asyncio.run(scenario()) == ["accepted"] * 50
-    # The last batch's events were enqueued once it was answered, and the idle pass that closing
-    # sends marked them.
+    # The last batch's events were enqueued once it was answered, before the child read the idle
+    # pass that closing sends and let it go.
     assert statuses(engine) == {f"w{i}": "queued" for i in range(50)}
+    assert sorted(pk for message in broker_messages(redis_url) for pk in message) == sorted(ids_of(engine).values())
 
 
 def test_a_child_killed_in_a_batch_costs_that_batch_and_a_new_one_writes_the_next(
