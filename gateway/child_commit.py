@@ -117,8 +117,6 @@ class ChildIngestor(Ingestor):
         self._holding = False
         #: Whether the child may hold enqueues it has not recorded (an idle pass records them).
         self._marks_waiting = False
-        #: What the child last said of the broker (see :meth:`_answered`).
-        self._broker_healthy = True
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closing = False
         #: ``close`` has returned: no child is started any more.
@@ -132,12 +130,6 @@ class ChildIngestor(Ingestor):
     @property
     def sync_failed(self) -> str | None:
         return self._sync_failed
-
-    @property
-    def broker_healthy(self) -> bool:
-        """The child enqueues the events it commits (:mod:`gateway.relay`) and says when the
-        broker stops or starts answering."""
-        return self._broker_healthy
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -208,7 +200,7 @@ class ChildIngestor(Ingestor):
             return
         self._connection = connection
         self._flight = _Flight("open", started=time.perf_counter())
-        connection.send(self.process.opening(self._broker_healthy))
+        connection.send(self.process.opening(self.relay.healthy))
         log.info("the intake's store writer runs in process %s", self.process.pid)
 
     def _start_failed(self, reason: str, *, at_once: bool = False) -> None:
@@ -328,7 +320,7 @@ class ChildIngestor(Ingestor):
 
     def _answered(self, message: Any) -> None:
         if message[0] == "broker":  # not an answer: the child's relay found the broker down, or up
-            self._broker_healthy = message[1]
+            self.relay.healthy = message[1]
             return
         try:
             self._take_answer(message)
@@ -439,7 +431,7 @@ class ChildIngestor(Ingestor):
         if not quiet or self._flight is not None or self._pending or not self._ready:
             return
         # An idle pass also has the child probe a broker it found down.
-        if self._marks_waiting or self._holding or not self._broker_healthy:
+        if self._marks_waiting or self._holding or not self.relay.healthy:
             self._send_idle()
 
     def _end_overdue_flight(self) -> None:

@@ -129,7 +129,10 @@ class Ingestor:
         self.linger = linger or Linger()
         self._inbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[list[Item] | None] = queue.SimpleQueue()
-        #: Enqueues new events and keeps their ids, which the committer marks ``queued``.
+        #: Enqueues new events and keeps what the committer records of that. Under a
+        #: :class:`~gateway.child_commit.ChildIngestor` the child enqueues, and this one only
+        #: decides which rows are written ``queued`` and keeps what the child last said of the
+        #: broker.
         self.relay = Relay(event_queue)
         self._committer: threading.Thread | None = None
         self._relay_thread: threading.Thread | None = None

@@ -100,10 +100,10 @@ class Relay:
         """Have ``writer`` set the events written ``queued`` whose enqueue failed back to
         ``received``. Only the label is at stake (the sweep asks Redis about both): if the
         store is unavailable, they keep it."""
+        if not self._unsent:  # every batch asks; nearly always nothing
+            return
         with self._lock:
             unsent, self._unsent = self._unsent, []
-        if not unsent:
-            return
         try:
             writer.set_back(unsent)
         except Exception as exc:
