@@ -7,7 +7,8 @@ event's sequence). The peer stack of bench/side_by_side.py writes the same lines
 (bench/peer/tasks.py), so that both are read and checked by the same code.
 
 ``$HOOKGATE_BENCH_PROVIDER`` names the provider it is registered for (default ``things``,
-bench/end_to_end.py's; bench/side_by_side.py sets ``stripe``).
+bench/end_to_end.py's; bench/side_by_side.py sets ``stripe``). ``$HOOKGATE_BENCH_STAGES``, when
+set, times the worker's stages into that directory (bench/stages.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from workers import Event, on
 
 OUT = Path(os.environ.get("HOOKGATE_BENCH_OUT", "."))
 PROVIDER = os.environ.get("HOOKGATE_BENCH_PROVIDER", "things")
+
+if os.environ.get("HOOKGATE_BENCH_STAGES"):
+    from bench import stages
+
+    stages.install(os.environ["HOOKGATE_BENCH_STAGES"])
 
 
 @on(PROVIDER, include_superseded=True)  # superseded events are finished too

@@ -20,11 +20,12 @@ also reports the CPU time its intake and its workers used per event (from /proc,
 first POST and the last handler), which moves much less than the rates on a shared machine.
 
 ``--baseline DIR`` runs a third stack: Hookgate from another checkout (e.g. a ``git worktree``
-of an older commit), to compare a change in the same run.
+of an older commit), to compare a change in the same run. ``--stages`` times the stages of
+Hookgate's workers (bench/stages.py) and prints them after each of its runs.
 
     python bench/side_by_side.py [--configs 1x4,2x4] [--rounds 3] [--rate 500]
         [--customers 100] [--versions 10] [--database-url postgresql+psycopg://…/db]
-        [--baseline /tmp/base]
+        [--baseline /tmp/base] [--stages]
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import stages as stage_timing
 from bench.end_to_end import (
     Done,
     hookgate_stack,
@@ -291,13 +293,20 @@ def run(
         threads=threads,
         redis_url=redis_url,
         database_url=database_url or f"sqlite:///{work}/bench.db",
-        env={"HOOKGATE_BENCH_PROVIDER": "stripe"},
+        env={"HOOKGATE_BENCH_PROVIDER": "stripe", **stages_env(work, args)},
         checkout=Path(args.baseline) if stack == BASELINE else HERE.parent,
         started=started,
     ) as base:
         outcome = measure(base, work / "out", events, args, started, api)
     outcome.load = load
+    if args.stages:
+        print(stage_timing.summary(work / "out", len(events)), file=sys.stderr)
     return outcome
+
+
+def stages_env(work: Path, args: argparse.Namespace) -> dict[str, str]:
+    """With ``--stages``, the workers time their stages into the run's done-log directory."""
+    return {"HOOKGATE_BENCH_STAGES": str(work / "out")} if args.stages else {}
 
 
 def stacks_of(args: argparse.Namespace) -> tuple[str, ...]:
@@ -328,6 +337,7 @@ def main() -> int:
     parser.add_argument(
         "--baseline", default=None, help="another checkout (a git worktree of an older commit) run as a third stack"
     )
+    parser.add_argument("--stages", action="store_true", help="time the stages of Hookgate's workers (bench/stages.py)")
     args = parser.parse_args()
     stacks = stacks_of(args)
     configs = parse_configs(args.configs)
