@@ -159,11 +159,18 @@ class Ingestor:
         self._start_checkpointer()
 
     def stop(self) -> None:
-        """Commit and enqueue what is waiting, then stop both threads."""
+        """Commit and enqueue what is waiting, then stop both threads: the committer, the relay
+        once it has enqueued what the last batch left, and the writer once what the relay
+        recorded of that (RabbitMQ's ``queued`` marks, failed enqueues set back) is committed."""
         if self._committer is not None:
             self._inbox.put(None)
             self._committer.join(timeout=30)
             self._committer = None
+            self._stop_relay()
+            try:
+                self._commit([])
+            except Exception:  # the recovery sweep finds them: they are only left as they were written
+                log.warning("store unavailable while recording the relay's last sends", exc_info=True)
             self.writer.stop()
         self._stop_relay()
         self._stop_checkpointer()

@@ -161,6 +161,29 @@ def test_a_batch_stores_new_rows_once_and_marks_what_the_relay_sent_queued(inges
     assert sorted(stored) == [("a", b"{}"), ("b", b"{}"), ("c", b"{}")]
 
 
+def test_stopping_writes_what_the_relay_recorded_of_its_last_sends(engine: Any) -> None:
+    """On the way out (``HOOKGATE_INTAKE_WRITER=thread``) the relay first enqueues what the last
+    batch left, then what it recorded of that is committed before the writer stops: here the
+    ``queued`` marks, with a broker that cannot say which messages it holds (RabbitMQ's case).
+    The relay is held until the committer has stopped, as when the last batch ends the run."""
+    event_queue = EventQueue(StubBroker())
+    ingestor = Ingestor(engine, event_queue, commit_timeout=2)
+    send = event_queue.send
+
+    def send_once_the_committer_stopped(items: Any) -> Any:
+        wait_for(lambda: ingestor._committer is None, "the committer to stop")
+        return send(items)
+
+    event_queue.send = send_once_the_committer_stopped  # type: ignore[method-assign]
+    ingestor.start()
+    try:
+        assert asyncio.run(ingestor.submit(row("last"))) == "accepted"
+    finally:
+        ingestor.stop()
+    assert event_queue.broker.queues[QUEUE_NAME].qsize() == 1  # type: ignore[attr-defined]
+    assert statuses(engine) == {"last": "queued"}
+
+
 def test_an_event_whose_enqueue_failed_is_set_back_unless_the_sweep_sent_it_again(engine: Any) -> None:
     """With Redis the intake writes events it sends at once ``queued`` (gateway.relay); one whose
     enqueue failed goes back to ``received``, but not once the recovery sweep has sent it again
