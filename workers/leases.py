@@ -358,8 +358,10 @@ class LeaseKeeper(Periodic):
         self.resource_leases = ResourceLeases(engine, settings)
         #: How long a holder is renewed after it starts a piece of work (a handler call).
         self.work_seconds = settings.handler_time_limit_seconds + RENEWAL_GRACE_SECONDS
-        self._events: dict[int, Lease] = {}
-        self._resources: dict[ResourceKey, Lease] = {}
+        #: By what is leased and its holder's token: two threads may hold entries for the same
+        #: resource at once (the second finding the lease taken), neither replacing the other's.
+        self._events: dict[tuple[int, str], Lease] = {}
+        self._resources: dict[tuple[ResourceKey, str], Lease] = {}
         self._lock = threading.Lock()
         #: When the last renewal started (monotonic), for the pace of the next.
         self._started: float | None = None
@@ -381,19 +383,19 @@ class LeaseKeeper(Periodic):
             yield lease
 
     @contextmanager
-    def _holding(self, table: dict[Any, Lease], key: Any, token: str) -> Iterator[Lease]:
+    def _holding(self, table: dict[tuple[Any, str], Lease], key: Any, token: str) -> Iterator[Lease]:
         lease = Lease(key, token)
         lease.extend(self.work_seconds)
         with self._lock:
-            table[key] = lease
+            table[key, token] = lease
         try:
             yield lease
         finally:
             with self._lock:
-                if table.get(key) is lease:
-                    del table[key]
+                if table.get((key, token)) is lease:
+                    del table[key, token]
 
-    def _due(self, table: dict[Any, Lease]) -> list[tuple[Any, str]]:
+    def _due(self, table: dict[tuple[Any, str], Lease]) -> list[tuple[Any, str]]:
         now = time.monotonic()
         with self._lock:
             return [(lease.key, lease.token) for lease in table.values() if lease.renew_until > now]

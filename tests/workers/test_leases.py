@@ -199,3 +199,28 @@ def test_a_lease_found_taken_over_is_logged(engine: Any, caplog: pytest.LogCaptu
     messages = [r.getMessage() for r in caplog.records if "taken over" in r.getMessage()]
     assert len(messages) == 1, caplog.text
     assert f"[{pk}]" in messages[0]
+
+
+def test_a_second_holder_s_try_at_a_resource_leaves_the_first_renewed(engine: Any) -> None:
+    """Two threads of one worker with events of the same resource in two messages: the second
+    one's pass finds the lease held and leaves (its events deferred), and the first one's lease
+    is still renewed. The keeper kept one entry a resource, which the second replaced and then
+    removed: a pass longer than a lease then lost its resource to another worker, and its
+    round's outcome was rolled back after the handlers had run."""
+    settings = WorkerSettings(lease_seconds=30)
+    key = ("acme", "shared-resource")
+    leases = ResourceLeases(engine, settings)
+    assert leases.acquire(key, "first")
+    keeper = LeaseKeeper(engine, settings)
+    with keeper.holding_resource(key, "first"):
+        with keeper.holding_resource(key, "second"):
+            assert not leases.acquire(key, "second")
+        with engine.begin() as conn:  # as if the first renewal had been the last one
+            conn.execute(update(resources).where(resource_row(key)).values(lease_expires_at=time.time() + 1))
+        keeper.tick()
+    with engine.connect() as conn:
+        holder, expires = conn.execute(
+            select(resources.c.lease_token, resources.c.lease_expires_at).where(resource_row(key))
+        ).one()
+    assert holder == "first"
+    assert expires - time.time() > settings.lease_seconds / 2, "the first holder's lease was not renewed"
