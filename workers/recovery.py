@@ -125,6 +125,7 @@ class RecoverySweep(Periodic):
                     events.c.provider,
                     events.c.status,
                     events.c.message_id,
+                    events.c.sweep_after,
                     waiting_behind().label("behind"),
                 )
                 .where(events.c.status.in_((RECEIVED, QUEUED)), events.c.sweep_after <= now)
@@ -174,6 +175,9 @@ class RecoverySweep(Periodic):
                 guard.append(
                     events.c.message_id.is_(None) if row.message_id is None else events.c.message_id == row.message_id
                 )
+                if row.message_id is None and row.status != PROCESSING:
+                    # Still due as read: a resource's pass may have tried it and set a retry time since.
+                    guard.append(events.c.sweep_after == row.sweep_after)
                 values: dict[str, object] = {"lease_expires_at": None, "updated_at": now}
                 token, why = None, self.why(row, lost_first)
                 if row.status == PROCESSING:

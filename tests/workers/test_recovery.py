@@ -10,7 +10,7 @@ import redis
 from sqlalchemy import select, update
 
 from gateway.config import WorkerSettings
-from gateway.models import events
+from gateway.models import QUEUED, events
 from gateway.queue import NAMESPACE, QUEUE_NAME, EventQueue, create_broker, new_token
 from tests.conftest import Hookgate
 from tests.support.rows import insert_waiting
@@ -93,3 +93,22 @@ def test_the_sweep_keeps_a_retry_time_set_after_it_read_the_event(redis_url: str
     assert row.sweep_after == pytest.approx(retry_at, abs=1)
     # The events whose messages Redis still holds are looked at again later, all in one statement.
     assert rechecks == [pytest.approx(now + settings.requeue_after_seconds, abs=2)] * 2
+
+
+def test_the_sweep_keeps_a_retry_time_a_pass_set_on_a_held_event_after_it_read_it(redis_url: str, engine: Any) -> None:
+    """A held event (no message: its ordering window, a scheduled retry) is due, and a resource's
+    pass claims it, tries it and schedules its retry in an hour while the sweep is between its
+    SELECT and its UPDATE: the retry time stands, and the sweep does not send it at once."""
+    now = time.time()
+    held = insert_waiting(engine, "held", None, now, resource="held-resource", status=QUEUED)
+    token = new_token()
+    other = insert_waiting(engine, "other", token, now)  # its message is in Redis: the sweep asks
+    broker = create_broker(redis_url)
+    EventQueue(broker).send([(other, token)])
+    retry_at = now + 3600
+    sweep = RecoverySweep(engine, RaceWithAFailedTry(broker, engine, held, retry_at), WorkerSettings())
+    assert sweep.run_once() == 0
+    with engine.connect() as conn:
+        row = conn.execute(select(events.c.message_id, events.c.sweep_after).where(events.c.id == held)).one()
+    assert row.message_id is None
+    assert row.sweep_after == pytest.approx(retry_at, abs=1)
