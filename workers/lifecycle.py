@@ -25,7 +25,7 @@ from gateway.prepared import Prepared
 from gateway.queue import new_token
 from providers.base import Clock
 
-from .leases import holds_event
+from .leases import carrying_token, holds_event
 from .tries import ATTEMPT_COLUMNS, Try
 
 #: ``last_error`` keeps at most this many characters.
@@ -40,7 +40,8 @@ _OF_MESSAGE = and_(
     events.c.status.in_((RECEIVED, QUEUED)),
 )
 CURRENT = Prepared(select(events.c.id, events.c.provider, events.c.resource_id).where(_OF_MESSAGE))
-RETOKEN = update(events).where(_OF_MESSAGE).values(message_id=bindparam("fresh"))
+#: ``received`` until the new message is sent (see :func:`mark_queued`): unconfirmed, for the sweep.
+RETOKEN = update(events).where(_OF_MESSAGE).values(message_id=bindparam("fresh"), status=RECEIVED)
 HAND_OVER = update(events).where(_OF_MESSAGE).values(message_id=None, sweep_after=bindparam("now"))
 FINISH = Prepared(
     update(events)
@@ -72,6 +73,17 @@ class FailedTry:
     retry_at: float | None = None
 
 
+def mark_queued(engine: Engine, sent: list[tuple[int, str]]) -> None:
+    """Record that the broker took the messages of these ``(pk, token)`` items: ``queued``, unless
+    a worker moved the event meanwhile. With RabbitMQ the recovery sweep takes ``queued`` to mean
+    that the message is in a queue, and ``received`` that it was never confirmed."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(events).where(carrying_token(RECEIVED)).values(status=QUEUED),
+            [{"pk": pk, "token": token} for pk, token in sent],
+        )
+
+
 class EventLifecycle:
     """Defer, schedule, record and settle events in the store."""
 
@@ -88,7 +100,7 @@ class EventLifecycle:
 
     def retoken(self, groups: list[list[int]], token: str) -> list[tuple[int, str]]:
         """Give each group of the message ``token``'s waiting events a token of its own, for a
-        message of its own; the ``(pk, token)`` items to send."""
+        message of its own, ``received`` until it is sent; the ``(pk, token)`` items to send."""
         moved: list[tuple[int, str]] = []
         with self.engine.begin() as conn:
             # Lock them all first, in key order (see workers.recovery); a no-op on SQLite.

@@ -43,7 +43,7 @@ from providers.base import Clock
 from .calls import HandlerTimeout, TimeLimiter, WorkerStopping, call_handler, describe_failures
 from .event import Event
 from .leases import EventLeases, Lease, LeaseKeeper, ResourceKey, ResourceLeases
-from .lifecycle import EventLifecycle, FailedTry
+from .lifecycle import EventLifecycle, FailedTry, mark_queued
 from .ordering import due_at, due_prefix, is_superseded
 from .reconcile import Fetched, ReconcileError, Reconciler
 from .registry import Handler, HandlerRegistry
@@ -316,6 +316,8 @@ class Processor:
             self.spread_to.send(moved)
         except Exception as exc:  # their new tokens have no message: the sweep sends them
             log.warning("%d events could not be handed to new messages: %s", len(moved), type(exc).__name__)
+            return
+        mark_queued(self.engine, moved)
 
     def run_lane(self, lane: list[Any], token: str) -> None:
         """One event without a resource, or the pass of a resource some of the message's events belong to."""

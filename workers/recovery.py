@@ -60,6 +60,7 @@ from providers.base import Clock
 
 from . import tries
 from .leases import carrying_token, store_time
+from .lifecycle import mark_queued
 
 log = logging.getLogger("hookgate.recovery")
 
@@ -207,7 +208,7 @@ class RecoverySweep(Periodic):
             worker_metrics.failed_try(row.provider, final=True)
         if sent:
             self.event_queue.send(sent)
-            self.mark_queued(sent)
+            mark_queued(self.engine, sent)
             self.report(counts)
         return len(sent)
 
@@ -251,14 +252,6 @@ class RecoverySweep(Periodic):
         if len(unconfirmed) < len(tokens) and self.event_queue.backlog() == 0:
             return set(tokens)
         return unconfirmed
-
-    def mark_queued(self, sent: list[tuple[int, str]]) -> None:
-        """Record that the broker took these messages, unless a worker moved the event meanwhile."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(events).where(carrying_token(RECEIVED)).values(status=QUEUED),
-                [{"pk": pk, "token": token} for pk, token in sent],
-            )
 
     def report(self, counts: Pass) -> None:
         """Log what a pass sent: events that were held or waiting behind another are routine

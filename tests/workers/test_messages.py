@@ -207,3 +207,38 @@ def test_a_message_of_quick_lanes_that_runs_long_is_spread_when_a_thread_is_idle
     assert lanes.overdue(lanes.lane_started + SPREAD_AFTER_SECONDS * 1.1, idle=False)  # the lane itself
     lanes.take_rest()
     assert not lanes.overdue(later, idle=True), "nothing left to hand over"
+
+
+class RefusingQueue(EventQueue):
+    """A broker that takes no message (RabbitMQ down as lanes are handed over)."""
+
+    def send(self, items: Any) -> None:
+        raise ConnectionError("the broker is down")
+
+
+def test_lanes_handed_over_are_queued_only_once_their_messages_are_sent(hookgate: Hookgate) -> None:
+    """Lanes handed to new messages get new tokens; their events are ``queued`` once the broker took
+    those messages, and ``received`` (never confirmed) when it did not, so that the sweep sends
+    them again once due: with RabbitMQ it takes ``queued`` to mean the message is in a queue, and
+    re-sends such events only when the queue has emptied."""
+    hookgate.start_intake()
+    posted = [(f"r-{name}1", f"r{name}", 1) for name in "abcdef"]
+    for event_id, resource, version in posted:
+        post_thing(hookgate, event_id, resource, version)
+    ran: list[str] = []
+    pks, token = one_message(hookgate, ["r-a1", "r-b1", "r-c1"])  # lanes not timed yet count as slow
+    processor(hookgate, ran, threads=4, spread_to=RefusingQueue(StubBroker())).process(pks, token)
+    for event_id in ("r-b1", "r-c1"):
+        unsent = hookgate.event("acme", event_id)
+        assert (unsent.status, unsent.attempts) == ("received", 0)
+        assert unsent.message_id not in (None, token)
+    pks, token = one_message(hookgate, ["r-d1", "r-e1", "r-f1"])
+    broker = StubBroker()
+    processor(hookgate, ran, threads=4, spread_to=EventQueue(broker)).process(pks, token)
+    tokens = {dramatiq.Message.decode(data).args[1] for data in broker.queues[QUEUE_NAME].queue}
+    assert len(tokens) == 2
+    for event_id in ("r-e1", "r-f1"):
+        sent = hookgate.event("acme", event_id)
+        assert sent.status == "queued"
+        assert sent.message_id in tokens
+    assert ran == ["r-a1", "r-d1"]
