@@ -317,7 +317,10 @@ class Processor:
         except Exception as exc:  # their new tokens have no message: the sweep sends them
             log.warning("%d events could not be handed to new messages: %s", len(moved), type(exc).__name__)
             return
-        mark_queued(self.engine, moved)
+        try:
+            mark_queued(self.engine, moved)
+        except Exception as exc:  # left received: at worst the sweep sends them again, the old messages stale
+            log.warning("%d events handed to new messages could not be marked queued: %s", len(moved), exc)
 
     def run_lane(self, lane: list[Any], token: str) -> None:
         """One event without a resource, or the pass of a resource some of the message's events belong to."""

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import dramatiq
+import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select, update
 
@@ -242,3 +243,26 @@ def test_lanes_handed_over_are_queued_only_once_their_messages_are_sent(hookgate
         assert sent.status == "queued"
         assert sent.message_id in tokens
     assert ran == ["r-a1", "r-d1"]
+
+
+def test_a_store_error_marking_lanes_handed_over_leaves_the_message_s_own_lane_running(
+    hookgate: Hookgate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker took the new messages but the store failed to mark their events ``queued``: the
+    thread still runs the lane it kept, and those events stay ``received`` under their new tokens
+    (at worst the sweep sends them again, and the messages sent first then claim nothing)."""
+    hookgate.start_intake()
+    for name in "abc":
+        post_thing(hookgate, f"k-{name}1", f"k{name}", 1)
+
+    def store_down(engine: Any, sent: Any) -> None:
+        raise ConnectionError("the store is down")
+
+    monkeypatch.setattr("workers.processing.mark_queued", store_down)
+    ran: list[str] = []
+    broker = StubBroker()
+    pks, token = one_message(hookgate, ["k-a1", "k-b1", "k-c1"])
+    processor(hookgate, ran, threads=4, spread_to=EventQueue(broker)).process(pks, token)
+    assert ran == ["k-a1"]
+    assert broker.queues[QUEUE_NAME].qsize() == 2
+    assert {hookgate.event("acme", event_id).status for event_id in ("k-b1", "k-c1")} == {"received"}
