@@ -162,17 +162,18 @@ class Ingestor:
         """Commit and enqueue what is waiting, then stop both threads: the committer, the relay
         once it has enqueued what the last batch left, and the writer once what the relay
         recorded of that (RabbitMQ's ``queued`` marks, failed enqueues set back) is committed."""
-        if self._committer is not None:
+        committer = self._committer
+        if committer is not None:
             self._inbox.put(None)
-            self._committer.join(timeout=30)
+            committer.join(timeout=30)
             self._committer = None
-            self._stop_relay()
+        self._stop_relay()
+        if committer is not None:
             try:
                 self._commit([])
             except Exception:  # the recovery sweep finds them: they are only left as they were written
                 log.warning("store unavailable while recording the relay's last sends", exc_info=True)
             self.writer.stop()
-        self._stop_relay()
         self._stop_checkpointer()
 
     def _start_relay(self) -> None:

@@ -129,7 +129,7 @@ class WriterProcess:
             theirs.close()
         return ours
 
-    def opening(self, broker_healthy: bool = True) -> tuple[str, str, str, str, bool]:
+    def opening(self, broker_healthy: bool) -> tuple[str, str, str, str, bool]:
         """The first message to a new child: what to open, and whether the broker was last heard
         to answer (a child that replaces one which found it down goes on probing it)."""
         return ("open", self.url, self.factory, self.broker_url, broker_healthy)
