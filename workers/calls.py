@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from .event import Event
@@ -149,6 +150,16 @@ def call_handler(handler: Handler, event: Event, conn: Connection) -> None:
             raise
 
 
+def driver_message(exc: BaseException) -> str:
+    """``OperationalError: database is locked``: the class and, for a database's error, the
+    driver's first line only (SQLAlchemy's own text lists the statement's parameters: resource
+    states, rows of handler sessions)."""
+    if not isinstance(exc, DBAPIError) or exc.orig is None:
+        return f"{type(exc).__name__}: {exc}"
+    lines = str(exc.orig).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
     """One line per failed handler: its name, the error and where it was raised."""
     parts = []
@@ -161,5 +172,5 @@ def describe_failures(failures: list[tuple[str, BaseException]]) -> str:
         if isinstance(exc, HandlerTimeout):
             parts.append(f"{name} exceeded the handler time limit{where}")
             continue
-        parts.append(f"{name} raised {type(exc).__name__}: {exc}{where}")
+        parts.append(f"{name} raised {driver_message(exc)}{where}")
     return "\n".join(parts)

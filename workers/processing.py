@@ -14,7 +14,9 @@ At-least-once delivery to handlers, at most one recorded success per (event, han
 handler that succeeded is skipped on every later try. A handler that raises does not stop the
 others; its session writes are rolled back to a savepoint, and the event is retried with backoff,
 then ``failed`` with every handler's error. Nothing raised while preparing or recording an event
-escapes to Dramatiq: it becomes the event's recorded failure (see :meth:`Processor.run_round`).
+escapes to Dramatiq: it becomes the event's recorded failure (see :meth:`Processor.run_round`),
+unless recording the round fails for a passing reason and can simply be done again
+(:meth:`Processor.record_again`).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from gateway import tracing
 from gateway.config import ProviderEntry, WorkerSettings
@@ -40,7 +43,7 @@ from gateway.pausing import PausedProviders, park
 from gateway.queue import EventQueue, new_token
 from providers.base import Clock
 
-from .calls import HandlerTimeout, TimeLimiter, WorkerStopping, call_handler, describe_failures
+from .calls import HandlerTimeout, TimeLimiter, WorkerStopping, call_handler, describe_failures, driver_message
 from .event import Event
 from .leases import EventLeases, Lease, LeaseKeeper, ResourceKey, ResourceLeases
 from .lifecycle import EventLifecycle, FailedTry, mark_queued
@@ -58,6 +61,10 @@ BUSY_RETRY_SECONDS = 1.0
 
 #: The most events of a resource one round claims and commits at once (see :meth:`Processor.run_round`).
 ROUND_EVENTS = 64
+
+#: The pauses before writing a round's outcome again when its transaction failed and held no
+#: session writes (see :meth:`Processor.record_again`): about 1.3 s in all.
+RECORD_AGAIN_AFTER = (0.05, 0.25, 1.0)
 
 
 def log_handler_error(row: Any, name: str, exc: BaseException) -> None:
@@ -132,6 +139,16 @@ class SharedFetch:
         if self._fetched is None:
             self._fetched = self.reconciler.fetch(row.provider, row.event_type, row.resource_id, payload)
         return self._fetched
+
+
+class ConnectionLost(Exception):
+    """The round's connection was closed under its handlers, and its transaction with it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the round's database connection was closed while its handlers ran (a time limit or the "
+            "worker's stop cut a session's query short, or the database dropped it)"
+        )
 
 
 class PreparationError(Exception):
@@ -438,13 +455,14 @@ class Processor:
         """
         deadline = pass_.deadline if pass_ else math.inf
         tries: list[Tried] = []
-        unrecorded: Exception | None = None
         done = self.lifecycle.succeeded_handlers(rows)
-        sessions = any(self.needs_session(row.provider, row.event_type, done[row.id]) for row in rows)
+
+        def record(conn: Connection) -> Plan | Exception | None:
+            return self.record(conn, tries, rows[len(tries) :], token, key, pass_, go_on)
+
         with self.keeper.holding_events([row.id for row in rows], token) as event_leases:
             leases = [*event_leases, *([pass_.lease] if pass_ else [])]
             with self.engine.connect() as conn:
-                self.begin(conn, sessions=sessions)
                 current = stored
                 for row in rows:
                     if tries and (self.stopping.is_set() or self.clock() > deadline or row.provider in self.paused):
@@ -453,17 +471,18 @@ class Processor:
                     tries.append(tried)
                     if tried.status is None and not self.lifecycle.is_last_try(row, tried.permanent):
                         break  # retried later: the events behind it wait for it
+                    if conn.invalidated:  # the round's transaction is gone: the rest go back untried
+                        break
                     current = tried.after or current
                 go_on = len(tries) == len(rows) and all(
                     t.status is not None or self.lifecycle.is_last_try(t.row, t.permanent) for t in tries
                 )
-                try:
-                    recorded = self.record_round(conn, tries, rows[len(tries) :], token, key, pass_, go_on)
-                except Exception as exc:
-                    conn.rollback()
-                    recorded, unrecorded = None, exc
-        if unrecorded is not None:  # each try recorded as a failure on a connection of its own
-            self.record_unrecorded(tries, rows[len(tries) :], token, unrecorded)
+                sessions_wrote = conn.in_transaction()  # only a session handler begins it before the record
+                recorded = ConnectionLost() if conn.invalidated else record(conn)
+            if isinstance(recorded, Exception) and not sessions_wrote:
+                recorded = self.record_again(record, recorded, len(tries))
+        if isinstance(recorded, Exception):  # each try recorded as a failure on a connection of its own
+            self.record_unrecorded(tries, rows[len(tries) :], token, recorded)
             return Plan([])
         if recorded is None:
             log.warning("%d events: lease lost while running handlers; nothing recorded", len(rows))
@@ -568,14 +587,78 @@ class Processor:
         conn.commit()
         return plan
 
+    def record(
+        self,
+        conn: Connection,
+        tries: list[Tried],
+        rest: list[Any],
+        token: str,
+        key: ResourceKey | None,
+        pass_: ResourcePass | None,
+        go_on: bool,
+    ) -> Plan | Exception | None:
+        """:meth:`record_round` in the round's transaction (begun now, if no session handler
+        began it); what it raised, once rolled back, is returned instead."""
+        last_round = pass_.last_round if pass_ else False
+        try:
+            if not conn.in_transaction():
+                conn.begin()
+            return self.record_round(conn, tries, rest, token, key, pass_, go_on)
+        except Exception as exc:
+            if pass_ is not None:  # as before this try: its plan went with the rollback
+                pass_.last_round = last_round
+            try:
+                conn.rollback()
+            except Exception:  # a dead connection not recognised as one: not handed out again
+                conn.invalidate()
+            return exc
+
+    def record_again(
+        self, record: Callable[[Connection], Plan | Exception | None], failure: Exception, count: int
+    ) -> Plan | Exception | None:
+        """Write the outcome of a round that wrote nothing through a session again, on a fresh
+        connection, after its transaction failed.
+
+        Its handlers' work is done, outside the store: only the record of it is missing. A passing
+        failure (a deadlock, a dropped connection, SQLite's lock held past the busy timeout) must
+        not turn it into failed tries, whose retries would run those handlers a second time. The
+        fence keeps this safe: had the failed commit gone through after all, the events are no
+        longer this token's to record, and nothing is written. What the last try raised, if every
+        try failed.
+        """
+        # Stopping, the process may exit soon after the stop timeout: one more try, at once.
+        for pause in RECORD_AGAIN_AFTER[:1] if self.stopping.is_set() else RECORD_AGAIN_AFTER:
+            log.warning(
+                "%d events: recording the outcome failed (%s); trying again in %.2g s",
+                count,
+                driver_message(failure),
+                pause,
+            )
+            time.sleep(pause)
+            try:
+                with self.engine.connect() as conn:
+                    outcome = record(conn)
+            except Exception as exc:  # no connection to be had (yet)
+                outcome = exc
+            if not isinstance(outcome, Exception):
+                return outcome
+            failure = outcome
+        return failure
+
     def record_unrecorded(self, tries: list[Tried], rest: list[Any], token: str, exc: Exception) -> None:
         """Recording the round failed (and was rolled back): each try is recorded as a failure
-        of its own, and the events not tried go back."""
-        log.error("%d events: recording the outcome failed", len(tries), exc_info=exc)
-        error = f"recording the outcome failed: {type(exc).__name__}: {exc}"
+        of its own, and the events not tried go back. The handlers without a session that
+        succeeded are recorded with it: their work is done and is not done again on the retry;
+        the session handlers' writes were rolled back, and they run again."""
+        reason = f"recording the outcome failed: {driver_message(exc)}"
+        # A driver's error says enough in a line (its text lists the parameters); anything else is a bug.
+        log.error("%d events: %s", len(tries), reason, exc_info=None if isinstance(exc, DBAPIError) else exc)
         for tried in tries:
-            tried.attempt.failed([("commit", exc)])
-            self.record_failure(tried.row, token, error, tried.attempt)
+            tried.attempt.also_failed("commit", exc)  # after the try's own failures, which stand
+            row = tried.row
+            rolled_back = {h.name for h in self.registry.for_event(row.provider, row.event_type) if h.takes_session}
+            error = f"{tried.error}\n{reason}" if tried.error else reason
+            self.record_failure(row, token, error, tried.attempt, [n for n in tried.succeeded if n not in rolled_back])
         self.give_back_now([row.id for row in rest], token)
 
     def report(self, tries: list[Tried]) -> None:
@@ -638,16 +721,13 @@ class Processor:
             return orjson.loads(row.body)
         return entry.provider.decode(row.body, headers)
 
-    def record_failure(
-        self, row: Any, token: str, error: str, tried: Try, preparation: PreparationError | None = None
-    ) -> str | None:
-        """Record a failed try in a transaction of its own (a failed ``preparation`` says whether
-        and when to retry); the new status, or ``None``."""
-        retry_after, permanent = (preparation.retry_after, preparation.permanent) if preparation else (None, False)
+    def record_failure(self, row: Any, token: str, error: str, tried: Try, succeeded: list[str]) -> str | None:
+        """Record a failed try in a transaction of its own, with the handlers that ``succeeded``
+        in it; the new status, or ``None``."""
         with self.engine.begin() as conn:
-            outcome = self.lifecycle.fail(
-                conn, row, token, error, tried=tried, retry_after=retry_after, permanent=permanent
-            )
+            outcome = self.lifecycle.fail(conn, row, token, error, tried=tried)
+            if outcome is not None:
+                self.lifecycle.record_handlers(conn, [(row, succeeded)])
         if outcome is None:
             log.warning(
                 "event %s/%s: lease lost before its failure was recorded: %s", row.provider, row.event_id, error
@@ -664,11 +744,14 @@ class Processor:
         succeeded: list[str] = []
         failures: list[tuple[str, BaseException]] = []
         for handler in todo:
+            if conn.invalidated:  # a call before cut a session's query short: the round is lost
+                break
             for lease in leases:  # renewed for as long as this call may legitimately take
                 lease.extend(self.keeper.work_seconds)
             started = time.perf_counter()
             try:
                 with tracing.handler_call(handler.name), self.limiter.limit():
+                    self.ready(conn, handler)  # waiting for SQLite's lock is part of the call
                     call_handler(handler, event, conn)
             except (Exception, HandlerTimeout) as exc:
                 worker_metrics.handler_called(handler.name, time.perf_counter() - started, ok=False)
@@ -679,19 +762,49 @@ class Processor:
                 succeeded.append(handler.name)
         return succeeded, failures
 
-    def begin(self, conn: Connection, *, sessions: bool) -> None:
-        """Open the event's transaction before any handler runs, on every backend.
+    def ready(self, conn: Connection, handler: Handler) -> None:
+        """Open the round's transaction before its first session handler (see :meth:`begin`); once
+        it is open, on PostgreSQL, give the server's idle limit back to this call."""
+        if handler.takes_session and not conn.in_transaction():
+            self.begin(conn)
+        elif conn.dialect.name == "postgresql" and conn.in_transaction():
+            self.keep_open(conn)
+
+    def begin(self, conn: Connection) -> None:
+        """Open the round's transaction for its first session handler; the rest of the round joins
+        it, and its outcome is recorded in it.
 
         A handler's session joins it with a savepoint; were none open, the session would begin
-        and commit a transaction of its own, before the event's outcome. On SQLite a transaction
-        with sessions starts as the writer (``BEGIN IMMEDIATE``): a deferred one fails at once
-        when it upgrades after another connection wrote. On PostgreSQL a transaction left idle
-        longer than a handler may run (a hung handler) is ended by the server.
+        and commit a transaction of its own, before the event's outcome. It is opened only now,
+        not as the round starts: on SQLite it holds the database's one write lock (``BEGIN
+        IMMEDIATE``: a deferred transaction fails at once when it upgrades after another
+        connection wrote), which the intake and every other worker wait for, and the
+        reconciliation fetch and the handlers before this one need no lock. On PostgreSQL a
+        transaction left idle longer than a handler may run (a hung handler) is ended by the
+        server (see :meth:`keep_open`).
         """
-        if conn.dialect.name == "sqlite" and sessions:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.dialect.name == "sqlite":
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except Exception:  # the lock was not had: no transaction, for SQLAlchemy either
+                conn.rollback()
+                raise
             return
         conn.begin()
-        if conn.dialect.name == "postgresql" and sessions:
-            idle_ms = int(self.keeper.work_seconds * 1000)
-            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}")
+        if conn.dialect.name == "postgresql":
+            self.keep_open(conn, force=True)
+
+    def keep_open(self, conn: Connection, *, force: bool = False) -> None:
+        """Let the server end the round's PostgreSQL transaction once it is left idle for longer
+        than a handler may run (its time limit and the lease's grace), counted from the start of
+        the current handler call: set once for the round, the limit would apply to the whole
+        stretch between two statements, several handlers' worth. Set again only when a second
+        has passed since it last was (a statement's round trip a call is a cost for quick
+        handlers): a call then starts at most a second into its idle time, well within the grace.
+        """
+        now = time.monotonic()
+        if not force and now - conn.info.get("idle_limit_set_at", -math.inf) < 1.0:
+            return
+        idle_ms = int(self.keeper.work_seconds * 1000)
+        conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}")
+        conn.info["idle_limit_set_at"] = now

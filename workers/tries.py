@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 
 from gateway.models import FAILED, QUEUED
 
-from .calls import HandlerTimeout, WorkerStopping
+from .calls import HandlerTimeout, WorkerStopping, driver_message
 
 #: ``attempts.outcome`` of a failed try that is retried, and of a try cut short by the worker's stop.
 RETRY, DEFERRED = "retry", "deferred"
@@ -53,6 +54,8 @@ def describe_error(handler: str, exc: BaseException) -> dict[str, Any]:
         message = "did not finish before the worker stopped (stop_timeout_seconds)"
     elif isinstance(exc, HandlerTimeout):
         message = "exceeded the handler time limit"
+    elif isinstance(exc, DBAPIError):
+        message = driver_message(exc).split(": ", 1)[1]
     else:
         message = str(exc)[:MAX_MESSAGE]
     return {"handler": handler, "type": qualified_name(type(exc)), "message": message, "frame": last_frame(exc)}
@@ -88,6 +91,11 @@ class Try:
         """Record the errors of the handlers (or stages) that raised (those of the try so far)."""
         self.errors = [describe_error(name, exc) for name, exc in failures]
         self.stopped = bool(failures) and all(isinstance(exc, WorkerStopping) for _, exc in failures)
+
+    def also_failed(self, name: str, exc: BaseException) -> None:
+        """Add an error after the try's own (recording its outcome failed): a try the worker's
+        stop cut short stays one (see :meth:`outcome`)."""
+        self.errors.append(describe_error(name, exc))
 
     def outcome(self, status: str) -> str:
         """The attempt's outcome, from the event's status after it."""
