@@ -162,16 +162,18 @@ class RecoverySweep(Periodic):
         given_up: list[tuple[Any, str]] = []
         later = now + self.settings.requeue_after_seconds
         with self.engine.begin() as conn:
-            if present:
-                # Fenced by the token read above: a worker's failed try may have set a retry time
-                # (and cleared the token) since, and that schedule must stand.
-                conn.execute(
-                    update(events).where(carrying_token(RECEIVED, QUEUED)).values(sweep_after=later),
-                    [{"pk": row.id, "token": row.message_id} for row in sorted(present, key=lambda row: row.id)],
-                )
-            # In primary key order, as the workers' statements lock rows: two transactions that lock
-            # events in opposite orders deadlock on PostgreSQL, and one of them is undone.
-            for row in sorted([*resend, *expired], key=lambda row: row.id):
+            # One pass in primary key order, as the workers' statements lock rows: two transactions
+            # that lock events in opposite orders deadlock on PostgreSQL, and one of them is undone.
+            recheck = {row.id for row in present}
+            for row in sorted([*present, *resend, *expired], key=lambda row: row.id):
+                if row.id in recheck:
+                    # Looked at again later. Fenced by the token read above: a worker's failed try
+                    # may have set a retry time (and cleared the token) since, and it must stand.
+                    conn.execute(
+                        update(events).where(carrying_token(RECEIVED, QUEUED)).values(sweep_after=later),
+                        {"pk": row.id, "token": row.message_id},
+                    )
+                    continue
                 guard = [events.c.id == row.id, events.c.status == row.status]
                 guard.append(
                     events.c.message_id.is_(None) if row.message_id is None else events.c.message_id == row.message_id

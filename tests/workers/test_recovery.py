@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from gateway.config import WorkerSettings
 from gateway.models import QUEUED, events
@@ -91,7 +92,7 @@ def test_the_sweep_keeps_a_retry_time_set_after_it_read_the_event(redis_url: str
         rechecks = conn.scalars(select(events.c.sweep_after).where(events.c.id.in_(others))).all()
     assert row.message_id is None
     assert row.sweep_after == pytest.approx(retry_at, abs=1)
-    # The events whose messages Redis still holds are looked at again later, all in one statement.
+    # The events whose messages Redis still holds are looked at again later.
     assert rechecks == [pytest.approx(now + settings.requeue_after_seconds, abs=2)] * 2
 
 
@@ -112,3 +113,45 @@ def test_the_sweep_keeps_a_retry_time_a_pass_set_on_a_held_event_after_it_read_i
         row = conn.execute(select(events.c.message_id, events.c.sweep_after).where(events.c.id == held)).one()
     assert row.message_id is None
     assert row.sweep_after == pytest.approx(retry_at, abs=1)
+
+
+def test_the_sweep_locks_the_events_it_changes_in_key_order(redis_url: str, engine: Any) -> None:
+    """The sweep changes a held event that came due (it sends it) and an event whose message Redis
+    still holds (looked at again later), the held one first by key. Another transaction locks
+    the held event, then, once the sweep waits for it, the other one: it gets it, and the sweep
+    then goes on. (The sweep locked the rows it looks at again before those it sends: with the
+    second already its, the two transactions deadlocked, and PostgreSQL undid the sweep's.)"""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite locks the whole database, not rows")
+    now = time.time()
+    held = insert_waiting(engine, "held-first", None, now)
+    token = new_token()
+    present = insert_waiting(engine, "present-second", token, now)
+    assert held < present
+    broker = create_broker(redis_url)
+    EventQueue(broker).send([(present, token)])
+    sweep = RecoverySweep(engine, EventQueue(broker), WorkerSettings())
+    outcome: list[object] = []
+
+    def sweep_once() -> None:
+        try:
+            outcome.append(sweep.run_once())
+        except Exception as exc:
+            outcome.append(exc)
+
+    with engine.connect() as other:
+        other.exec_driver_sql("SET LOCAL deadlock_timeout = '20s'")  # the sweep would be the one undone
+        other.execute(select(events.c.id).where(events.c.id == held).with_for_update())
+        sweeping = threading.Thread(target=sweep_once, daemon=True)
+        sweeping.start()
+
+        def sweep_waits() -> bool:
+            with engine.connect() as looking:  # a view of its own: pg_stat_activity is a snapshot
+                waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE :update"
+                return bool(looking.execute(text(waiting), {"update": "UPDATE%"}).scalar())
+
+        wait_for(sweep_waits, 30, interval=0.02, what="the sweep to wait for the held event")
+        other.execute(select(events.c.id).where(events.c.id == present).with_for_update())
+        other.commit()
+    sweeping.join(30)
+    assert outcome == [1]
