@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +39,7 @@ from .child_commit import ChildIngestor
 from .config import Config, ProviderEntry
 from .database import ping
 from .errors import ConfigError, InboxFull, StoreUnavailable
+from .heap import freeze_startup_heap
 from .ingest import ACCEPTED, DUPLICATE, Ingestor
 from .metrics import IntakeMetrics
 from .models import RECEIVED
@@ -76,8 +76,6 @@ UNREAD = {"Connection": "close"}
 GENERIC_REFUSAL_HEADERS = (frozenset(h.encode() for h in GENERIC_HEADERS), frozenset[bytes]())
 #: The largest body size a refusal records (a declared length can be any number of digits).
 MAX_RECORDED_SIZE = 2**63 - 1
-#: The garbage collector's youngest-generation threshold once the start-up heap is frozen.
-GC_GEN0_THRESHOLD = 10_000
 
 
 class Reply(Exception):
@@ -501,15 +499,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if prepare_schema:  # an empty store is created; one that is behind stops the start
             await run_in_threadpool(prepare_store, engine, upgrade=False)
-        # The start-up heap (SQLAlchemy, SQLModel, pydantic: hundreds of thousands of objects)
-        # never becomes garbage; a full collection walking it paused the loop for ~100 ms under
-        # load. Freezing it keeps those passes to a few milliseconds.
-        gc.collect()
-        gc.freeze()
-        # What a request allocates (task, futures, dicts, the row) is freed by reference counting;
-        # a young collection every 700 allocations found nearly nothing to free and cost the loop
-        # a measurable share under load, so the youngest generation is collected less often.
-        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+        freeze_startup_heap()  # full collections paused the loop ~100 ms under load
         await intake.ingestor.open()
         intake.rejection_log.start()
         try:

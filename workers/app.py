@@ -18,6 +18,7 @@ from dramatiq.middleware import Retries
 from gateway import tracing
 from gateway.config import Config
 from gateway.database import create_store_engine
+from gateway.heap import freeze_startup_heap
 from gateway.logs import quiet_http_client_logs
 from gateway.pausing import PausedProviders
 from gateway.queue import ACTOR_NAME, QUEUE_NAME, EventQueue, create_broker
@@ -111,6 +112,7 @@ class WorkerRuntime(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         count_repeated_signals_once()
+        freeze_startup_heap()  # its threads share one GIL: a full collection stopped all of them
         for task in (self.keeper, self.sweep, self.pruning, self.replays, self.alerts):
             if task is not None:
                 task.start()

@@ -15,7 +15,9 @@ short line are atomic, so lines from several processes never interleave). Event 
 * ``nap.*`` (acme) runs two handlers that each sleep 1.6 s;
 * ``hang.recv`` (acme) blocks on its first try in ``recv`` on the port named in the file
   ``silent_port`` (a server that never answers), where no time limit can interrupt it;
-* ``chatty.*`` logs a line of its own and prints another, as handlers do.
+* ``chatty.*`` logs a line of its own and prints another, as handlers do;
+* ``probe.heap`` writes a ``heap`` line: how many objects the garbage collector has frozen, and
+  its youngest generation's threshold.
 
 A line is ``kind provider id type pid resource sequence superseded deleted version``, where
 ``version`` is the reconciled state's ``version`` (or ``-``).
@@ -23,6 +25,7 @@ A line is ``kind provider id type pid resource sequence superseded deleted versi
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -95,6 +98,9 @@ def behave(event: Event) -> None:
         print(f"the handler of {event.id} prints")
     if event.type.startswith("slow."):
         wait_for_release(event)
+    if event.type == "probe.heap":
+        with (EFFECTS / "effects.log").open("a") as f:
+            f.write(f"heap {gc.get_freeze_count()} {gc.get_threshold()[0]}\n")
     if event.type.startswith("nap."):
         time.sleep(1.6)
     if event.type == "hang.recv" and event.attempt == 1:
