@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import StatementError
 from sqlmodel import Session
 
 from .event import Event
@@ -154,7 +154,7 @@ def driver_message(exc: BaseException) -> str:
     """``OperationalError: database is locked``: the class and, for a database's error, the
     driver's first line only (SQLAlchemy's own text lists the statement's parameters: resource
     states, rows of handler sessions)."""
-    if not isinstance(exc, DBAPIError) or exc.orig is None:
+    if not isinstance(exc, StatementError) or exc.orig is None:
         return f"{type(exc).__name__}: {exc}"
     lines = str(exc.orig).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"

@@ -32,7 +32,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InternalError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from gateway import tracing
 from gateway.config import ProviderEntry, WorkerSettings
@@ -139,6 +140,16 @@ class SharedFetch:
         if self._fetched is None:
             self._fetched = self.reconciler.fetch(row.provider, row.event_type, row.resource_id, payload)
         return self._fetched
+
+
+def passing(exc: Exception) -> bool:
+    """Whether a failure to write a round's outcome may not happen again: the database's
+    operational errors (a deadlock, a dropped connection, SQLite's lock past the busy timeout,
+    PostgreSQL ending an idle transaction) and a pool with no connection free; not a constraint
+    violation, nor a bug."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InternalError)
+    return isinstance(exc, PoolTimeout)
 
 
 class ConnectionLost(Exception):
@@ -477,9 +488,9 @@ class Processor:
                 go_on = len(tries) == len(rows) and all(
                     t.status is not None or self.lifecycle.is_last_try(t.row, t.permanent) for t in tries
                 )
-                sessions_wrote = conn.in_transaction()  # only a session handler begins it before the record
+                sessions_began = conn.in_transaction()  # only a session handler begins it before the record
                 recorded = ConnectionLost() if conn.invalidated else record(conn)
-            if isinstance(recorded, Exception) and not sessions_wrote:
+            if isinstance(recorded, Exception) and passing(recorded) and not sessions_began:
                 recorded = self.record_again(record, recorded, len(tries))
         if isinstance(recorded, Exception):  # each try recorded as a failure on a connection of its own
             self.record_unrecorded(tries, rows[len(tries) :], token, recorded)
@@ -619,9 +630,10 @@ class Processor:
         """Write the outcome of a round that wrote nothing through a session again, on a fresh
         connection, after its transaction failed.
 
-        Its handlers' work is done, outside the store: only the record of it is missing. A passing
-        failure (a deadlock, a dropped connection, SQLite's lock held past the busy timeout) must
-        not turn it into failed tries, whose retries would run those handlers a second time. The
+        Its handlers' work is done, outside the store: only the record of it is missing. A
+        :func:`passing` failure (a deadlock, a dropped connection, SQLite's lock held past the busy
+        timeout) must not turn it into failed tries, whose retries would run those handlers a
+        second time. The
         fence keeps this safe: had the failed commit gone through after all, the events are no
         longer this token's to record, and nothing is written. What the last try raised, if every
         try failed.
@@ -640,7 +652,7 @@ class Processor:
                     outcome = record(conn)
             except Exception as exc:  # no connection to be had (yet)
                 outcome = exc
-            if not isinstance(outcome, Exception):
+            if not isinstance(outcome, Exception) or not passing(outcome):
                 return outcome
             failure = outcome
         return failure
@@ -649,17 +661,31 @@ class Processor:
         """Recording the round failed (and was rolled back): each try is recorded as a failure
         of its own, and the events not tried go back. The handlers without a session that
         succeeded are recorded with it: their work is done and is not done again on the retry;
-        the session handlers' writes were rolled back, and they run again."""
+        the session handlers' writes were rolled back, and they run again. Each in a transaction
+        of its own: one that fails leaves its event to the sweep, not the others."""
         reason = f"recording the outcome failed: {driver_message(exc)}"
-        # A driver's error says enough in a line (its text lists the parameters); anything else is a bug.
-        log.error("%d events: %s", len(tries), reason, exc_info=None if isinstance(exc, DBAPIError) else exc)
+        # A database's error says enough in a line (its text lists the parameters); others are bugs.
+        known = isinstance(exc, DBAPIError | ConnectionLost)
+        log.error("%d events: %s", len(tries), reason, exc_info=None if known else exc)
         for tried in tries:
             tried.attempt.also_failed("commit", exc)  # after the try's own failures, which stand
             row = tried.row
             rolled_back = {h.name for h in self.registry.for_event(row.provider, row.event_type) if h.takes_session}
+            kept = [name for name in tried.succeeded if name not in rolled_back]
             error = f"{tried.error}\n{reason}" if tried.error else reason
-            self.record_failure(row, token, error, tried.attempt, [n for n in tried.succeeded if n not in rolled_back])
-        self.give_back_now([row.id for row in rest], token)
+            try:
+                self.record_failure(row, token, error, tried, kept)
+            except Exception as again:  # its lease lapses, and the sweep sends it again
+                log.error(
+                    "event %s/%s: its failure could not be recorded either: %s",
+                    row.provider,
+                    row.event_id,
+                    driver_message(again),
+                )
+        try:
+            self.give_back_now([row.id for row in rest], token)
+        except Exception as again:
+            log.error("%d events not tried could not be given back: %s", len(rest), driver_message(again))
 
     def report(self, tries: list[Tried]) -> None:
         """Log and count the round's committed outcomes."""
@@ -721,11 +747,20 @@ class Processor:
             return orjson.loads(row.body)
         return entry.provider.decode(row.body, headers)
 
-    def record_failure(self, row: Any, token: str, error: str, tried: Try, succeeded: list[str]) -> str | None:
+    def record_failure(self, row: Any, token: str, error: str, tried: Tried, succeeded: list[str]) -> str | None:
         """Record a failed try in a transaction of its own, with the handlers that ``succeeded``
-        in it; the new status, or ``None``."""
+        in it (its retry waits at least its ``retry_after``, none if ``permanent``); the new
+        status, or ``None``."""
         with self.engine.begin() as conn:
-            outcome = self.lifecycle.fail(conn, row, token, error, tried=tried)
+            outcome = self.lifecycle.fail(
+                conn,
+                row,
+                token,
+                error,
+                tried=tried.attempt,
+                retry_after=tried.retry_after,
+                permanent=tried.permanent,
+            )
             if outcome is not None:
                 self.lifecycle.record_handlers(conn, [(row, succeeded)])
         if outcome is None:
@@ -750,9 +785,12 @@ class Processor:
                 lease.extend(self.keeper.work_seconds)
             started = time.perf_counter()
             try:
-                with tracing.handler_call(handler.name), self.limiter.limit():
-                    self.ready(conn, handler)  # waiting for SQLite's lock is part of the call
-                    call_handler(handler, event, conn)
+                with tracing.handler_call(handler.name):
+                    # Not under the time limit: an interrupt inside SQLite's lock wait could leave
+                    # the process's turn at the lock taken for good (the busy timeout bounds it).
+                    self.ready(conn, handler)
+                    with self.limiter.limit():
+                        call_handler(handler, event, conn)
             except (Exception, HandlerTimeout) as exc:
                 worker_metrics.handler_called(handler.name, time.perf_counter() - started, ok=False)
                 log_handler_error(event_row, handler.name, exc)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import StatementError
 
 from gateway.models import FAILED, QUEUED
 
@@ -54,7 +54,7 @@ def describe_error(handler: str, exc: BaseException) -> dict[str, Any]:
         message = "did not finish before the worker stopped (stop_timeout_seconds)"
     elif isinstance(exc, HandlerTimeout):
         message = "exceeded the handler time limit"
-    elif isinstance(exc, DBAPIError):
+    elif isinstance(exc, StatementError):
         message = driver_message(exc).split(": ", 1)[1]
     else:
         message = str(exc)[:MAX_MESSAGE]

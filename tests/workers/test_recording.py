@@ -327,3 +327,30 @@ def test_a_session_handler_that_cannot_have_sqlites_lock_fails_alone(hookgate: H
     assert "wrote raised OperationalError: database is locked" in row.last_error, row.last_error
     assert recorded_handlers(hookgate) == [("nolock-1", "notify")]
     assert ledger(hookgate) == []
+
+
+def test_a_database_error_is_recorded_without_the_statements_parameters(hookgate: Hookgate) -> None:
+    """A session handler's write the database refuses: ``last_error`` and the attempt give the
+    driver's first line, not SQLAlchemy's text with the row's values (a customer's data)."""
+    create_ledger(hookgate)
+    with Session(hookgate.engine) as session:
+        session.add(LedgerEntry(id=1, event_id="first", attempt=1))
+        session.commit()
+    hookgate.start_intake()
+    post_thing(hookgate, "dup-1", "dup", 1)
+    handlers = HandlerRegistry()
+
+    @handlers.on("acme")
+    def wrote(event: Event, session: Session) -> None:
+        session.add(LedgerEntry(id=1, event_id="4242-4242-secret", attempt=event.attempt))
+        session.flush()
+
+    run_first(hookgate, processor_of(hookgate, handlers), "dup-1")
+    row = hookgate.event("acme", "dup-1")
+    assert row.status == "queued"
+    assert "wrote raised IntegrityError: " in row.last_error, row.last_error
+    with hookgate.engine.connect() as conn:
+        errors = conn.execute(select(attempts.c.errors)).scalar_one()
+    for recorded in (row.last_error, errors):
+        assert "4242-4242-secret" not in recorded
+        assert "[SQL" not in recorded
