@@ -469,7 +469,8 @@ class Processor:
         done = self.lifecycle.succeeded_handlers(rows)
 
         def record(conn: Connection) -> Plan | Exception | None:
-            return self.record(conn, tries, rows[len(tries) :], token, key, pass_, go_on)
+            rest = rows[len(tries) :]
+            return self.record(conn, pass_, lambda: self.record_round(conn, tries, rest, token, key, pass_, go_on))
 
         with self.keeper.holding_events([row.id for row in rows], token) as event_leases:
             leases = [*event_leases, *([pass_.lease] if pass_ else [])]
@@ -599,14 +600,7 @@ class Processor:
         return plan
 
     def record(
-        self,
-        conn: Connection,
-        tries: list[Tried],
-        rest: list[Any],
-        token: str,
-        key: ResourceKey | None,
-        pass_: ResourcePass | None,
-        go_on: bool,
+        self, conn: Connection, pass_: ResourcePass | None, record_round: Callable[[], Plan | None]
     ) -> Plan | Exception | None:
         """:meth:`record_round` in the round's transaction (begun now, if no session handler
         began it); what it raised, once rolled back, is returned instead."""
@@ -614,7 +608,7 @@ class Processor:
         try:
             if not conn.in_transaction():
                 conn.begin()
-            return self.record_round(conn, tries, rest, token, key, pass_, go_on)
+            return record_round()
         except Exception as exc:
             if pass_ is not None:  # as before this try: its plan went with the rollback
                 pass_.last_round = last_round
