@@ -63,8 +63,8 @@ BUSY_RETRY_SECONDS = 1.0
 #: The most events of a resource one round claims and commits at once (see :meth:`Processor.run_round`).
 ROUND_EVENTS = 64
 
-#: The pauses before writing a round's outcome again when its transaction failed and held no
-#: session writes (see :meth:`Processor.record_again`): about 1.3 s in all.
+#: The pauses before writing a round's outcome again when its transaction failed and no session
+#: handler had begun it (see :meth:`Processor.record_again`): 1.3 s in all, and the busy timeouts.
 RECORD_AGAIN_AFTER = (0.05, 0.25, 1.0)
 
 
@@ -627,12 +627,11 @@ class Processor:
         Its handlers' work is done, outside the store: only the record of it is missing. A
         :func:`passing` failure (a deadlock, a dropped connection, SQLite's lock held past the busy
         timeout) must not turn it into failed tries, whose retries would run those handlers a
-        second time. The
-        fence keeps this safe: had the failed commit gone through after all, the events are no
-        longer this token's to record, and nothing is written. What the last try raised, if every
-        try failed.
+        second time. The fence keeps this safe: had the failed commit gone through after all, the
+        events are no longer this token's to record, and nothing is written. Returns the next
+        round, or what the last try raised if every try failed (or one failed for good).
         """
-        # Stopping, the process may exit soon after the stop timeout: one more try, at once.
+        # Stopping, the process may exit soon after the stop timeout: one more try, soon.
         for pause in RECORD_AGAIN_AFTER[:1] if self.stopping.is_set() else RECORD_AGAIN_AFTER:
             log.warning(
                 "%d events: recording the outcome failed (%s); trying again in %.2g s",
