@@ -150,14 +150,18 @@ def call_handler(handler: Handler, event: Event, conn: Connection) -> None:
             raise
 
 
+def error_text(exc: BaseException) -> str:
+    """The error's message; for a statement's error, its cause's first line only (SQLAlchemy's
+    own text lists the statement's parameters: resource states, rows of handler sessions)."""
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        lines = str(exc.orig).strip().splitlines()
+        return lines[0][:200] if lines else ""
+    return str(exc)
+
+
 def driver_message(exc: BaseException) -> str:
-    """``OperationalError: database is locked``: the class and, for a database's error, the
-    driver's first line only (SQLAlchemy's own text lists the statement's parameters: resource
-    states, rows of handler sessions)."""
-    if not isinstance(exc, StatementError) or exc.orig is None:
-        return f"{type(exc).__name__}: {exc}"
-    lines = str(exc.orig).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+    """``OperationalError: database is locked``: the class and :func:`error_text`."""
+    return f"{type(exc).__name__}: {error_text(exc)}"
 
 
 def describe_failures(failures: list[tuple[str, BaseException]]) -> str:

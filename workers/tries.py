@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import StatementError
 
 from gateway.models import FAILED, QUEUED
 
-from .calls import HandlerTimeout, WorkerStopping, driver_message
+from .calls import HandlerTimeout, WorkerStopping, error_text
 
 #: ``attempts.outcome`` of a failed try that is retried, and of a try cut short by the worker's stop.
 RETRY, DEFERRED = "retry", "deferred"
@@ -54,10 +53,8 @@ def describe_error(handler: str, exc: BaseException) -> dict[str, Any]:
         message = "did not finish before the worker stopped (stop_timeout_seconds)"
     elif isinstance(exc, HandlerTimeout):
         message = "exceeded the handler time limit"
-    elif isinstance(exc, StatementError):
-        message = driver_message(exc).split(": ", 1)[1]
     else:
-        message = str(exc)[:MAX_MESSAGE]
+        message = error_text(exc)[:MAX_MESSAGE]
     return {"handler": handler, "type": qualified_name(type(exc)), "message": message, "frame": last_frame(exc)}
 
 
